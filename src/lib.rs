@@ -1,0 +1,31 @@
+//! jitgate: an access gateway for PostgreSQL (and, next, SSH) that leaves zero standing privileges.
+//!
+//! A connection flows through the modules in this order:
+//!
+//! ```text
+//! tls        rustls server config: client certificate required, CRL honoured
+//! identity   Identity (user, groups, serial) from the verified client certificate
+//! config     the gateway's targets, listeners and files, validated once at load
+//! policy     YAML grants; `policy::evaluate` alone makes a `Grant`
+//! pg::startup   front door: SSLRequest / direct TLS / GSSENC / cancel / startup packet
+//! jit        Provisioner: mint a least-privilege account for a Grant, drop it at close
+//! pg::upstream  log in to the target as the JIT role (SCRAM-SHA-256, password never shown)
+//! pg::relay     splice client and upstream bytes untouched
+//! pg::cancel    route CancelRequests by the gateway's own keys
+//! server     accept loops, reloads and shutdown
+//! certs      `jitgate certs init|issue|revoke` (rcgen)
+//! ```
+//!
+//! Vocabulary: **client** = the user's side, **upstream** = the target; **grant** = a policy
+//! decision; **lease** = one JIT account's life; **target** = a configured database or host.
+
+pub mod certs;
+pub mod config;
+pub mod identity;
+pub mod jit;
+pub mod pg;
+pub mod policy;
+pub mod secret;
+pub mod server;
+pub mod tls;
+mod yaml;
