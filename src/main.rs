@@ -1,1 +1,202 @@
-fn main() {}
+//! The `jitgate` command line: `serve`, `certs`, `policy`, `reap`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Access gateway for PostgreSQL with just-in-time accounts: users authenticate with a client
+/// certificate, jitgate creates a least-privilege role for the session and drops it at the end.
+#[derive(Parser)]
+#[command(name = "jitgate", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (Postgres listener, reaper); SIGHUP reloads policies, SIGTERM/SIGINT stop
+    /// it after ending sessions and dropping their accounts.
+    Serve {
+        /// Gateway config file.
+        #[arg(long, short, default_value = "jitgate.yaml")]
+        config: PathBuf,
+    },
+    /// Create the certificate authority, issue and revoke client certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Validate policies and explain decisions.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Remove JIT accounts that have no live session (expired ones of any instance, and this
+    /// instance's that have no backend on the target), then exit.
+    Reap {
+        #[arg(long, short, default_value = "jitgate.yaml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a user CA, the gateway's server certificate and an empty CRL in DIR.
+    Init {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Host names and IP addresses the gateway is reached at (repeatable).
+        #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        hosts: Vec<String>,
+        /// Replace an existing CA (every certificate it issued stops working).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a client certificate: CN = user, one OU per group, SPIFFE URI SAN.
+    Issue {
+        /// Directory holding ca.crt and ca.key.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long)]
+        user: String,
+        /// Group (certificate OU), repeatable.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Validity, e.g. 8h, 30m, 2d.
+        #[arg(long, default_value = "8h")]
+        ttl: String,
+        /// Where to write <user>.crt and <user>.key (default: DIR).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value = jitgate::certs::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+    },
+    /// Revoke a client certificate: adds it to DIR/crl.pem, which the gateway reloads by itself.
+    Revoke {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// The certificate file to revoke.
+        #[arg(long)]
+        cert: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate every policy file in DIR; prints file:line:col for each problem.
+    Check {
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+    },
+    /// Show which grant applies to a user (and groups) for a target, and why.
+    Explain {
+        #[arg(long, default_value = "policies")]
+        policies: PathBuf,
+        #[arg(long)]
+        user: String,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[arg(long)]
+        target: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("jitgate: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("JITGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = jitgate::config::Config::load(&config)?;
+            runtime()?.block_on(jitgate::server::serve(config))?;
+        }
+        Command::Reap { config } => {
+            let config = jitgate::config::Config::load(&config)?;
+            let failed = runtime()?.block_on(reap(config))?;
+            if failed {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Certs(CertsCommand::Init { dir, hosts, force }) => {
+            let written = jitgate::certs::init(&jitgate::certs::InitOptions { dir, hosts, force })?;
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+        }
+        Command::Certs(CertsCommand::Issue { dir, user, groups, ttl, out, trust_domain }) => {
+            let ttl = jitgate::certs::parse_ttl(&ttl)?;
+            let now = time::OffsetDateTime::now_utc();
+            let issued = jitgate::certs::issue(&jitgate::certs::IssueOptions {
+                out_dir: out.unwrap_or_else(|| dir.clone()),
+                ca_dir: dir,
+                user,
+                groups,
+                trust_domain,
+                not_before: now - time::Duration::minutes(5),
+                not_after: now + ttl,
+            })?;
+            println!("wrote {} and {} (serial {})", issued.cert.display(), issued.key.display(), issued.serial);
+        }
+        Command::Certs(CertsCommand::Revoke { dir, cert }) => {
+            let serial = jitgate::certs::revoke(&dir, &cert)?;
+            println!("revoked serial {serial}; {} updated", dir.join("crl.pem").display());
+        }
+        Command::Policy(PolicyCommand::Check { dir }) => match jitgate::policy::PolicySet::load_dir(&dir) {
+            Ok(set) => println!("{}: {} grants, all valid", dir.display(), set.len()),
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::from(1));
+            }
+        },
+        Command::Policy(PolicyCommand::Explain { policies, user, groups, target }) => {
+            let set = jitgate::policy::PolicySet::load_dir(&policies)?;
+            print!("{}", jitgate::policy::explain(&set, &user, &groups, &target));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+/// One reaper pass over every target; true if some account could not be removed.
+async fn reap(config: jitgate::config::Config) -> anyhow::Result<bool> {
+    use jitgate::config::Target;
+    let mut failed = false;
+    for target in config.targets.values() {
+        match target {
+            Target::Postgres(t) => {
+                let provisioner = jitgate::jit::postgres::PgProvisioner::new(t.clone(), config.instance_id.clone());
+                // No session of this process is live; a role with a backend may belong to a
+                // gateway still running with this instance id, so it stays.
+                let busy = provisioner.roles_with_backends().await?;
+                let report =
+                    jitgate::jit::reaper::reap_postgres(&provisioner, &config.instance_id, |r| busy.contains(&r.role))
+                        .await?;
+                for role in &report.dropped {
+                    println!("{}: dropped {role}", t.name);
+                }
+                for role in &report.failed {
+                    eprintln!("{}: could not drop {role}", t.name);
+                }
+                failed |= !report.failed.is_empty();
+            }
+        }
+    }
+    Ok(failed)
+}

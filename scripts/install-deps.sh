@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the system packages jitgate's tests and demo drive (real PostgreSQL, psql).
+# As root it installs what is missing with apt-get; otherwise it prints the one command to run.
+set -euo pipefail
+
+missing=()
+have_pg_server() { compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; }
+have_pg_server || missing+=(postgresql)
+command -v psql >/dev/null || missing+=(postgresql-client)
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "jitgate needs: ${missing[*]}. Run: sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+fi
+echo "installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
+# Debian's package starts a cluster of its own; the tests start theirs and need none running.
+if command -v pg_ctlcluster >/dev/null; then
+    for conf in /etc/postgresql/*/*; do
+        [ -d "$conf" ] || continue
+        pg_ctlcluster "$(basename "$(dirname "$conf")")" "$(basename "$conf")" stop 2>/dev/null || true
+    done
+fi

@@ -1,0 +1,135 @@
+//! A lease: one JIT account's life, from mint to drop. Its marker (written as the account's
+//! comment on the target) is how the gateway and the reaper recognise accounts that are theirs.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::distr::{Alphanumeric, SampleString};
+use rand::Rng;
+
+use crate::secret::Secret;
+
+/// Prefix of every marker; an account whose comment does not start with it is never touched.
+pub const MARKER_PREFIX: &str = "jitgate:managed";
+
+/// Random identifier of one lease (16 hex digits), written into the account's marker and logs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LeaseId(String);
+
+impl LeaseId {
+    pub fn random() -> Self {
+        LeaseId(format!("{:016x}", rand::rng().random::<u64>()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A Postgres role minted for one session. Only `jit::postgres` makes one.
+#[derive(Debug)]
+pub struct PgLease {
+    pub id: LeaseId,
+    pub role: String,
+    pub password: Secret<String>,
+    pub database: String,
+    pub expires_at: SystemTime,
+}
+
+/// What the marker on an account says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub instance: String,
+    pub lease: String,
+    pub expires_at: SystemTime,
+}
+
+impl Marker {
+    /// `jitgate:managed instance=gw-1 lease=0123456789abcdef expires=1764400000 grant=.. user=..`;
+    /// grant and user are informational and come last (the user may contain anything).
+    pub fn render(instance: &str, lease: &LeaseId, expires_at: SystemTime, grant: &str, user: &str) -> String {
+        let secs = expires_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        format!("{MARKER_PREFIX} instance={instance} lease={lease} expires={secs} grant={grant} user={user}")
+    }
+
+    /// Parses a marker; `None` for anything that is not exactly ours.
+    pub fn parse(comment: &str) -> Option<Marker> {
+        let rest = comment.strip_prefix(MARKER_PREFIX)?.strip_prefix(' ')?;
+        let mut words = rest.splitn(4, ' ');
+        let instance = words.next()?.strip_prefix("instance=")?;
+        let lease = words.next()?.strip_prefix("lease=")?;
+        let expires: u64 = words.next()?.strip_prefix("expires=")?.parse().ok()?;
+        if instance.is_empty() || lease.len() != 16 || !lease.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(Marker {
+            instance: instance.to_string(),
+            lease: lease.to_string(),
+            expires_at: UNIX_EPOCH + Duration::from_secs(expires),
+        })
+    }
+}
+
+/// A random password for a JIT account: 32 random bytes as 43 base62-ish characters.
+/// Alphanumeric keeps SASLprep (RFC 4013) a no-op, so client and verifier agree.
+pub fn random_password() -> Secret<String> {
+    Secret::new(Alphanumeric.sample_string(&mut rand::rng(), 43))
+}
+
+/// Debug builds only, and only when `JITGATE_TEST_CREDENTIAL_LOG` names a file: appends the
+/// credential there, so the leak tests know what to search every output for. Release builds
+/// contain no such path.
+#[cfg(debug_assertions)]
+pub fn record_for_leak_tests(credential: &Secret<String>) {
+    use std::io::Write;
+    if let Some(path) = std::env::var_os("JITGATE_TEST_CREDENTIAL_LOG") {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
+        if let Ok(mut file) = file {
+            let _ = writeln!(file, "{}", credential.expose());
+        }
+    }
+}
+
+#[cfg(not(debug_assertions))]
+pub fn record_for_leak_tests(_: &Secret<String>) {}
+
+/// Lowercase letters and digits, for account name suffixes.
+pub fn random_suffix(len: usize) -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn marker_round_trips_and_rejects_foreign_comments() {
+        let id = LeaseId::random();
+        let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let text = Marker::render("gw-1", &id, at, "orders-dba", "a\"; DROP ROLE x; --");
+        let m = Marker::parse(&text).unwrap();
+        assert_eq!(m.instance, "gw-1");
+        assert_eq!(m.lease, id.as_str());
+        assert_eq!(m.expires_at, at);
+        assert_eq!(Marker::parse("managed by someone else"), None);
+        assert_eq!(Marker::parse("jitgate:managedinstance=x lease=0123456789abcdef expires=1"), None);
+        assert_eq!(Marker::parse("jitgate:managed instance=x lease=zz expires=1"), None);
+    }
+
+    #[test]
+    fn passwords_are_long_and_different() {
+        let a = random_password();
+        let b = random_password();
+        assert_eq!(a.expose().len(), 43);
+        assert_ne!(a.expose(), b.expose());
+    }
+}

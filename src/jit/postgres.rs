@@ -1,0 +1,383 @@
+//! Postgres roles as JIT accounts: `mint` creates `jit_<user>_<random>` with exactly what the
+//! grant gives, `drop_lease` terminates its backend and drops it. Both run over a small pool of
+//! admin connections per database (tokio-postgres).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio_postgres::Client;
+
+use super::lease::{random_password, random_suffix, LeaseId, Marker, PgLease};
+use crate::config::{PgTarget, UpstreamTls};
+use crate::identity::Identity;
+use crate::policy::Grant;
+
+/// PostgreSQL's NAMEDATALEN - 1.
+const MAX_ROLE_NAME: usize = 63;
+const ADMIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const IDLE_ADMIN_CONNECTIONS: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JitError {
+    #[error("cannot reach target {target} ({addr}): {reason}")]
+    Unreachable { target: String, addr: String, reason: String },
+    #[error("target {target} rejected jitgate's admin login: {reason}")]
+    AdminRejected { target: String, reason: String },
+    #[error("cannot read the admin password of target {target}: {reason}")]
+    AdminCredential { target: String, reason: String },
+    #[error("target {target}: {statement} failed: {reason}")]
+    Sql { target: String, statement: &'static str, reason: String, sqlstate: Option<String> },
+    #[error("role {role} on target {target} is not marked as this lease's; left untouched")]
+    NotOurs { target: String, role: String },
+    #[error("TLS setup for target {target}: {reason}")]
+    Tls { target: String, reason: String },
+}
+
+impl JitError {
+    /// Worth retrying later (the target may come back), as opposed to a refusal that will repeat.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            JitError::Unreachable { .. } => true,
+            JitError::Sql { sqlstate, .. } => sqlstate.is_none(),
+            JitError::AdminRejected { .. }
+            | JitError::AdminCredential { .. }
+            | JitError::NotOurs { .. }
+            | JitError::Tls { .. } => false,
+        }
+    }
+}
+
+/// A role this gateway instance manages, as found on the target.
+#[derive(Debug, Clone)]
+pub struct ManagedRole {
+    pub role: String,
+    pub marker: Marker,
+}
+
+/// Mints and drops roles on one Postgres target.
+pub struct PgProvisioner {
+    target: PgTarget,
+    instance_id: String,
+    idle: Mutex<HashMap<String, Vec<Client>>>,
+}
+
+impl PgProvisioner {
+    pub fn new(target: PgTarget, instance_id: String) -> Arc<Self> {
+        Arc::new(PgProvisioner { target, instance_id, idle: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn target(&self) -> &PgTarget {
+        &self.target
+    }
+
+    /// Creates the role for `grant`, to be used in `database`. Nothing is created on error.
+    /// `id` must already be registered as live, so the reaper cannot race the mint.
+    pub async fn mint(
+        &self,
+        id: LeaseId,
+        grant: &Grant,
+        identity: &Identity,
+        database: &str,
+    ) -> Result<PgLease, JitError> {
+        let role = role_name(&identity.user);
+        let password = random_password();
+        super::lease::record_for_leak_tests(&password);
+        let expires_at = SystemTime::now() + grant.max_session();
+        // The server only ever sees the SCRAM verifier: the plaintext cannot land in its logs.
+        let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
+        let marker = Marker::render(&self.instance_id, &id, expires_at, grant.name(), &identity.user);
+        let admin = self.admin(database).await?;
+        let version = server_version(&admin).await.map_err(|e| self.sql("SHOW server_version_num", e))?;
+        let sql = create_role_sql(&role, &verifier, grant, expires_at, &self.target.admin.user, version, &marker);
+        // One simple-query string runs as one implicit transaction: no unmarked role can exist.
+        admin.batch_execute(&sql).await.map_err(|e| self.sql("CREATE ROLE", e))?;
+        self.put_back(database, admin);
+        Ok(PgLease { id, role, password, database: database.to_string(), expires_at })
+    }
+
+    /// Terminates the role's backends and drops it (objects it owns in the lease's database
+    /// first). A role that is already gone is success; one not marked as this lease's is refused.
+    pub async fn drop_lease(&self, lease: &PgLease) -> Result<(), JitError> {
+        let admin = self.admin(&lease.database).await?;
+        let comment = admin
+            .query_opt("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1", &[&lease.role])
+            .await
+            .map_err(|e| self.sql("SELECT pg_roles", e))?;
+        let Some(row) = comment else {
+            self.put_back(&lease.database, admin);
+            return Ok(());
+        };
+        let comment: Option<String> = row.get(0);
+        let ours = comment
+            .as_deref()
+            .and_then(Marker::parse)
+            .is_some_and(|m| m.instance == self.instance_id && m.lease == lease.id.as_str());
+        if !ours {
+            return Err(JitError::NotOurs { target: self.target.name.clone(), role: lease.role.clone() });
+        }
+        self.terminate_and_drop(&admin, &lease.role).await?;
+        self.put_back(&lease.database, admin);
+        Ok(())
+    }
+
+    /// Ends the lease's sessions on the target (used when its time is up); the role stays
+    /// until `drop_lease`.
+    pub async fn terminate_backends(&self, lease: &PgLease) -> Result<(), JitError> {
+        let admin = self.admin(&lease.database).await?;
+        admin
+            .query("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1", &[&lease.role])
+            .await
+            .map_err(|e| self.sql("pg_terminate_backend", e))?;
+        self.put_back(&lease.database, admin);
+        Ok(())
+    }
+
+    /// `drop_lease`, retried with backoff for about a minute while the target is unreachable.
+    pub async fn drop_with_retry(&self, lease: &PgLease) -> Result<(), JitError> {
+        let mut delay = Duration::from_millis(200);
+        let mut waited = Duration::ZERO;
+        loop {
+            match self.drop_lease(lease).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() && waited < Duration::from_secs(60) => {
+                    tracing::warn!(target_name = %self.target.name, role = %lease.role, error = %e, "drop failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    waited += delay;
+                    delay = (delay * 2).min(Duration::from_secs(15));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Every role on the target carrying a jitgate marker (any instance).
+    pub async fn managed_roles(&self) -> Result<Vec<ManagedRole>, JitError> {
+        let db = self.target.admin.database.clone();
+        let admin = self.admin(&db).await?;
+        let rows = admin
+            .query(
+                "SELECT rolname::text, shobj_description(oid, 'pg_authid') FROM pg_roles \
+                 WHERE shobj_description(oid, 'pg_authid') LIKE 'jitgate:managed %'",
+                &[],
+            )
+            .await
+            .map_err(|e| self.sql("SELECT pg_roles", e))?;
+        self.put_back(&db, admin);
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let role: String = row.get(0);
+                let comment: Option<String> = row.get(1);
+                comment.as_deref().and_then(Marker::parse).map(|marker| ManagedRole { role, marker })
+            })
+            .collect())
+    }
+
+    /// Drops a managed role found by the reaper. The caller decided it has no live session.
+    pub async fn reap_role(&self, role: &ManagedRole) -> Result<(), JitError> {
+        let db = self.target.admin.database.clone();
+        let admin = self.admin(&db).await?;
+        self.terminate_and_drop(&admin, &role.role).await?;
+        self.put_back(&db, admin);
+        Ok(())
+    }
+
+    /// Roles that currently have a backend on the target.
+    pub async fn roles_with_backends(&self) -> Result<Vec<String>, JitError> {
+        let db = self.target.admin.database.clone();
+        let admin = self.admin(&db).await?;
+        let rows = admin
+            .query("SELECT DISTINCT usename::text FROM pg_stat_activity WHERE usename IS NOT NULL", &[])
+            .await
+            .map_err(|e| self.sql("SELECT pg_stat_activity", e))?;
+        self.put_back(&db, admin);
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn terminate_and_drop(&self, admin: &Client, role: &str) -> Result<(), JitError> {
+        // Dropping a role does not end its sessions: terminate them first and wait (PG 14+).
+        admin
+            .query("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1", &[&role])
+            .await
+            .map_err(|e| self.sql("pg_terminate_backend", e))?;
+        let r = escape_identifier(role);
+        admin.batch_execute(&format!("DROP OWNED BY {r}; DROP ROLE {r}")).await.map_err(|e| self.sql("DROP ROLE", e))
+    }
+
+    fn sql(&self, statement: &'static str, e: tokio_postgres::Error) -> JitError {
+        let sqlstate = e.code().map(|c| c.code().to_string());
+        let reason = match e.as_db_error() {
+            Some(db) => db.message().to_string(),
+            None => e.to_string(),
+        };
+        JitError::Sql { target: self.target.name.clone(), statement, reason, sqlstate }
+    }
+
+    /// An idle admin connection to `database`, or a new one.
+    async fn admin(&self, database: &str) -> Result<Client, JitError> {
+        let pooled = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let list = idle.entry(database.to_string()).or_default();
+            list.retain(|c| !c.is_closed());
+            list.pop()
+        };
+        match pooled {
+            Some(client) => Ok(client),
+            None => self.connect_admin(database).await,
+        }
+    }
+
+    fn put_back(&self, database: &str, client: Client) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(database.to_string()).or_default();
+        if list.len() < IDLE_ADMIN_CONNECTIONS && !client.is_closed() {
+            list.push(client);
+        }
+    }
+
+    async fn connect_admin(&self, database: &str) -> Result<Client, JitError> {
+        let t = &self.target;
+        let password = t
+            .admin
+            .password
+            .read()
+            .map_err(|e| JitError::AdminCredential { target: t.name.clone(), reason: e.to_string() })?;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&t.host)
+            .port(t.port)
+            .user(&t.admin.user)
+            .password(password.expose().as_bytes())
+            .dbname(database)
+            .application_name("jitgate")
+            .connect_timeout(ADMIN_CONNECT_TIMEOUT);
+        let result = match &t.tls {
+            UpstreamTls::Disable => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                config.connect(tokio_postgres::NoTls).await.map(|(client, conn)| {
+                    spawn_connection(conn);
+                    client
+                })
+            }
+            UpstreamTls::Require | UpstreamTls::VerifyFull { .. } => {
+                let ca = match &t.tls {
+                    UpstreamTls::VerifyFull { ca } => Some(ca.as_path()),
+                    UpstreamTls::Require | UpstreamTls::Disable => None,
+                };
+                let tls = crate::tls::upstream_client_config(ca)
+                    .map_err(|e| JitError::Tls { target: t.name.clone(), reason: e.to_string() })?;
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+                config.connect(connector).await.map(|(client, conn)| {
+                    spawn_connection(conn);
+                    client
+                })
+            }
+        };
+        result.map_err(|e| self.connect_error(e))
+    }
+
+    fn connect_error(&self, e: tokio_postgres::Error) -> JitError {
+        let t = &self.target;
+        match e.as_db_error() {
+            Some(db) => JitError::AdminRejected { target: t.name.clone(), reason: db.message().to_string() },
+            None => JitError::Unreachable {
+                target: t.name.clone(),
+                addr: format!("{}:{}", t.host, t.port),
+                reason: std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()),
+            },
+        }
+    }
+}
+
+fn spawn_connection<S, T>(conn: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "admin connection ended");
+        }
+    });
+}
+
+async fn server_version(admin: &Client) -> Result<i32, tokio_postgres::Error> {
+    let row = admin.query_one("SELECT current_setting('server_version_num')::int", &[]).await?;
+    Ok(row.get(0))
+}
+
+/// `jit_<sanitised user>_<10 random>`: only `[a-z0-9_]`, at most 63 bytes, whatever the user is.
+pub fn role_name(user: &str) -> String {
+    const SUFFIX: usize = 10;
+    let budget = MAX_ROLE_NAME - "jit_".len() - 1 - SUFFIX;
+    let mut clean = String::new();
+    for c in user.chars() {
+        let c = if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' };
+        if !(c == '_' && (clean.is_empty() || clean.ends_with('_'))) {
+            clean.push(c);
+        }
+    }
+    clean.truncate(budget);
+    let clean = clean.trim_end_matches('_');
+    let clean = if clean.is_empty() { "user" } else { clean };
+    format!("jit_{clean}_{}", random_suffix(SUFFIX))
+}
+
+fn create_role_sql(
+    role: &str,
+    verifier: &str,
+    grant: &Grant,
+    expires_at: SystemTime,
+    admin_user: &str,
+    server_version: i32,
+    marker: &str,
+) -> String {
+    let r = escape_identifier(role);
+    let until = OffsetDateTime::from(expires_at).format(&Rfc3339).unwrap_or_else(|_| "infinity".to_string());
+    let mut sql = format!(
+        "CREATE ROLE {r} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT \
+         CONNECTION LIMIT {limit} VALID UNTIL {until} PASSWORD {verifier}",
+        limit = grant.connection_limit(),
+        until = escape_literal(&until),
+        verifier = escape_literal(verifier),
+    );
+    if !grant.pg_roles().is_empty() {
+        let roles: Vec<String> = grant.pg_roles().iter().map(|g| escape_identifier(g)).collect();
+        sql.push_str(&format!(" IN ROLE {}", roles.join(", ")));
+    }
+    // DROP OWNED BY needs the admin to hold the role's privileges. Before PostgreSQL 16 the
+    // creator gets nothing, so make the admin a member; 16+ grants the creator ADMIN OPTION
+    // and `createrole_self_grant` decides the rest, so grant explicitly with SET/INHERIT.
+    let admin = escape_identifier(admin_user);
+    if server_version < 160_000 {
+        sql.push_str(&format!(" ROLE {admin}"));
+        sql.push(';');
+    } else {
+        sql.push_str(&format!("; GRANT {r} TO {admin} WITH INHERIT TRUE, SET TRUE;"));
+    }
+    sql.push_str(&format!(" COMMENT ON ROLE {r} IS {};", escape_literal(marker)));
+    sql
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_names_are_safe_and_bounded() {
+        let hostile = role_name("a\"; DROP ROLE x; --");
+        assert!(hostile.starts_with("jit_a_drop_role_x_"), "{hostile}");
+        assert!(hostile.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+        let long = role_name(&"é".repeat(200));
+        assert!(long.starts_with("jit_user_"), "{long}");
+        let long = role_name(&"x".repeat(200));
+        assert_eq!(long.len(), 63);
+        assert_ne!(role_name("alice"), role_name("alice"));
+    }
+}

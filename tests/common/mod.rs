@@ -1,0 +1,512 @@
+//! Test harness: a real PostgreSQL (initdb + pg_ctl into a temp dir, own port), the real
+//! `jitgate` binary with certificates it issued itself, and real `psql`.
+//! Outside CI a missing binary skips the test; under `CI=true` it fails it.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_USER: &str = "jitgate_admin";
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Marks a test as not runnable here: a failure under CI, a skip elsewhere.
+pub fn unavailable(what: &str) -> Option<std::convert::Infallible> {
+    if in_ci() {
+        panic!("{what} is required under CI=true (run .ci/run, which installs it)");
+    }
+    eprintln!("SKIPPED: {what} not available");
+    None
+}
+
+pub fn which(bin: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(bin)).find(|p| p.is_file())
+}
+
+fn is_root() -> bool {
+    let out = Command::new("id").arg("-u").output().expect("id -u");
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn postgres_bindir() -> Option<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("postgres").is_file() && dir.join("initdb").is_file() {
+            return Some(dir);
+        }
+    }
+    let mut found: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|d| d.join("postgres").is_file())
+        .collect();
+    found.sort_by_key(|d| {
+        d.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)
+    });
+    found.pop()
+}
+
+/// A throwaway PostgreSQL cluster, stopped when dropped.
+pub struct Postgres {
+    pub dir: tempfile::TempDir,
+    pub bindir: PathBuf,
+    pub port: u16,
+    pub admin_password: String,
+    as_postgres: bool,
+}
+
+impl Postgres {
+    /// Starts a cluster with `password_encryption=scram-sha-256`, scram required for TCP,
+    /// `log_statement=all`, an admin role with CREATEROLE + pg_signal_backend (not superuser),
+    /// and a database `orders` with roles `orders_read` / `orders_write`.
+    pub fn start() -> Option<Postgres> {
+        let Some(bindir) = postgres_bindir() else {
+            unavailable("PostgreSQL server binaries (apt-get install postgresql)")?;
+            unreachable!()
+        };
+        let as_postgres = is_root();
+        let dir = tempfile::Builder::new().prefix("jitgate-pg-").tempdir().unwrap();
+        let port = free_port();
+        let pg = Postgres { dir, bindir, port, admin_password: random_word(24), as_postgres };
+        if as_postgres {
+            let st = Command::new("chown").args(["-R", "postgres:postgres"]).arg(pg.dir.path()).status().unwrap();
+            assert!(st.success());
+        }
+        let data = pg.data_dir();
+        pg.run_as_owner(
+            Command::new(pg.bindir.join("initdb"))
+                .args(["-D"])
+                .arg(&data)
+                .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C"]),
+        );
+        let conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{sock}'\n\
+             password_encryption = 'scram-sha-256'\nlog_statement = 'all'\nlog_connections = on\n\
+             max_connections = 50\nfsync = off\nshared_buffers = 16MB\n",
+            sock = pg.dir.path().display()
+        );
+        fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap().write_all(conf.as_bytes()).unwrap();
+        pg.run_as_owner(
+            Command::new(pg.bindir.join("pg_ctl"))
+                .args(["-D"])
+                .arg(&data)
+                .args(["-l"])
+                .arg(pg.log_path())
+                .args(["-w", "-t", "30", "start"]),
+        );
+        pg.superuser_sql(
+            "postgres",
+            &format!(
+                "CREATE ROLE {ADMIN_USER} LOGIN CREATEROLE PASSWORD '{pw}';
+                 GRANT pg_signal_backend TO {ADMIN_USER};
+                 CREATE ROLE orders_read NOLOGIN;
+                 CREATE ROLE orders_write NOLOGIN;
+                 CREATE DATABASE orders;",
+                pw = pg.admin_password
+            ),
+        );
+        pg.superuser_sql(
+            "orders",
+            "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);
+             INSERT INTO items VALUES (1, 'apple'), (2, 'pear');
+             GRANT SELECT ON items TO orders_read;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON items TO orders_write;",
+        );
+        Some(pg)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    pub fn server_log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn run_as_owner(&self, cmd: &mut Command) {
+        let out = if self.as_postgres {
+            let mut wrapped = Command::new("runuser");
+            wrapped.args(["-u", "postgres", "--"]).arg(cmd.get_program()).args(cmd.get_args());
+            wrapped.current_dir(self.dir.path()).output().unwrap()
+        } else {
+            cmd.output().unwrap()
+        };
+        assert!(out.status.success(), "{:?} failed: {}{}", cmd, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Runs SQL as the bootstrap superuser over the Unix socket; returns unaligned output.
+    pub fn superuser_sql(&self, db: &str, sql: &str) -> String {
+        let out = self.psql_socket(db, sql);
+        assert!(out.status.success(), "superuser SQL failed: {sql}\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn psql_socket(&self, db: &str, sql: &str) -> Output {
+        Command::new(self.bindir.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-c", sql])
+            .env_remove("PGPASSWORD")
+            .output()
+            .unwrap()
+    }
+
+    /// Roles whose names start with `jit_`.
+    pub fn jit_roles(&self) -> Vec<String> {
+        let out = self.superuser_sql("postgres", "SELECT rolname FROM pg_roles WHERE rolname LIKE 'jit\\_%' ORDER BY 1");
+        out.lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+    }
+
+    /// Waits (up to 10 s) until no `jit_` role exists; returns what is left.
+    pub fn wait_no_jit_roles(&self) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let roles = self.jit_roles();
+            if roles.is_empty() || start.elapsed() > Duration::from_secs(10) {
+                return roles;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Backends (pid, role) of client sessions other than the superuser's and the admin's.
+    pub fn jit_backends(&self) -> Vec<String> {
+        let out = self.superuser_sql(
+            "postgres",
+            &format!("SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND usename IS DISTINCT FROM 'postgres' AND usename IS DISTINCT FROM '{ADMIN_USER}'"),
+        );
+        out.lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let mut cmd = Command::new(self.bindir.join("pg_ctl"));
+        cmd.args(["-D"]).arg(self.data_dir()).args(["-m", "immediate", "-w", "stop"]);
+        let _ = if self.as_postgres {
+            Command::new("runuser").args(["-u", "postgres", "--"]).arg(cmd.get_program()).args(cmd.get_args()).output()
+        } else {
+            cmd.output()
+        };
+    }
+}
+
+pub fn random_word(len: usize) -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::new();
+    while out.len() < len {
+        let mut h = RandomState::new().build_hasher();
+        h.write_usize(out.len());
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn jitgate_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_jitgate"))
+}
+
+/// Runs the jitgate CLI and asserts success.
+pub fn jitgate(args: &[&str]) -> String {
+    let out = Command::new(jitgate_bin()).args(args).output().unwrap();
+    assert!(out.status.success(), "jitgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The real gateway process against a `Postgres`, with its own certs, config and policies.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+pub const DEFAULT_POLICY: &str = r#"
+grants:
+  - name: orders-dba
+    subjects: { groups: [dba] }
+    targets: [orders]
+    postgres: { roles: [orders_read, orders_write], connection_limit: 5 }
+    max_session: 1h
+  - name: orders-analyst
+    subjects: { groups: [analyst] }
+    targets: ["ord*"]
+    postgres: { roles: [orders_read] }
+    max_session: 30m
+  - name: orders-audit
+    subjects: { users: [carol] }
+    targets: [orders]
+    postgres: { roles: [orders_read] }
+    require_reason: true
+"#;
+
+impl Gateway {
+    pub fn start(pg: &Postgres, policy: &str) -> Gateway {
+        let dir = tempfile::Builder::new().prefix("jitgate-gw-").tempdir().unwrap();
+        let d = dir.path();
+        let certs = d.join("certs");
+        jitgate(&["certs", "init", "--dir", certs.to_str().unwrap()]);
+        fs::create_dir(d.join("policies")).unwrap();
+        fs::write(d.join("policies/test.yaml"), policy).unwrap();
+        let secret = d.join("admin-password");
+        fs::write(&secret, format!("{}\n", pg.admin_password)).unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        let port = free_port();
+        let config = format!(
+            "instance_id: test-gw\n\
+             tls:\n  ca: certs/ca.crt\n  cert: certs/server.crt\n  key: certs/server.key\n  crl: certs/crl.pem\n\
+             listen:\n  postgres: 127.0.0.1:{port}\n\
+             handshake_timeout: 3s\n\
+             targets:\n  orders:\n    postgres:\n      host: 127.0.0.1\n      port: {pgport}\n      databases: [orders, postgres]\n      tls: disable\n      admin:\n        user: {ADMIN_USER}\n        password_file: admin-password\n",
+            pgport = pg.port
+        );
+        fs::write(d.join("jitgate.yaml"), config).unwrap();
+        let mut gw = Gateway { dir, port, child: None };
+        gw.spawn();
+        gw
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::File::create(self.path("gateway.log")).unwrap();
+        let child = Command::new(jitgate_bin())
+            .args(["serve", "--config"])
+            .arg(self.path("jitgate.yaml"))
+            .env("JITGATE_LOG", "debug")
+            .env("JITGATE_TEST_CREDENTIAL_LOG", self.path("credentials.txt"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let start = Instant::now();
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("jitgate exited early ({status}):\n{}", self.log());
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "jitgate did not listen:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.path("gateway.log")).unwrap_or_default()
+    }
+
+    /// Issues a client certificate with the gateway's CA; returns (cert, key).
+    pub fn issue(&self, user: &str, groups: &[&str]) -> (PathBuf, PathBuf) {
+        let certs = self.path("certs");
+        let out = self.path("users");
+        let mut args = vec!["certs", "issue", "--dir", certs.to_str().unwrap(), "--user", user, "--out", out.to_str().unwrap()];
+        for g in groups {
+            args.extend(["--group", g]);
+        }
+        jitgate(&args);
+        let file: String = user.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+        (out.join(format!("{file}.crt")), out.join(format!("{file}.key")))
+    }
+
+    /// libpq connection string for a user with a certificate; `extra` is appended.
+    pub fn conninfo(&self, user: &str, cert: Option<(&Path, &Path)>, extra: &str) -> String {
+        let mut s = format!(
+            "host=127.0.0.1 port={} dbname=orders user={user} sslmode=verify-full sslrootcert={} connect_timeout=10",
+            self.port,
+            self.path("certs/ca.crt").display()
+        );
+        if let Some((crt, key)) = cert {
+            s.push_str(&format!(" sslcert={} sslkey={}", crt.display(), key.display()));
+        } else {
+            // Keep libpq from picking up ~/.postgresql/postgresql.crt.
+            s.push_str(" sslcert=/nonexistent sslkey=/nonexistent");
+        }
+        if !extra.is_empty() {
+            s.push(' ');
+            s.push_str(extra);
+        }
+        s
+    }
+
+    /// Credentials the gateway minted (debug builds record them for the leak tests).
+    pub fn minted_credentials(&self) -> Vec<String> {
+        fs::read_to_string(self.path("credentials.txt")).unwrap_or_default().lines().map(str::to_string).collect()
+    }
+
+    /// Kills the gateway without letting it clean up (a crash).
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the gateway again with the same config (after `kill_hard` or `stop`).
+    pub fn restart(&mut self) {
+        let previous = self.log();
+        fs::write(self.path("gateway.previous.log"), previous).unwrap();
+        self.spawn();
+    }
+
+    /// Stops the gateway with SIGTERM (it ends sessions and drops accounts) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let start = Instant::now();
+            while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(40) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs real psql with a connection string; returns its output.
+pub fn psql(conninfo: &str, sql: &str) -> Output {
+    let Some(psql) = which("psql") else {
+        panic!("psql not on PATH");
+    };
+    Command::new(psql)
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", conninfo, "-c", sql])
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSSLCERT")
+        .env_remove("PGSSLKEY")
+        .output()
+        .unwrap()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_string()
+}
+
+/// Everything needed by a Postgres end-to-end test, or `None` where the test is skipped.
+pub fn pg_env(policy: &str) -> Option<(Postgres, Gateway)> {
+    if which("psql").is_none() {
+        unavailable("psql (apt-get install postgresql-client)")?;
+    }
+    let pg = Postgres::start()?;
+    let gw = Gateway::start(&pg, policy);
+    Some((pg, gw))
+}
+
+pub mod raw {
+    //! A minimal wire-level client for what psql 15 cannot do: PG17 direct TLS, libpq 17's
+    //! TLS cancel, reading BackendKeyData.
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use bytes::{Buf, BufMut, BytesMut};
+    use jitgate::pg::message::{error_fields, read_tagged};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio_rustls::client::TlsStream;
+
+    pub type Stream = TlsStream<TcpStream>;
+
+    pub fn client_config(ca: &Path, cert: &Path, key: &Path, alpn: bool) -> Arc<rustls::ClientConfig> {
+        let alpn = if alpn { vec![b"postgresql".to_vec()] } else { vec![] };
+        jitgate::tls::client_config_with_cert(ca, cert, key, alpn).unwrap()
+    }
+
+    /// TLS to the gateway, by SSLRequest or (direct) straight away.
+    pub async fn connect(port: u16, config: Arc<rustls::ClientConfig>, direct: bool) -> std::io::Result<Stream> {
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+        if !direct {
+            tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+            let answer = tcp.read_u8().await?;
+            assert_eq!(answer, b'S');
+        }
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+    }
+
+    pub enum Login {
+        Ready { pid: i32, key: i32 },
+        Refused { code: String, message: String },
+    }
+
+    pub async fn startup(stream: &mut Stream, user: &str, database: &str) -> Login {
+        let mut buf = BytesMut::new();
+        postgres_protocol::message::frontend::startup_message([("user", user), ("database", database)], &mut buf).unwrap();
+        stream.write_all(&buf).await.unwrap();
+        let mut key = None;
+        loop {
+            let msg = read_tagged(stream, 1 << 20).await.unwrap();
+            match msg.tag {
+                b'E' => {
+                    let fields = error_fields(msg.body());
+                    let get = |f: u8| fields.iter().find(|(k, _)| *k == f).map(|(_, v)| v.clone()).unwrap_or_default();
+                    return Login::Refused { code: get(b'C'), message: get(b'M') };
+                }
+                b'K' => {
+                    let mut b = msg.body();
+                    key = Some((b.get_i32(), b.get_i32()));
+                }
+                b'Z' => {
+                    let (pid, key) = key.unwrap();
+                    return Login::Ready { pid, key };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn send_query(stream: &mut Stream, sql: &str) {
+        let mut buf = BytesMut::new();
+        postgres_protocol::message::frontend::query(sql, &mut buf).unwrap();
+        stream.write_all(&buf).await.unwrap();
+    }
+
+    /// Reads until ReadyForQuery; returns the SQLSTATE of an error, if one came.
+    pub async fn result_code(stream: &mut Stream) -> Option<String> {
+        let mut code = None;
+        loop {
+            let msg = read_tagged(stream, 1 << 20).await.unwrap();
+            match msg.tag {
+                b'E' => code = error_fields(msg.body()).into_iter().find(|(k, _)| *k == b'C').map(|(_, v)| v),
+                b'Z' => return code,
+                _ => {}
+            }
+        }
+    }
+
+    pub fn cancel_packet(pid: i32, key: i32) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        buf.put_i32(16);
+        buf.put_i32(80_877_102);
+        buf.put_i32(pid);
+        buf.put_i32(key);
+        buf.to_vec()
+    }
+}
