@@ -1,1 +1,996 @@
-//! placeholder: filled in by its owner.
+//! The gateway's own configuration (`jitgate.yaml`): identity, TLS files, listeners, targets.
+//!
+//! Read once at start (and on reload), fully validated here so that later steps never meet a
+//! bad value; files it names are opened (and their absence reported) by the steps that use them.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::secret::Secret;
+use crate::yaml::{self, MessageList, Problems, SpannedMap};
+
+pub use crate::yaml::LocatedMessage;
+
+const DEFAULT_TRUST_DOMAIN: &str = "jitgate.local";
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_REAP_INTERVAL: Duration = Duration::from_secs(60);
+const DEFAULT_POLICY_DIR: &str = "policies";
+const DEFAULT_AUDIT_DIR: &str = "audit";
+const DEFAULT_PG_PORT: u16 = 5432;
+/// Longest identifier PostgreSQL keeps (NAMEDATALEN - 1).
+const PG_NAME_MAX: usize = 63;
+const INSTANCE_ID_MAX: usize = 32;
+
+/// The whole gateway configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was loaded from, as given.
+    pub path: PathBuf,
+    /// Written into each JIT account's comment: the reaper only touches its own.
+    pub instance_id: String,
+    /// SPIFFE trust domain of issued certificates (`spiffe://<trust_domain>/user/<name>`).
+    pub trust_domain: String,
+    pub tls: TlsFiles,
+    pub listen: Listen,
+    pub handshake_timeout: Duration,
+    pub policy_dir: PathBuf,
+    pub audit_dir: PathBuf,
+    pub reap_interval: Duration,
+    pub targets: BTreeMap<String, Target>,
+}
+
+/// The gateway's TLS material; relative paths are already resolved against the config's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA that signs user (client) certificates.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub crl: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Listen {
+    pub postgres: Option<SocketAddr>,
+}
+
+/// A configured database or host; exactly one kind per target (`ssh` will join `postgres`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Postgres(PgTarget),
+}
+
+impl Target {
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Postgres(pg) => &pg.name,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgTarget {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// At least one; the first is the default database.
+    pub databases: Vec<String>,
+    pub tls: UpstreamTls,
+    pub admin: PgAdmin,
+}
+
+/// How the gateway's connections to the upstream server are protected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTls {
+    Disable,
+    Require,
+    VerifyFull { ca: PathBuf },
+}
+
+/// The account jitgate mints JIT roles with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgAdmin {
+    pub user: String,
+    pub database: String,
+    pub password: PasswordSource,
+}
+
+/// Where the admin password is read from; the config holds the source, never the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    File(PathBuf),
+    Env(String),
+}
+
+impl PasswordSource {
+    /// Reads the password now. One trailing newline (`\n` or `\r\n`) is removed; an empty
+    /// password is an error. Errors name the file or variable, never the content.
+    pub fn read(&self) -> Result<Secret<String>, ConfigError> {
+        match self {
+            PasswordSource::File(path) => {
+                let mut text =
+                    fs::read_to_string(path).map_err(|error| ConfigError::PasswordFile {
+                        path: path.clone(),
+                        error,
+                    })?;
+                trim_one_newline(&mut text);
+                if text.is_empty() {
+                    return Err(ConfigError::PasswordEmpty {
+                        source_name: format!("password file {}", path.display()),
+                    });
+                }
+                Ok(Secret::new(text))
+            }
+            PasswordSource::Env(var) => match std::env::var(var) {
+                Ok(mut text) => {
+                    trim_one_newline(&mut text);
+                    if text.is_empty() {
+                        return Err(ConfigError::PasswordEmpty {
+                            source_name: format!("environment variable {var}"),
+                        });
+                    }
+                    Ok(Secret::new(text))
+                }
+                Err(std::env::VarError::NotPresent) => {
+                    Err(ConfigError::PasswordEnvUnset { var: var.clone() })
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    Err(ConfigError::PasswordEnvNotUnicode { var: var.clone() })
+                }
+            },
+        }
+    }
+}
+
+fn trim_one_newline(text: &mut String) {
+    if text.ends_with("\r\n") {
+        text.truncate(text.len() - 2);
+    } else if text.ends_with('\n') {
+        text.truncate(text.len() - 1);
+    }
+}
+
+/// Errors of the configuration layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// One `file:line:col: message` per problem.
+    #[error("{}", MessageList(.0))]
+    Invalid(Vec<LocatedMessage>),
+    #[error("cannot read password file {}: {error}", path.display())]
+    PasswordFile {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("password environment variable {var} is not set")]
+    PasswordEnvUnset { var: String },
+    #[error("password environment variable {var} is not valid UTF-8")]
+    PasswordEnvNotUnicode { var: String },
+    #[error("the password in {source_name} is empty")]
+    PasswordEmpty { source_name: String },
+}
+
+impl Config {
+    /// Reads and validates `path`. All problems found are reported, each as `path:line:col: …`
+    /// (serde stops at the first unknown field or wrong type, so those come one at a time).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Self::from_yaml(path, &text)
+    }
+
+    /// Validates `text` as if read from `path` (relative paths resolve against its directory).
+    pub fn from_yaml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw = match yaml::parse::<RawConfig>(path, text) {
+            Ok(Some(raw)) => raw,
+            Ok(None) => {
+                return Err(ConfigError::Invalid(vec![LocatedMessage {
+                    file: path.to_path_buf(),
+                    line: 0,
+                    column: 0,
+                    message: "the configuration is empty (instance_id, tls are required)"
+                        .to_string(),
+                }]))
+            }
+            Err(located) => return Err(ConfigError::Invalid(vec![located])),
+        };
+        let mut problems = Problems::new(path);
+        match validate(path, raw, &mut problems) {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => {
+                let mut found = problems.into_vec();
+                if found.is_empty() {
+                    // Every rejection above records why; this only guards that invariant.
+                    found.push(LocatedMessage {
+                        file: path.to_path_buf(),
+                        line: 0,
+                        column: 0,
+                        message: "invalid configuration".to_string(),
+                    });
+                }
+                Err(ConfigError::Invalid(found))
+            }
+        }
+    }
+
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.get(name)
+    }
+}
+
+// ---- the file as written -------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    instance_id: Spanned<String>,
+    trust_domain: Option<Spanned<String>>,
+    tls: RawTlsFiles,
+    listen: Option<RawListen>,
+    handshake_timeout: Option<Spanned<String>>,
+    policy_dir: Option<Spanned<String>>,
+    audit_dir: Option<Spanned<String>>,
+    reap_interval: Option<Spanned<String>>,
+    targets: Option<SpannedMap<Spanned<RawTarget>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTlsFiles {
+    ca: Spanned<String>,
+    cert: Spanned<String>,
+    key: Spanned<String>,
+    crl: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    postgres: Option<Spanned<String>>,
+}
+
+/// One optional field per kind; validation insists on exactly one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    postgres: Option<Spanned<RawPgTarget>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPgTarget {
+    host: Spanned<String>,
+    port: Option<Spanned<String>>,
+    databases: Spanned<Vec<Spanned<String>>>,
+    tls: Spanned<String>,
+    tls_ca: Option<Spanned<String>>,
+    admin: Spanned<RawPgAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPgAdmin {
+    user: Spanned<String>,
+    database: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
+}
+
+// ---- validation ----------------------------------------------------------------------------
+
+fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
+    let base = path.parent().unwrap_or(Path::new(""));
+
+    let instance_id = problems.check(&raw.instance_id, |id| {
+        let ok_chars = id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if id.is_empty() || id.len() > INSTANCE_ID_MAX || !ok_chars {
+            Err(format!(
+                "instance_id `{}` must be 1 to {INSTANCE_ID_MAX} characters of a-z, 0-9 and `-`",
+                yaml::printable(id)
+            ))
+        } else {
+            Ok(id.clone())
+        }
+    });
+
+    let trust_domain = match &raw.trust_domain {
+        None => Some(DEFAULT_TRUST_DOMAIN.to_string()),
+        Some(td) => problems.check(td, |td| {
+            // SPIFFE trust domain names: lowercase letters, digits, `.`, `-`, `_`.
+            let ok_chars = td.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')
+            });
+            if td.is_empty() || td.len() > 255 || !ok_chars {
+                Err(format!(
+                    "trust_domain `{}` must be a SPIFFE trust domain (a-z, 0-9, `.`, `-`, `_`)",
+                    yaml::printable(td)
+                ))
+            } else {
+                Ok(td.clone())
+            }
+        }),
+    };
+
+    let tls = {
+        let ca = file_path(base, "tls.ca", &raw.tls.ca, problems);
+        let cert = file_path(base, "tls.cert", &raw.tls.cert, problems);
+        let key = file_path(base, "tls.key", &raw.tls.key, problems);
+        let crl = match &raw.tls.crl {
+            None => Some(None),
+            Some(crl) => file_path(base, "tls.crl", crl, problems).map(Some),
+        };
+        match (ca, cert, key, crl) {
+            (Some(ca), Some(cert), Some(key), Some(crl)) => Some(TlsFiles { ca, cert, key, crl }),
+            _ => None,
+        }
+    };
+
+    let listen = match raw.listen.as_ref().and_then(|l| l.postgres.as_ref()) {
+        None => Some(Listen::default()),
+        Some(addr) => problems
+            .check(addr, |addr| {
+                addr.trim().parse::<SocketAddr>().map_err(|_| {
+                    format!(
+                        "listen.postgres `{}` must be IP:port, e.g. 127.0.0.1:6432",
+                        yaml::printable(addr)
+                    )
+                })
+            })
+            .map(|postgres| Listen {
+                postgres: Some(postgres),
+            }),
+    };
+
+    let handshake_timeout = duration(
+        "handshake_timeout",
+        raw.handshake_timeout.as_ref(),
+        DEFAULT_HANDSHAKE_TIMEOUT,
+        problems,
+    );
+    let reap_interval = duration(
+        "reap_interval",
+        raw.reap_interval.as_ref(),
+        DEFAULT_REAP_INTERVAL,
+        problems,
+    );
+    let policy_dir = dir_path(
+        base,
+        "policy_dir",
+        raw.policy_dir.as_ref(),
+        DEFAULT_POLICY_DIR,
+        problems,
+    );
+    let audit_dir = dir_path(
+        base,
+        "audit_dir",
+        raw.audit_dir.as_ref(),
+        DEFAULT_AUDIT_DIR,
+        problems,
+    );
+
+    let mut targets = BTreeMap::new();
+    let raw_targets = raw.targets.as_ref().map_or(&[][..], |t| &t.0);
+    for (name, target) in raw_targets {
+        let name_ok = problems
+            .check(name, |n| yaml::simple_name("target name", n, PG_NAME_MAX))
+            .is_some();
+        if let Some(target) = validate_target(base, &name.value, target, problems) {
+            if name_ok {
+                targets.insert(name.value.clone(), target);
+            }
+        }
+    }
+
+    Some(Config {
+        path: path.to_path_buf(),
+        instance_id: instance_id?,
+        trust_domain: trust_domain?,
+        tls: tls?,
+        listen: listen?,
+        handshake_timeout: handshake_timeout?,
+        policy_dir: policy_dir?,
+        audit_dir: audit_dir?,
+        reap_interval: reap_interval?,
+        targets,
+    })
+}
+
+fn validate_target(
+    base: &Path,
+    name: &str,
+    raw: &Spanned<RawTarget>,
+    problems: &mut Problems<'_>,
+) -> Option<Target> {
+    // Exhaustive destructuring: a new kind must be added to this check.
+    let RawTarget { postgres } = &raw.value;
+    match postgres {
+        Some(pg) => validate_pg(base, name, pg, problems).map(Target::Postgres),
+        None => {
+            problems.at(
+                raw.referenced,
+                format!(
+                    "target `{}` needs exactly one kind: postgres",
+                    yaml::printable(name)
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn validate_pg(
+    base: &Path,
+    name: &str,
+    raw: &Spanned<RawPgTarget>,
+    problems: &mut Problems<'_>,
+) -> Option<PgTarget> {
+    let pg = &raw.value;
+    let host = problems.check(&pg.host, |h| {
+        if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Err(format!(
+                "host `{}` must be a host name or IP address",
+                yaml::printable(h)
+            ))
+        } else {
+            Ok(h.clone())
+        }
+    });
+    let port = match &pg.port {
+        None => Some(DEFAULT_PG_PORT),
+        Some(port) => problems.check(port, |p| {
+            yaml::integer_in("port", p, 1, u32::from(u16::MAX))
+                .and_then(|p| u16::try_from(p).map_err(|_| "port is out of range".to_string()))
+        }),
+    };
+
+    let mut databases = Vec::new();
+    let mut databases_ok = true;
+    if pg.databases.value.is_empty() {
+        problems.at(
+            pg.databases.referenced,
+            "databases must list at least one database",
+        );
+        databases_ok = false;
+    }
+    for db in &pg.databases.value {
+        let checked = problems.check(db, |d| {
+            yaml::plain_text("database", d, PG_NAME_MAX)?;
+            // `dbname=target/database` is split at the first `/`.
+            if d.contains('/') {
+                return Err(format!(
+                    "database `{}` must not contain `/`",
+                    yaml::printable(d)
+                ));
+            }
+            Ok(d.clone())
+        });
+        match checked {
+            Some(d) if databases.contains(&d) => {
+                problems.at(
+                    db.referenced,
+                    format!("database `{}` is listed twice", yaml::printable(&d)),
+                );
+                databases_ok = false;
+            }
+            Some(d) => databases.push(d),
+            None => databases_ok = false,
+        }
+    }
+
+    let tls = problems
+        .check(&pg.tls, |t| match t.as_str() {
+            "disable" => Ok(TlsMode::Disable),
+            "require" => Ok(TlsMode::Require),
+            "verify-full" => Ok(TlsMode::VerifyFull),
+            _ => Err(format!(
+                "tls must be one of disable, require, verify-full (got `{}`)",
+                yaml::printable(t)
+            )),
+        })
+        .and_then(|mode| match (mode, &pg.tls_ca) {
+            (TlsMode::VerifyFull, Some(ca)) => {
+                file_path(base, "tls_ca", ca, problems).map(|ca| UpstreamTls::VerifyFull { ca })
+            }
+            (TlsMode::VerifyFull, None) => {
+                problems.at(
+                    pg.tls.referenced,
+                    "tls_ca is required when tls is verify-full",
+                );
+                None
+            }
+            (TlsMode::Disable | TlsMode::Require, Some(ca)) => {
+                problems.at(ca.referenced, "tls_ca is only used when tls is verify-full");
+                None
+            }
+            (TlsMode::Disable, None) => Some(UpstreamTls::Disable),
+            (TlsMode::Require, None) => Some(UpstreamTls::Require),
+        });
+
+    let admin = validate_admin(base, &pg.admin, databases.first(), problems);
+
+    if !databases_ok {
+        return None;
+    }
+    Some(PgTarget {
+        name: name.to_string(),
+        host: host?,
+        port: port?,
+        databases,
+        tls: tls?,
+        admin: admin?,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum TlsMode {
+    Disable,
+    Require,
+    VerifyFull,
+}
+
+fn validate_admin(
+    base: &Path,
+    raw: &Spanned<RawPgAdmin>,
+    first_database: Option<&String>,
+    problems: &mut Problems<'_>,
+) -> Option<PgAdmin> {
+    let admin = &raw.value;
+    let user = problems.check(&admin.user, |u| {
+        yaml::plain_text("admin.user", u, PG_NAME_MAX).map(|()| u.clone())
+    });
+    let database = match &admin.database {
+        Some(db) => problems.check(db, |d| {
+            yaml::plain_text("admin.database", d, PG_NAME_MAX).map(|()| d.clone())
+        }),
+        // When `databases` is empty that is reported already.
+        None => first_database.cloned(),
+    };
+    let password = match (&admin.password_file, &admin.password_env) {
+        (Some(file), None) => {
+            file_path(base, "password_file", file, problems).map(PasswordSource::File)
+        }
+        (None, Some(var)) => problems.check(var, |v| {
+            let mut chars = v.chars();
+            let first_ok = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+            if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                Ok(PasswordSource::Env(v.clone()))
+            } else {
+                Err(format!(
+                    "password_env `{}` must be an environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                    yaml::printable(v)
+                ))
+            }
+        }),
+        (Some(_), Some(_)) => {
+            problems.at(
+                raw.referenced,
+                "admin needs exactly one of password_file, password_env (both are given)",
+            );
+            None
+        }
+        (None, None) => {
+            problems.at(
+                raw.referenced,
+                "admin needs exactly one of password_file, password_env",
+            );
+            None
+        }
+    };
+    Some(PgAdmin {
+        user: user?,
+        database: database?,
+        password: password?,
+    })
+}
+
+fn duration(
+    field: &str,
+    raw: Option<&Spanned<String>>,
+    default: Duration,
+    problems: &mut Problems<'_>,
+) -> Option<Duration> {
+    match raw {
+        None => Some(default),
+        Some(value) => problems.check(value, |text| {
+            yaml::duration_in(
+                field,
+                text,
+                Duration::from_secs(1),
+                Duration::from_secs(86_400),
+            )
+        }),
+    }
+}
+
+fn file_path(
+    base: &Path,
+    field: &str,
+    raw: &Spanned<String>,
+    problems: &mut Problems<'_>,
+) -> Option<PathBuf> {
+    problems.check(raw, |p| {
+        if p.trim().is_empty() {
+            Err(format!("{field} must not be empty"))
+        } else {
+            Ok(resolve(base, p))
+        }
+    })
+}
+
+fn dir_path(
+    base: &Path,
+    field: &str,
+    raw: Option<&Spanned<String>>,
+    default: &str,
+    problems: &mut Problems<'_>,
+) -> Option<PathBuf> {
+    match raw {
+        None => Some(resolve(base, default)),
+        Some(raw) => file_path(base, field, raw, problems),
+    }
+}
+
+fn resolve(base: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "\
+instance_id: gw-1
+trust_domain: jitgate.local
+tls:
+  ca: certs/ca.crt
+  cert: certs/server.crt
+  key: certs/server.key
+  crl: certs/crl.pem
+listen:
+  postgres: 127.0.0.1:6432
+handshake_timeout: 10s
+policy_dir: policies
+audit_dir: audit
+reap_interval: 60s
+targets:
+  orders:
+    postgres:
+      host: 127.0.0.1
+      port: 5432
+      databases: [orders, orders_archive]
+      tls: disable
+      admin:
+        user: jitgate_admin
+        database: orders
+        password_file: /run/secrets/pg
+";
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(Path::new("/etc/jitgate/jitgate.yaml"), text)
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match load(text) {
+            Ok(config) => vec![format!("unexpectedly valid: {config:?}")],
+            Err(ConfigError::Invalid(list)) => list.iter().map(|m| m.to_string()).collect(),
+            Err(other) => vec![format!("unexpected error kind: {other}")],
+        }
+    }
+
+    #[test]
+    fn example_config_loads() -> Result<(), ConfigError> {
+        let config = load(EXAMPLE)?;
+        assert_eq!(config.instance_id, "gw-1");
+        assert_eq!(config.trust_domain, "jitgate.local");
+        assert_eq!(
+            config.tls,
+            TlsFiles {
+                ca: PathBuf::from("/etc/jitgate/certs/ca.crt"),
+                cert: PathBuf::from("/etc/jitgate/certs/server.crt"),
+                key: PathBuf::from("/etc/jitgate/certs/server.key"),
+                crl: Some(PathBuf::from("/etc/jitgate/certs/crl.pem")),
+            }
+        );
+        assert_eq!(
+            config.listen.postgres,
+            Some(SocketAddr::from(([127, 0, 0, 1], 6432)))
+        );
+        assert_eq!(config.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.reap_interval, Duration::from_secs(60));
+        assert_eq!(config.policy_dir, PathBuf::from("/etc/jitgate/policies"));
+        assert_eq!(config.audit_dir, PathBuf::from("/etc/jitgate/audit"));
+        let Some(Target::Postgres(pg)) = config.target("orders") else {
+            unreachable!("orders is a postgres target: {config:?}")
+        };
+        assert_eq!(pg.name, "orders");
+        assert_eq!(pg.host, "127.0.0.1");
+        assert_eq!(pg.port, 5432);
+        assert_eq!(pg.databases, vec!["orders", "orders_archive"]);
+        assert_eq!(pg.tls, UpstreamTls::Disable);
+        assert_eq!(
+            pg.admin,
+            PgAdmin {
+                user: "jitgate_admin".into(),
+                database: "orders".into(),
+                password: PasswordSource::File(PathBuf::from("/run/secrets/pg")),
+            }
+        );
+        assert!(config.target("nope").is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn defaults_apply() -> Result<(), ConfigError> {
+        let config = Config::from_yaml(
+            Path::new("jitgate.yaml"),
+            "\
+instance_id: gw-1
+tls: {ca: ca.crt, cert: s.crt, key: s.key}
+targets:
+  orders:
+    postgres:
+      host: db
+      databases: [orders]
+      tls: verify-full
+      tls_ca: pg-ca.crt
+      admin: {user: a, password_env: PG_PASS}
+",
+        )?;
+        assert_eq!(config.trust_domain, "jitgate.local");
+        assert_eq!(config.listen, Listen::default());
+        assert_eq!(config.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.reap_interval, Duration::from_secs(60));
+        assert_eq!(config.policy_dir, PathBuf::from("policies"));
+        assert_eq!(config.audit_dir, PathBuf::from("audit"));
+        assert_eq!(config.tls.crl, None);
+        let Some(Target::Postgres(pg)) = config.target("orders") else {
+            unreachable!("orders is a postgres target")
+        };
+        assert_eq!(pg.port, 5432);
+        assert_eq!(pg.admin.database, "orders");
+        assert_eq!(pg.admin.password, PasswordSource::Env("PG_PASS".into()));
+        assert_eq!(
+            pg.tls,
+            UpstreamTls::VerifyFull {
+                ca: PathBuf::from("pg-ca.crt")
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_field_points_at_the_key() {
+        let text = EXAMPLE.replace("      host: 127.0.0.1", "      hots: 127.0.0.1");
+        assert_eq!(
+            errors(&text),
+            vec![
+                "/etc/jitgate/jitgate.yaml:17:7: unknown field `hots`, expected one of \
+                 host, port, databases, tls, tls_ca, admin"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_tls_mode_points_at_the_value() {
+        let text = EXAMPLE.replace("tls: disable", "tls: verify_full");
+        assert_eq!(
+            errors(&text),
+            vec![
+                "/etc/jitgate/jitgate.yaml:20:12: tls must be one of disable, require, \
+                 verify-full (got `verify_full`)"
+            ]
+        );
+    }
+
+    #[test]
+    fn tls_ca_required_for_verify_full_and_only_then() {
+        let text = EXAMPLE.replace("tls: disable", "tls: verify-full");
+        assert_eq!(
+            errors(&text),
+            vec!["/etc/jitgate/jitgate.yaml:20:12: tls_ca is required when tls is verify-full"]
+        );
+        let text = EXAMPLE.replace("tls: disable", "tls: require\n      tls_ca: ca.crt");
+        assert_eq!(
+            errors(&text),
+            vec!["/etc/jitgate/jitgate.yaml:21:15: tls_ca is only used when tls is verify-full"]
+        );
+    }
+
+    #[test]
+    fn bad_duration_points_at_the_value() {
+        let text = EXAMPLE.replace("handshake_timeout: 10s", "handshake_timeout: 10 parsecs");
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with(
+                "/etc/jitgate/jitgate.yaml:10:20: handshake_timeout: invalid duration `10 parsecs`"
+            ),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn all_semantic_problems_are_reported() {
+        let text = EXAMPLE
+            .replace("instance_id: gw-1", "instance_id: GW_1")
+            .replace("postgres: 127.0.0.1:6432", "postgres: localhost")
+            .replace("port: 5432", "port: 70000")
+            .replace("[orders, orders_archive]", "[]")
+            .replace("  orders:\n", "  orders/x:\n");
+        assert_eq!(
+            errors(&text),
+            vec![
+                "/etc/jitgate/jitgate.yaml:1:14: instance_id `GW_1` must be 1 to 32 characters \
+                 of a-z, 0-9 and `-`",
+                "/etc/jitgate/jitgate.yaml:9:13: listen.postgres `localhost` must be IP:port, \
+                 e.g. 127.0.0.1:6432",
+                "/etc/jitgate/jitgate.yaml:15:3: target name `orders/x` may only contain A-Z, \
+                 a-z, 0-9, `_`, `.` and `-` (found '/')",
+                "/etc/jitgate/jitgate.yaml:18:13: port must be a whole number from 1 to 65535 \
+                 (got 70000)",
+                "/etc/jitgate/jitgate.yaml:19:18: databases must list at least one database",
+            ]
+        );
+    }
+
+    #[test]
+    fn password_source_needs_exactly_one() {
+        let both = EXAMPLE.replace(
+            "password_file: /run/secrets/pg",
+            "password_file: /run/secrets/pg\n        password_env: X",
+        );
+        assert_eq!(
+            errors(&both),
+            vec![
+                "/etc/jitgate/jitgate.yaml:22:9: admin needs exactly one of password_file, \
+                 password_env (both are given)"
+            ]
+        );
+        let neither = EXAMPLE.replace("        password_file: /run/secrets/pg\n", "");
+        assert_eq!(
+            errors(&neither),
+            vec![
+                "/etc/jitgate/jitgate.yaml:22:9: admin needs exactly one of password_file, \
+                 password_env"
+            ]
+        );
+        let bad_env = EXAMPLE.replace("password_file: /run/secrets/pg", "password_env: 1-X");
+        assert_eq!(
+            errors(&bad_env),
+            vec![
+                "/etc/jitgate/jitgate.yaml:24:23: password_env `1-X` must be an environment \
+                 variable name ([A-Za-z_][A-Za-z0-9_]*)"
+            ]
+        );
+    }
+
+    #[test]
+    fn target_needs_a_kind_and_unknown_kinds_are_rejected() {
+        let text = "\
+instance_id: gw-1
+tls: {ca: a, cert: b, key: c}
+targets:
+  web:
+    ssh: {host: x}
+";
+        assert_eq!(
+            errors(text),
+            vec![
+                "/etc/jitgate/jitgate.yaml:5:5: unknown field `ssh`, expected one of postgres"
+                    .to_string()
+            ]
+        );
+        let text = "\
+instance_id: gw-1
+tls: {ca: a, cert: b, key: c}
+targets:
+  web: {}
+";
+        assert_eq!(
+            errors(text),
+            vec!["/etc/jitgate/jitgate.yaml:4:8: target `web` needs exactly one kind: postgres"]
+        );
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error_naming_it() {
+        let err = Config::load(Path::new("/nonexistent/jitgate.yaml")).err();
+        assert!(
+            matches!(&err, Some(ConfigError::Read { path, .. }) if path == Path::new("/nonexistent/jitgate.yaml")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn load_reads_the_file() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("jitgate.yaml");
+        fs::write(&path, EXAMPLE)?;
+        let config = Config::load(&path)?;
+        assert_eq!(config.path, path);
+        assert_eq!(config.tls.ca, dir.path().join("certs/ca.crt"));
+        Ok(())
+    }
+
+    #[test]
+    fn password_from_file_trims_one_newline() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("pw");
+        fs::write(&path, "s3cret\n\n")?;
+        let source = PasswordSource::File(path.clone());
+        assert_eq!(source.read()?.expose(), "s3cret\n");
+        fs::write(&path, "s3cret\r\n")?;
+        assert_eq!(source.read()?.expose(), "s3cret");
+        fs::write(&path, "\n")?;
+        let err = source.read().err().map(|e| e.to_string());
+        assert_eq!(
+            err,
+            Some(format!(
+                "the password in password file {} is empty",
+                path.display()
+            ))
+        );
+        let missing = PasswordSource::File(dir.path().join("absent"));
+        let err = missing
+            .read()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.starts_with("cannot read password file "), "{err}");
+        assert!(err.contains("absent"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn password_from_env() -> Result<(), ConfigError> {
+        // A variable name only this test uses: tests run in parallel threads.
+        let var = "JITGATE_CONFIG_TEST_PASSWORD_FROM_ENV";
+        std::env::set_var(var, "hunter2\n");
+        let source = PasswordSource::Env(var.into());
+        let secret = source.read()?;
+        assert_eq!(secret.expose(), "hunter2");
+        assert_eq!(format!("{secret:?}"), "[redacted]");
+        std::env::remove_var(var);
+        let err = source.read().err().map(|e| e.to_string());
+        assert_eq!(
+            err,
+            Some(format!("password environment variable {var} is not set"))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn password_errors_never_show_the_content() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        // A directory is not readable as a file: the error must name it, not leak anything.
+        let source = PasswordSource::File(dir.path().to_path_buf());
+        let err = source
+            .read()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(&dir.path().display().to_string()), "{err}");
+        Ok(())
+    }
+}

@@ -1,0 +1,291 @@
+//! Reads `policies/*.yaml` into a validated [`PolicySet`], or says everything that is wrong.
+//!
+//! Runs at start, on SIGHUP and for `jitgate policy check`; a set with any problem is refused
+//! whole, so a half-valid policy can never be in force.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::model::{GrantRule, Pattern, PolicySet};
+use crate::yaml::{self, LocatedMessage, MessageList, Problems};
+
+/// Grant names are used as psql `user=`, so they follow PostgreSQL's identifier length.
+const NAME_MAX: usize = 63;
+const SUBJECT_MAX: usize = 255;
+/// SPIFFE IDs are at most 2048 bytes (SPIFFE-ID spec, section 2.3).
+const SPIFFE_MAX: usize = 2048;
+const DEFAULT_CONNECTION_LIMIT: u32 = 10;
+const CONNECTION_LIMIT_MAX: u32 = 1000;
+const DEFAULT_MAX_SESSION: Duration = Duration::from_secs(3600);
+const MAX_SESSION_MIN: Duration = Duration::from_secs(60);
+const MAX_SESSION_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// Errors of the policy loading layer.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read {}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// One `file:line:col: message` per problem, across all files.
+    #[error("{}", MessageList(.0))]
+    Invalid(Vec<LocatedMessage>),
+}
+
+impl PolicySet {
+    /// Loads every `.yaml`/`.yml` file of `dir` (sorted by name; names starting with `.` are
+    /// skipped). A directory without policy files is a valid, deny-everything set; a missing
+    /// directory is an error.
+    pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyError> {
+        let io_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |error| PolicyError::Io { path, error }
+        };
+        let mut files = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+            let entry = entry.map_err(io_error(dir))?;
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let is_policy = !name.starts_with('.')
+                && matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml")
+                );
+            // fs::metadata follows symlinks: a link to a policy file counts.
+            if is_policy && fs::metadata(&path).map_err(io_error(&path))?.is_file() {
+                files.push(path);
+            }
+        }
+        files.sort();
+
+        let mut sources = Vec::with_capacity(files.len());
+        for path in files {
+            let text = fs::read_to_string(&path).map_err(io_error(&path))?;
+            sources.push((path, text));
+        }
+        Self::from_sources(sources.iter().map(|(p, t)| (p.as_path(), t.as_str())))
+    }
+
+    /// Validates policy files given as (path, text), in this order.
+    pub(crate) fn from_sources<'a>(
+        sources: impl IntoIterator<Item = (&'a Path, &'a str)>,
+    ) -> Result<PolicySet, PolicyError> {
+        let mut rules = Vec::new();
+        let mut found = Vec::new();
+        // Grant name -> `file:line:col` of its first definition.
+        let mut first_seen: HashMap<String, String> = HashMap::new();
+        for (path, text) in sources {
+            let raw = match yaml::parse::<RawFile>(path, text) {
+                Ok(raw) => raw,
+                Err(located) => {
+                    found.push(located);
+                    continue;
+                }
+            };
+            let mut problems = Problems::new(path);
+            let grants = raw.and_then(|f| f.grants).unwrap_or_default();
+            for grant in &grants {
+                let name = &grant.value.name;
+                let here = LocatedMessage::at(path, name.referenced, "").position();
+                match first_seen.get(&name.value) {
+                    Some(first) => problems.at(
+                        name.referenced,
+                        format!(
+                            "duplicate grant name `{}` (first defined at {first})",
+                            yaml::printable(&name.value)
+                        ),
+                    ),
+                    None => {
+                        first_seen.insert(name.value.clone(), here.clone());
+                    }
+                }
+                if let Some(rule) = validate(&grant.value, here, &mut problems) {
+                    rules.push(rule);
+                }
+            }
+            found.extend(problems.into_vec());
+        }
+        if found.is_empty() {
+            Ok(PolicySet { rules })
+        } else {
+            // Files are visited in name order; within a file, report top to bottom.
+            found.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+            Err(PolicyError::Invalid(found))
+        }
+    }
+}
+
+// ---- the files as written ------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    grants: Option<Vec<Spanned<RawGrant>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    name: Spanned<String>,
+    description: Option<String>,
+    subjects: Spanned<RawSubjects>,
+    targets: Spanned<Vec<Spanned<String>>>,
+    postgres: Option<RawPgGrant>,
+    max_session: Option<Spanned<String>>,
+    require_reason: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubjects {
+    users: Option<Vec<Spanned<String>>>,
+    groups: Option<Vec<Spanned<String>>>,
+    spiffe: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPgGrant {
+    roles: Option<Vec<Spanned<String>>>,
+    connection_limit: Option<Spanned<String>>,
+}
+
+// ---- validation ----------------------------------------------------------------------------
+
+fn validate(raw: &RawGrant, origin: String, problems: &mut Problems<'_>) -> Option<GrantRule> {
+    let before = problems.len();
+    let name = problems.check(&raw.name, |n| {
+        yaml::simple_name("grant name", n, NAME_MAX).map(|()| n.clone())
+    });
+
+    let RawSubjects {
+        users,
+        groups,
+        spiffe,
+    } = &raw.subjects.value;
+    let listed = [users, groups, spiffe]
+        .iter()
+        .map(|list| list.as_ref().map_or(0, Vec::len))
+        .sum::<usize>();
+    let users = checked_list(users.as_deref(), problems, |u| {
+        yaml::plain_text("user", u, SUBJECT_MAX).map(|()| u.clone())
+    });
+    let groups = checked_list(groups.as_deref(), problems, |g| {
+        yaml::plain_text("group", g, SUBJECT_MAX).map(|()| g.clone())
+    });
+    let spiffe = checked_list(spiffe.as_deref(), problems, |s| spiffe_glob(s));
+    if listed == 0 {
+        problems.at(
+            raw.subjects.referenced,
+            "subjects must list at least one of users, groups, spiffe",
+        );
+    }
+
+    if raw.targets.value.is_empty() {
+        problems.at(
+            raw.targets.referenced,
+            "targets must list at least one target name or glob",
+        );
+    }
+    let targets = checked_list(Some(&raw.targets.value), problems, |t| target_glob(t));
+
+    let (roles, connection_limit) = match &raw.postgres {
+        None => (Vec::new(), Some(DEFAULT_CONNECTION_LIMIT)),
+        Some(pg) => {
+            let mut roles: Vec<String> = Vec::new();
+            for role in pg.roles.as_deref().unwrap_or_default() {
+                let role_name = problems.check(role, |r| {
+                    yaml::plain_text("postgres role", r, NAME_MAX)?;
+                    if roles.contains(r) {
+                        return Err(format!("role `{}` is listed twice", yaml::printable(r)));
+                    }
+                    Ok(r.clone())
+                });
+                roles.extend(role_name);
+            }
+            let limit = match &pg.connection_limit {
+                None => Some(DEFAULT_CONNECTION_LIMIT),
+                Some(limit) => problems.check(limit, |l| {
+                    yaml::integer_in("connection_limit", l, 1, CONNECTION_LIMIT_MAX)
+                }),
+            };
+            (roles, limit)
+        }
+    };
+
+    let max_session = match &raw.max_session {
+        None => Some(DEFAULT_MAX_SESSION),
+        Some(text) => problems.check(text, |t| {
+            yaml::duration_in("max_session", t, MAX_SESSION_MIN, MAX_SESSION_MAX)
+        }),
+    };
+
+    if problems.len() != before {
+        return None;
+    }
+    Some(GrantRule {
+        name: name?,
+        description: raw.description.clone(),
+        origin,
+        users,
+        groups,
+        spiffe,
+        targets,
+        pg_roles: roles,
+        connection_limit: connection_limit?,
+        max_session: max_session?,
+        require_reason: raw.require_reason.unwrap_or(false),
+    })
+}
+
+/// Checks each entry; the valid ones are returned, the others reported at their position.
+fn checked_list<T>(
+    entries: Option<&[Spanned<String>]>,
+    problems: &mut Problems<'_>,
+    check: impl Fn(&String) -> Result<T, String>,
+) -> Vec<T> {
+    entries
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|entry| problems.check(entry, &check))
+        .collect()
+}
+
+/// Target names are `[A-Za-z0-9_.-]`; a glob adds `*` and `?`.
+fn target_glob(text: &str) -> Result<Pattern, String> {
+    let ok_chars = text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '*' | '?'));
+    if text.is_empty() || text.len() > NAME_MAX || !ok_chars {
+        return Err(format!(
+            "target `{}` must be a target name or a glob of A-Z, a-z, 0-9, `_`, `.`, `-`, \
+             `*`, `?` (at most {NAME_MAX} characters)",
+            yaml::printable(text)
+        ));
+    }
+    Ok(Pattern::new(text))
+}
+
+fn spiffe_glob(text: &str) -> Result<Pattern, String> {
+    if !text.starts_with("spiffe://") || text.len() <= "spiffe://".len() {
+        return Err(format!(
+            "spiffe entry `{}` must be a SPIFFE id glob starting with spiffe://, \
+             e.g. spiffe://jitgate.local/user/*",
+            yaml::printable(text)
+        ));
+    }
+    if text.len() > SPIFFE_MAX || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "spiffe entry `{}` must be at most {SPIFFE_MAX} bytes without spaces",
+            yaml::printable(text)
+        ));
+    }
+    Ok(Pattern::new(text))
+}

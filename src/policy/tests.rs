@@ -1,0 +1,520 @@
+//! Tests for loading (locations of every kind of error) and for every branch of `evaluate`.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::identity::Identity;
+
+const POLICY: &str = "\
+grants:
+  - name: orders-dba
+    description: DBAs get read-write on orders
+    subjects:
+      groups: [dba]
+    targets: [orders]
+    postgres:
+      roles: [orders_read, orders_write]
+      connection_limit: 5
+  - name: orders-read
+    subjects:
+      users: [alice]
+      groups: [analyst]
+    targets: [\"orders*\"]
+    postgres:
+      roles: [orders_read]
+    max_session: 30m
+    require_reason: true
+  - name: svc-reports
+    subjects:
+      spiffe: [\"spiffe://jitgate.local/svc/report-?\"]
+    targets: [\"reports-*\"]
+";
+
+fn set(text: &str) -> Result<PolicySet, PolicyError> {
+    PolicySet::from_sources([(Path::new("p/a.yaml"), text)])
+}
+
+fn errors(sources: &[(&str, &str)]) -> Vec<String> {
+    match PolicySet::from_sources(sources.iter().map(|(p, t)| (Path::new(*p), *t))) {
+        Ok(set) => vec![format!("unexpectedly valid: {set:?}")],
+        Err(PolicyError::Invalid(list)) => list.iter().map(|m| m.to_string()).collect(),
+        Err(other) => vec![format!("unexpected error kind: {other}")],
+    }
+}
+
+fn person(user: &str, groups: &[&str]) -> Identity {
+    Identity {
+        user: user.to_string(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        spiffe_id: Some(format!("spiffe://jitgate.local/user/{user}")),
+        serial: "01".to_string(),
+    }
+}
+
+fn ask(
+    policies: &PolicySet,
+    identity: &Identity,
+    target: &str,
+    requested: &str,
+    reason: Option<&str>,
+) -> Result<Grant, Denial> {
+    evaluate(
+        policies,
+        &AccessRequest {
+            identity,
+            target,
+            requested,
+            reason,
+        },
+    )
+}
+
+// ---- loading ---------------------------------------------------------------------------------
+
+#[test]
+fn shipped_example_policies_load() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let policies = PolicySet::load_dir(&dir)?;
+    assert_eq!(
+        policies.grant_names().collect::<Vec<_>>(),
+        vec!["orders-dba", "orders-analyst"]
+    );
+    let dba = ask(&policies, &person("dana", &["dba"]), "orders", "dana", None)?;
+    assert_eq!(dba.pg_roles(), ["orders_read", "orders_write"]);
+    let analyst = person("ann", &["analyst"]);
+    assert_eq!(
+        ask(&policies, &analyst, "orders", "ann", None).err(),
+        Some(Denial::ReasonRequired {
+            grant: "orders-analyst".into()
+        })
+    );
+    let grant = ask(&policies, &analyst, "orders", "ann", Some("T-1"))?;
+    assert_eq!(grant.pg_roles(), ["orders_read"]);
+    assert_eq!(grant.max_session(), Duration::from_secs(30 * 60));
+    Ok(())
+}
+
+#[test]
+fn load_dir_reads_yaml_and_yml_sorted_and_skips_the_rest() -> Result<(), Box<dyn std::error::Error>>
+{
+    let dir = tempfile::tempdir()?;
+    let grant = |name: &str| {
+        format!("grants:\n  - {{name: {name}, subjects: {{users: [a]}}, targets: [t]}}\n")
+    };
+    fs::write(dir.path().join("b.yml"), grant("from-b"))?;
+    fs::write(dir.path().join("a.yaml"), grant("from-a"))?;
+    fs::write(dir.path().join("c.txt"), "not: yaml policy")?;
+    fs::write(dir.path().join(".hidden.yaml"), "garbage: [")?;
+    fs::create_dir(dir.path().join("d.yaml"))?;
+    fs::write(dir.path().join("e.yaml"), "# nothing here yet\n")?;
+    let policies = PolicySet::load_dir(dir.path())?;
+    assert_eq!(
+        policies.grant_names().collect::<Vec<_>>(),
+        vec!["from-a", "from-b"]
+    );
+    assert_eq!(policies.len(), 2);
+    Ok(())
+}
+
+#[test]
+fn empty_dir_denies_everything_and_missing_dir_is_an_error(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let policies = PolicySet::load_dir(dir.path())?;
+    assert!(policies.is_empty());
+    assert_eq!(
+        ask(
+            &policies,
+            &person("alice", &["dba"]),
+            "orders",
+            "alice",
+            None
+        )
+        .err(),
+        Some(Denial::NoGrant {
+            user: "alice".into(),
+            target: "orders".into()
+        })
+    );
+    let missing = dir.path().join("nope");
+    let err = PolicySet::load_dir(&missing).err();
+    assert!(
+        matches!(&err, Some(PolicyError::Io { path, .. }) if *path == missing),
+        "{err:?}"
+    );
+    let text = err.map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        text.starts_with(&format!("cannot read {}: ", missing.display())),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn unknown_field_points_at_the_key() {
+    let text = POLICY.replace("    require_reason: true", "    require_reasn: true");
+    assert_eq!(
+        errors(&[("p/a.yaml", &text)]),
+        vec![
+            "p/a.yaml:18:5: unknown field `require_reasn`, expected one of name, description, \
+             subjects, targets, postgres, max_session, require_reason"
+        ]
+    );
+}
+
+#[test]
+fn bad_duration_and_out_of_range_values_point_at_the_value() {
+    let text = POLICY
+        .replace("max_session: 30m", "max_session: 30 fortnights")
+        .replace("connection_limit: 5", "connection_limit: 0");
+    assert_eq!(
+        errors(&[("p/a.yaml", &text)]),
+        vec![
+            "p/a.yaml:9:25: connection_limit must be a whole number from 1 to 1000 (got 0)"
+                .to_string(),
+            "p/a.yaml:17:18: max_session: invalid duration `30 fortnights` (unknown time unit \
+             \"fortnights\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, \
+             months, years (and few variations)); write e.g. 30s, 10m, 1h"
+                .to_string(),
+        ]
+    );
+    let text = POLICY.replace("max_session: 30m", "max_session: 25h");
+    assert_eq!(
+        errors(&[("p/a.yaml", &text)]),
+        vec!["p/a.yaml:17:18: max_session must be between 1m and 1day (got 1day 1h)"]
+    );
+}
+
+#[test]
+fn duplicate_grant_names_across_files_report_both_locations() {
+    let other = "grants:\n  - name: orders-dba\n    subjects: {users: [x]}\n    targets: [t]\n";
+    assert_eq!(
+        errors(&[("p/a.yaml", POLICY), ("p/b.yaml", other)]),
+        vec!["p/b.yaml:2:11: duplicate grant name `orders-dba` (first defined at p/a.yaml:2:11)"]
+    );
+}
+
+#[test]
+fn all_problems_in_all_files_are_reported() {
+    let bad = "\
+grants:
+  - name: bad name
+    subjects: {}
+    targets: []
+  - name: globs
+    subjects:
+      spiffe: [\"*\"]
+    targets: [\"orders/x\"]
+    postgres:
+      roles: [r, r]
+";
+    let broken = "grants: [\n";
+    assert_eq!(
+        errors(&[("p/a.yaml", bad), ("p/b.yaml", broken)]),
+        vec![
+            "p/a.yaml:2:11: grant name `bad name` may only contain A-Z, a-z, 0-9, `_`, `.` \
+             and `-` (found ' ')",
+            "p/a.yaml:3:15: subjects must list at least one of users, groups, spiffe",
+            "p/a.yaml:4:14: targets must list at least one target name or glob",
+            "p/a.yaml:7:16: spiffe entry `*` must be a SPIFFE id glob starting with spiffe://, \
+             e.g. spiffe://jitgate.local/user/*",
+            "p/a.yaml:8:15: target `orders/x` must be a target name or a glob of A-Z, a-z, 0-9, \
+             `_`, `.`, `-`, `*`, `?` (at most 63 characters)",
+            "p/a.yaml:10:18: role `r` is listed twice",
+            "p/b.yaml:1:9: unclosed bracket '['",
+        ]
+    );
+}
+
+#[test]
+fn invalid_display_is_one_problem_per_line() {
+    let err = set("grants:\n  - name: x\n    subjects: {}\n    targets: []\n").err();
+    assert_eq!(
+        err.map(|e| e.to_string()),
+        Some(
+            "p/a.yaml:3:15: subjects must list at least one of users, groups, spiffe\n\
+             p/a.yaml:4:14: targets must list at least one target name or glob"
+                .to_string()
+        )
+    );
+}
+
+// ---- evaluation ------------------------------------------------------------------------------
+
+#[test]
+fn grant_by_name_when_it_applies() -> Result<(), Box<dyn std::error::Error>> {
+    let policies = set(POLICY)?;
+    let grant = ask(
+        &policies,
+        &person("bob", &["dba"]),
+        "orders",
+        "orders-dba",
+        None,
+    )?;
+    assert_eq!(grant.name(), "orders-dba");
+    assert_eq!(grant.target(), "orders");
+    assert_eq!(grant.pg_roles(), ["orders_read", "orders_write"]);
+    assert_eq!(grant.connection_limit(), 5);
+    assert_eq!(grant.max_session(), Duration::from_secs(3600));
+    assert_eq!(grant.reason(), None);
+    Ok(())
+}
+
+#[test]
+fn grant_by_name_that_does_not_apply() -> Result<(), PolicyError> {
+    let policies = set(POLICY)?;
+    let denial = ask(
+        &policies,
+        &person("bob", &["ops"]),
+        "orders",
+        "orders-dba",
+        None,
+    )
+    .err();
+    assert_eq!(
+        denial.map(|d| d.to_string()),
+        Some("grant orders-dba does not apply to bob for target orders".to_string())
+    );
+    // Right person, wrong target.
+    let denial = ask(
+        &policies,
+        &person("bob", &["dba"]),
+        "billing",
+        "orders-dba",
+        None,
+    )
+    .err();
+    assert_eq!(
+        denial.map(|d| d.to_string()),
+        Some("grant orders-dba does not apply to bob for target billing".to_string())
+    );
+    Ok(())
+}
+
+#[test]
+fn own_name_with_exactly_one_grant() -> Result<(), Box<dyn std::error::Error>> {
+    let policies = set(POLICY)?;
+    let grant = ask(&policies, &person("bob", &["dba"]), "orders", "bob", None)?;
+    assert_eq!(grant.name(), "orders-dba");
+    assert_eq!(grant.connection_limit(), 5);
+    Ok(())
+}
+
+#[test]
+fn own_name_with_no_grant() -> Result<(), PolicyError> {
+    let policies = set(POLICY)?;
+    let denial = ask(
+        &policies,
+        &person("bob", &["dba"]),
+        "orders_archive",
+        "bob",
+        None,
+    )
+    .err();
+    assert_eq!(
+        denial.map(|d| d.to_string()),
+        Some("no policy grants bob access to orders_archive".to_string())
+    );
+    Ok(())
+}
+
+#[test]
+fn own_name_with_several_grants_lists_them() -> Result<(), PolicyError> {
+    let policies = set(POLICY)?;
+    let denial = ask(
+        &policies,
+        &person("alice", &["dba"]),
+        "orders",
+        "alice",
+        None,
+    )
+    .err();
+    assert_eq!(
+        denial.as_ref().map(|d| d.to_string()),
+        Some(
+            "alice has several grants for orders (orders-dba, orders-read): \
+             connect with user=<grant name>"
+                .to_string()
+        )
+    );
+    assert_eq!(denial.map(|d| d.sqlstate()), Some("28000"));
+    Ok(())
+}
+
+#[test]
+fn neither_grant_nor_own_name() -> Result<(), PolicyError> {
+    let policies = set(POLICY)?;
+    let denial = ask(&policies, &person("alice", &["dba"]), "orders", "xyz", None).err();
+    assert_eq!(
+        denial.map(|d| d.to_string()),
+        Some(
+            "no grant named \"xyz\" and it is not your user name (alice): \
+             connect with user=alice or user=<grant name>"
+                .to_string()
+        )
+    );
+    Ok(())
+}
+
+#[test]
+fn reason_required_missing_or_blank() -> Result<(), PolicyError> {
+    let policies = set(POLICY)?;
+    let carol = person("carol", &["analyst"]);
+    let expected = Some(
+        "grant orders-read requires a reason: connect with \
+         options='-c jitgate.reason=TICKET-123' or application_name='reason:TICKET-123'"
+            .to_string(),
+    );
+    let denial = ask(&policies, &carol, "orders", "carol", None).err();
+    assert_eq!(denial.map(|d| d.to_string()), expected);
+    let denial = ask(&policies, &carol, "orders", "orders-read", Some("  \t ")).err();
+    assert_eq!(denial.map(|d| d.to_string()), expected);
+    Ok(())
+}
+
+#[test]
+fn reason_is_trimmed_and_limited() -> Result<(), Box<dyn std::error::Error>> {
+    let policies = set(POLICY)?;
+    let carol = person("carol", &["analyst"]);
+    let grant = ask(&policies, &carol, "orders", "carol", Some("  TICKET-123 "))?;
+    assert_eq!(grant.reason(), Some("TICKET-123"));
+    assert_eq!(grant.max_session(), Duration::from_secs(30 * 60));
+    assert_eq!(grant.connection_limit(), 10);
+
+    let at_limit = "é".repeat(MAX_REASON_CHARS);
+    let grant = ask(&policies, &carol, "orders", "carol", Some(&at_limit))?;
+    assert_eq!(grant.reason(), Some(at_limit.as_str()));
+
+    let too_long = "x".repeat(MAX_REASON_CHARS + 1);
+    let denial = ask(&policies, &carol, "orders", "carol", Some(&too_long)).err();
+    assert_eq!(
+        denial.map(|d| d.to_string()),
+        Some(
+            "the reason given is 201 characters long; at most 200 are allowed \
+             (grant orders-read)"
+                .to_string()
+        )
+    );
+    let denial = ask(&policies, &carol, "orders", "carol", Some("T-1\nDROP")).err();
+    assert_eq!(
+        denial,
+        Some(Denial::ReasonNotPrintable {
+            grant: "orders-read".into()
+        })
+    );
+    // A grant that does not require one still records a reason given.
+    let grant = ask(
+        &policies,
+        &person("bob", &["dba"]),
+        "orders",
+        "bob",
+        Some("T-9"),
+    )?;
+    assert_eq!(grant.reason(), Some("T-9"));
+    Ok(())
+}
+
+#[test]
+fn target_globs() -> Result<(), Box<dyn std::error::Error>> {
+    let policies = set(POLICY)?;
+    let carol = person("carol", &["analyst"]);
+    let grant = ask(&policies, &carol, "orders_archive", "carol", Some("T-1"))?;
+    assert_eq!(grant.name(), "orders-read");
+    assert_eq!(grant.target(), "orders_archive");
+    assert!(ask(&policies, &carol, "billing", "carol", Some("T-1")).is_err());
+    Ok(())
+}
+
+#[test]
+fn spiffe_globs() -> Result<(), Box<dyn std::error::Error>> {
+    let policies = set(POLICY)?;
+    let mut svc = person("report-1", &[]);
+    svc.spiffe_id = Some("spiffe://jitgate.local/svc/report-1".into());
+    let grant = ask(&policies, &svc, "reports-eu", "report-1", None)?;
+    assert_eq!(grant.name(), "svc-reports");
+    assert!(grant.pg_roles().is_empty());
+    assert_eq!(grant.connection_limit(), 10);
+
+    // `?` is one character; and no SPIFFE id means no SPIFFE match.
+    svc.spiffe_id = Some("spiffe://jitgate.local/svc/report-10".into());
+    assert!(ask(&policies, &svc, "reports-eu", "svc-reports", None).is_err());
+    svc.spiffe_id = None;
+    assert!(ask(&policies, &svc, "reports-eu", "svc-reports", None).is_err());
+    Ok(())
+}
+
+#[test]
+fn grant_name_takes_precedence_over_user_name() -> Result<(), Box<dyn std::error::Error>> {
+    let policies = set(POLICY)?;
+    // A person whose user name equals a grant name gets that grant's decision.
+    let odd = person("orders-dba", &["analyst"]);
+    let denial = ask(&policies, &odd, "orders", "orders-dba", Some("T-1")).err();
+    assert!(
+        matches!(denial, Some(Denial::NotApplicable { .. })),
+        "{denial:?}"
+    );
+    Ok(())
+}
+
+// ---- explain ---------------------------------------------------------------------------------
+
+#[test]
+fn explain_names_the_matching_grant_and_the_verdict() -> Result<(), PolicyError> {
+    let policies = set(POLICY)?;
+    let report = explain(&policies, "bob", &["dba".to_string()], "orders");
+    assert!(
+        report.contains("grant orders-dba (p/a.yaml:2:11)"),
+        "{report}"
+    );
+    assert!(report.contains("  subjects: match (group dba)"), "{report}");
+    assert!(report.contains("  targets:  match (orders)"), "{report}");
+    assert!(
+        report.contains(
+            "  => applies: postgres roles orders_read, orders_write; connection limit 5; \
+             max session 1h"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains("spiffe none (not checked") || report.contains("not checked: no SPIFFE id"),
+        "{report}"
+    );
+    assert!(
+        report.ends_with("verdict: user=bob gets grant orders-dba\n"),
+        "{report}"
+    );
+
+    let report = explain(&policies, "alice", &["dba".to_string()], "orders");
+    assert!(
+        report.contains(
+            "verdict: user=alice is denied: alice has several grants for orders \
+             (orders-dba, orders-read)"
+        ),
+        "{report}"
+    );
+    let report = explain(&policies, "zed", &[], "orders");
+    assert!(
+        report.contains("verdict: user=zed is denied: no policy grants zed access to orders"),
+        "{report}"
+    );
+    Ok(())
+}
+
+#[test]
+fn explain_identity_checks_spiffe() -> Result<(), PolicyError> {
+    let policies = set(POLICY)?;
+    let mut svc = person("report-1", &[]);
+    svc.spiffe_id = Some("spiffe://jitgate.local/svc/report-1".into());
+    let report = explain_identity(&policies, &svc, "reports-eu");
+    assert!(
+        report.contains("  subjects: match (spiffe spiffe://jitgate.local/svc/report-?)"),
+        "{report}"
+    );
+    assert!(
+        report.ends_with("verdict: user=report-1 gets grant svc-reports\n"),
+        "{report}"
+    );
+    Ok(())
+}
