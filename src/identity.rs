@@ -38,7 +38,7 @@ pub enum IdentityError {
     SeveralSpiffeIds(String, String),
     #[error("client certificate SPIFFE ID {uri:?} is malformed: {reason}")]
     BadSpiffeId { uri: String, reason: &'static str },
-    #[error("client certificate {field} is not usable: {reason}")]
+    #[error("{field} is not usable: {reason}")]
     BadName { field: &'static str, reason: String },
 }
 
@@ -66,7 +66,7 @@ impl Identity {
         let groups = cert
             .subject()
             .iter_organizational_unit()
-            .map(|ou| attr_string(ou, "subject OU"))
+            .map(|ou| attr_string(ou, "client certificate subject OU"))
             .collect::<Result<Vec<_>, _>>()?;
 
         Ok(Identity {
@@ -130,7 +130,7 @@ fn common_name(cert: &X509Certificate<'_>, trust_domain: &str) -> Result<String,
         [] => Err(IdentityError::NoUser {
             trust_domain: trust_domain.to_owned(),
         }),
-        [cn] => attr_string(cn, "subject CN"),
+        [cn] => attr_string(cn, "client certificate subject CN"),
         more => Err(IdentityError::SeveralCommonNames(more.len())),
     }
 }
@@ -194,7 +194,7 @@ fn parse_spiffe_user(uri: &str, trust_domain: &str) -> Result<Option<String>, Id
     }
     let bytes = percent_decode(encoded).ok_or_else(|| bad("invalid percent-encoding"))?;
     let user = String::from_utf8(bytes).map_err(|_| bad("the decoded user name is not UTF-8"))?;
-    check_name("SPIFFE user name", &user)?;
+    check_name("client certificate SPIFFE user name", &user)?;
     Ok(Some(user))
 }
 
