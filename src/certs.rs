@@ -800,7 +800,7 @@ mod tests {
     use crate::identity::Identity;
     use std::os::unix::fs::PermissionsExt;
 
-    pub(crate) fn init_dir(dir: &Path) -> Vec<PathBuf> {
+    fn init_dir(dir: &Path) -> Vec<PathBuf> {
         init(&InitOptions {
             dir: dir.to_owned(),
             hosts: vec!["localhost".into(), "127.0.0.1".into()],
@@ -809,7 +809,7 @@ mod tests {
         .unwrap()
     }
 
-    pub(crate) fn issue_for(ca_dir: &Path, user: &str, groups: &[&str]) -> Issued {
+    fn issue_for(ca_dir: &Path, user: &str, groups: &[&str]) -> Issued {
         let now = OffsetDateTime::now_utc();
         issue(&IssueOptions {
             ca_dir: ca_dir.to_owned(),
