@@ -1,1 +1,938 @@
-//! placeholder: filled in by its owner.
+//! rustls configuration, the first step of every connection: the gateway's server side
+//! (client certificate required, CRL honoured and reloaded when the file changes) and the
+//! client side towards upstream targets. Always the ring provider, never the process default.
+
+use std::fmt;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, TryLockError};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::{
+    NoServerSessionStorage, ResolvesServerCert, VerifierBuilderError, WebPkiClientVerifier,
+};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+use tokio_rustls::TlsAcceptor;
+
+/// How often `ServerTls::acceptor` looks at the CRL file's metadata.
+const CRL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Both versions: TLS 1.2 for older clients (libpq before OpenSSL 1.1.1), 1.3 for the rest.
+static VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {source}", path.display())]
+    Pem { path: PathBuf, source: pem::Error },
+    #[error("{}: {reason}", path.display())]
+    BadFile { path: PathBuf, reason: String },
+    #[error("{context}: {source}")]
+    Rustls {
+        context: String,
+        source: rustls::Error,
+    },
+    #[error("{context}: {source}")]
+    Verifier {
+        context: String,
+        source: VerifierBuilderError,
+    },
+}
+
+/// Files for the gateway's server side.
+#[derive(Debug, Clone)]
+pub struct ServerTlsFiles {
+    /// CA(s) that sign client certificates (PEM, one or more).
+    pub ca: PathBuf,
+    /// The gateway's certificate chain (PEM, end-entity first).
+    pub cert: PathBuf,
+    /// The gateway's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CRL(s) issued by `ca` (PEM); watched and reloaded when it changes.
+    pub crl: Option<PathBuf>,
+}
+
+/// The gateway's server-side TLS: hands out an acceptor per connection and swaps in a new
+/// `ServerConfig` when the CRL file changes. Shared across tasks in an `Arc`.
+pub struct ServerTls {
+    material: Material,
+    crl_path: Option<PathBuf>,
+    current: RwLock<Current>,
+    last_check: Mutex<Instant>,
+    check_interval: Duration,
+}
+
+/// Everything a `ServerConfig` is built from, except the CRL.
+struct Material {
+    provider: Arc<CryptoProvider>,
+    roots: Arc<RootCertStore>,
+    /// The CA certificates again, to check a CRL's signature before trusting it.
+    ca_certs: Vec<CertificateDer<'static>>,
+    ca_path: PathBuf,
+    cert_resolver: Arc<dyn ResolvesServerCert>,
+    alpn: Vec<Vec<u8>>,
+}
+
+struct Current {
+    acceptor: TlsAcceptor,
+    /// The CRL file as last seen (whether or not loading it worked): `None` = missing.
+    crl_seen: Option<FileStamp>,
+}
+
+/// What tells us the CRL file changed. The inode catches an atomic rename even when mtime
+/// and length happen to be equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    ino: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> std::io::Result<FileStamp> {
+        let meta = fs::metadata(path)?;
+        Ok(FileStamp {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("ca", &self.material.ca_path)
+            .field("crl", &self.crl_path)
+            .field("alpn", &self.material.alpn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// alpn: protocols to offer, e.g. `vec![b"postgresql".to_vec()]` (PostgreSQL 17 direct TLS
+    /// needs it).
+    pub fn load(files: ServerTlsFiles, alpn: Vec<Vec<u8>>) -> Result<ServerTls, TlsError> {
+        let provider = provider();
+        let ca_certs = load_certs(&files.ca)?;
+        let roots = Arc::new(root_store(&files.ca, &ca_certs)?);
+        let chain = load_certs(&files.cert)?;
+        let key = load_key(&files.key)?;
+        let certified =
+            CertifiedKey::from_der(chain, key, &provider).map_err(|source| TlsError::Rustls {
+                context: format!(
+                    "server certificate {} with key {}",
+                    files.cert.display(),
+                    files.key.display()
+                ),
+                source,
+            })?;
+
+        let material = Material {
+            provider,
+            roots,
+            ca_certs,
+            ca_path: files.ca,
+            cert_resolver: Arc::new(SingleCertAndKey::from(certified)),
+            alpn,
+        };
+        let (crl_seen, crls) = match &files.crl {
+            Some(path) => {
+                let stamp = FileStamp::of(path).map_err(|e| TlsError::BadFile {
+                    path: path.clone(),
+                    reason: format!("cannot read the CRL: {e}"),
+                })?;
+                (Some(stamp), material.load_crls(path)?)
+            }
+            None => (None, Vec::new()),
+        };
+        let acceptor = material.build(crls)?;
+        Ok(ServerTls {
+            material,
+            crl_path: files.crl,
+            current: RwLock::new(Current { acceptor, crl_seen }),
+            last_check: Mutex::new(Instant::now()),
+            check_interval: CRL_CHECK_INTERVAL,
+        })
+    }
+
+    /// The acceptor to use for the next connection. If the CRL file's mtime/len changed since
+    /// the last build (checked at most about once per second), the `ServerConfig` is rebuilt
+    /// with the new CRL and swapped in; if the new CRL is invalid, a warning is logged and the
+    /// old config kept.
+    ///
+    /// The check is a `stat` (and, on change, a small file read) on the calling thread; cheap
+    /// enough for an accept loop.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.reload_crl_if_changed();
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .acceptor
+            .clone()
+    }
+
+    fn reload_crl_if_changed(&self) {
+        let Some(path) = &self.crl_path else {
+            return;
+        };
+        // One caller checks; the others take the current config instead of queueing.
+        let mut last_check = match self.last_check.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        if last_check.elapsed() < self.check_interval {
+            return;
+        }
+        *last_check = Instant::now();
+
+        let seen = self
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .crl_seen;
+        let stamp = match FileStamp::of(path) {
+            Ok(stamp) => Some(stamp),
+            Err(e) => {
+                if seen.is_some() {
+                    tracing::warn!(
+                        crl = %path.display(), error = %e,
+                        "CRL file unreadable; keeping the CRL loaded before"
+                    );
+                }
+                None
+            }
+        };
+        if stamp == seen {
+            return;
+        }
+        if stamp.is_none() {
+            self.set_seen(None);
+            return;
+        }
+        let rebuilt = self
+            .material
+            .load_crls(path)
+            .and_then(|crls| self.material.build(crls));
+        match rebuilt {
+            Ok(acceptor) => {
+                tracing::info!(crl = %path.display(), "CRL changed; new connections use it");
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Current {
+                    acceptor,
+                    crl_seen: stamp,
+                };
+            }
+            Err(e) => {
+                tracing::warn!(
+                    crl = %path.display(), error = %e,
+                    "new CRL is not usable; keeping the CRL loaded before"
+                );
+                // Remember this version so the warning is not repeated every second; the next
+                // change to the file is tried again.
+                self.set_seen(stamp);
+            }
+        }
+    }
+
+    fn set_seen(&self, stamp: Option<FileStamp>) {
+        self.current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .crl_seen = stamp;
+    }
+}
+
+impl Material {
+    /// Every CRL in `path`, each checked to be signed by one of our CAs: webpki would otherwise
+    /// only find a bad signature during a handshake and then reject every client of that CA.
+    fn load_crls(
+        &self,
+        path: &Path,
+    ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+        let pem_err = |source| TlsError::Pem {
+            path: path.to_owned(),
+            source,
+        };
+        let crls = CertificateRevocationListDer::pem_file_iter(path)
+            .map_err(pem_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pem_err)?;
+        let bad = |reason: String| TlsError::BadFile {
+            path: path.to_owned(),
+            reason,
+        };
+        if crls.is_empty() {
+            return Err(bad("no `X509 CRL` PEM block in the file".into()));
+        }
+        let cas = self
+            .ca_certs
+            .iter()
+            .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
+            .map(|(_, ca)| ca)
+            .collect::<Vec<_>>();
+        for crl in &crls {
+            let (_, crl) = x509_parser::parse_x509_crl(crl)
+                .map_err(|e| bad(format!("cannot parse the CRL: {e}")))?;
+            let ca = cas
+                .iter()
+                .find(|ca| ca.subject() == crl.issuer())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "CRL issuer `{}` is not a CA in {}",
+                        crl.issuer(),
+                        self.ca_path.display()
+                    ))
+                })?;
+            crl.verify_signature(ca.public_key()).map_err(|_| {
+                bad(format!(
+                    "CRL signature does not verify with the CA in {}",
+                    self.ca_path.display()
+                ))
+            })?;
+            if let Some(next) = crl.next_update() {
+                if next.timestamp() < time::OffsetDateTime::now_utc().unix_timestamp() {
+                    tracing::warn!(
+                        crl = %path.display(), next_update = %next,
+                        "CRL is past its nextUpdate (any `jitgate certs revoke` re-signs it)"
+                    );
+                }
+            }
+        }
+        Ok(crls)
+    }
+
+    fn build(
+        &self,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<TlsAcceptor, TlsError> {
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+                .with_crls(crls)
+                // Certificates of a CA that publishes no CRL here are not rejected for that.
+                .allow_unknown_revocation_status()
+                .build()
+                .map_err(|source| TlsError::Verifier {
+                    context: format!(
+                        "client certificate verifier for CA {}",
+                        self.ca_path.display()
+                    ),
+                    source,
+                })?;
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(VERSIONS)
+            .map_err(rustls_err("server TLS versions"))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(self.cert_resolver.clone());
+        config.alpn_protocols = self.alpn.clone();
+        // No resumption: a resumed session skips client certificate verification, so a
+        // revoked or expired certificate could keep logging in. Every login here is a full
+        // handshake anyway.
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+/// Upstream client config (gateway → target). `verify_ca: None` = encrypt but don't verify
+/// (libpq `sslmode=require`: any certificate is accepted, but handshake signatures are still
+/// checked with the provider's algorithms). `Some(ca)` = verify-full against that CA: the
+/// name given to `connect` must match the target's certificate.
+pub fn upstream_client_config(verify_ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(VERSIONS)
+        .map_err(rustls_err("client TLS versions"))?;
+    let config = match verify_ca {
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly { provider }))
+            .with_no_client_auth(),
+        Some(ca) => builder
+            .with_root_certificates(root_store(ca, &load_certs(ca)?)?)
+            .with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Client config presenting a client certificate (for tests and the future `jitgate tunnel`),
+/// verifying the server against `ca`.
+pub fn client_config_with_cert(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = root_store(ca, &load_certs(ca)?)?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(rustls_err("client TLS versions"))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+        .map_err(|source| TlsError::Rustls {
+            context: format!(
+                "client certificate {} with key {}",
+                cert.display(),
+                key.display()
+            ),
+            source,
+        })?;
+    config.alpn_protocols = alpn;
+    Ok(Arc::new(config))
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn rustls_err(context: &'static str) -> impl FnOnce(rustls::Error) -> TlsError {
+    move |source| TlsError::Rustls {
+        context: context.to_owned(),
+        source,
+    }
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem_err = |source| TlsError::Pem {
+        path: path.to_owned(),
+        source,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(pem_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem_err)?;
+    if certs.is_empty() {
+        return Err(TlsError::BadFile {
+            path: path.to_owned(),
+            reason: "no `CERTIFICATE` PEM block in the file".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| match source {
+        pem::Error::NoItemsFound => TlsError::BadFile {
+            path: path.to_owned(),
+            reason: "no private key PEM block (PKCS#8, PKCS#1 or SEC1) in the file".into(),
+        },
+        source => TlsError::Pem {
+            path: path.to_owned(),
+            source,
+        },
+    })
+}
+
+fn root_store(path: &Path, certs: &[CertificateDer<'static>]) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert.clone()).map_err(|source| TlsError::Rustls {
+            context: format!("CA certificate in {}", path.display()),
+            source,
+        })?;
+    }
+    Ok(roots)
+}
+
+/// `sslmode=require`: the target's certificate is not checked, but the handshake signature
+/// is, so the session key is at least bound to whoever holds that certificate's key.
+#[derive(Debug)]
+struct EncryptOnly {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::certs::{self, InitOptions, IssueOptions, Issued, DEFAULT_TRUST_DOMAIN};
+    use crate::identity::Identity;
+    use time::OffsetDateTime;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::TlsConnector;
+
+    const PG: &[u8] = b"postgresql";
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn init(dir: &Path) {
+        certs::init(&InitOptions {
+            dir: dir.to_owned(),
+            hosts: vec!["localhost".into(), "127.0.0.1".into()],
+            force: false,
+        })
+        .unwrap();
+    }
+
+    fn issue_between(
+        dir: &Path,
+        user: &str,
+        groups: &[&str],
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Issued {
+        certs::issue(&IssueOptions {
+            ca_dir: dir.to_owned(),
+            out_dir: dir.join("users"),
+            user: user.into(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            trust_domain: DEFAULT_TRUST_DOMAIN.into(),
+            not_before,
+            not_after,
+        })
+        .unwrap()
+    }
+
+    fn issue(dir: &Path, user: &str, groups: &[&str]) -> Issued {
+        let now = OffsetDateTime::now_utc();
+        issue_between(dir, user, groups, now - HOUR, now + HOUR)
+    }
+
+    fn files(dir: &Path) -> ServerTlsFiles {
+        ServerTlsFiles {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+            crl: Some(dir.join("crl.pem")),
+        }
+    }
+
+    /// The gateway's TLS for `dir`, looking at the CRL on every `acceptor()` call.
+    fn server(dir: &Path) -> ServerTls {
+        let mut tls = ServerTls::load(files(dir), vec![PG.to_vec()]).unwrap();
+        tls.check_interval = Duration::ZERO;
+        tls
+    }
+
+    fn client(dir: &Path, who: &Issued) -> Arc<ClientConfig> {
+        client_config_with_cert(&dir.join("ca.crt"), &who.cert, &who.key, vec![PG.to_vec()])
+            .unwrap()
+    }
+
+    /// One handshake over an in-memory pipe. The server's view decides: the client's
+    /// certificate chain, or why the server refused. (In TLS 1.3 the client may finish its
+    /// side before the server rejects its certificate, so the client's own result says little.)
+    async fn handshake(
+        acceptor: TlsAcceptor,
+        client: Arc<ClientConfig>,
+    ) -> Result<Vec<CertificateDer<'static>>, String> {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = async move {
+            let mut tls = acceptor
+                .accept(server_io)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (_, conn) = tls.get_ref();
+            assert_eq!(conn.alpn_protocol(), Some(PG));
+            let chain = conn.peer_certificates().unwrap_or_default().to_vec();
+            tls.write_all(b"ok").await.map_err(|e| e.to_string())?;
+            tls.shutdown().await.map_err(|e| e.to_string())?;
+            Ok(chain)
+        };
+        let client = async move {
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut tls = TlsConnector::from(client).connect(name, client_io).await?;
+            let mut buf = [0u8; 2];
+            tls.read_exact(&mut buf).await?;
+            Ok::<_, std::io::Error>(buf)
+        };
+        let (server, client) = tokio::join!(server, client);
+        match &server {
+            Ok(_) => assert_eq!(&client.unwrap(), b"ok"),
+            Err(_) => assert!(client.is_err(), "client got data from a refused handshake"),
+        }
+        server
+    }
+
+    async fn user_of(acceptor: TlsAcceptor, client: Arc<ClientConfig>) -> Result<String, String> {
+        let chain = handshake(acceptor, client).await?;
+        let id = Identity::from_der(&chain[0], DEFAULT_TRUST_DOMAIN).unwrap();
+        Ok(id.user)
+    }
+
+    #[test]
+    fn server_tls_is_send_and_sync() {
+        fn shared<T: Send + Sync + 'static>() {}
+        shared::<ServerTls>();
+    }
+
+    #[tokio::test]
+    async fn alice_gets_in_and_her_certificate_names_her_and_her_groups() {
+        let tmp = tempfile::tempdir().unwrap();
+        init(tmp.path());
+        let tls = server(tmp.path());
+        let alice = issue(tmp.path(), "alice", &["dba", "dev"]);
+
+        let chain = handshake(tls.acceptor(), client(tmp.path(), &alice))
+            .await
+            .unwrap();
+        let id = Identity::from_der(&chain[0], DEFAULT_TRUST_DOMAIN).unwrap();
+        assert_eq!(id.user, "alice");
+        assert_eq!(id.groups, ["dba", "dev"]);
+        assert_eq!(id.serial, alice.serial);
+        assert_eq!(
+            id.spiffe_id.as_deref(),
+            Some("spiffe://jitgate.local/user/alice")
+        );
+    }
+
+    #[tokio::test]
+    async fn tls12_clients_are_served_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        init(tmp.path());
+        let tls = server(tmp.path());
+        let alice = issue(tmp.path(), "alice", &[]);
+        let ca = tmp.path().join("ca.crt");
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(root_store(&ca, &load_certs(&ca).unwrap()).unwrap())
+            .with_client_auth_cert(
+                load_certs(&alice.cert).unwrap(),
+                load_key(&alice.key).unwrap(),
+            )
+            .unwrap();
+        config.alpn_protocols = vec![PG.to_vec()];
+        assert_eq!(
+            user_of(tls.acceptor(), Arc::new(config)).await.unwrap(),
+            "alice"
+        );
+    }
+
+    #[tokio::test]
+    async fn hostile_names_survive_the_handshake_unchanged() {
+        let tmp = tempfile::tempdir().unwrap();
+        init(tmp.path());
+        let tls = server(tmp.path());
+        let name = "a\"; DROP ROLE x; --";
+        let who = issue(tmp.path(), name, &["g\"; --"]);
+        let chain = handshake(tls.acceptor(), client(tmp.path(), &who))
+            .await
+            .unwrap();
+        let id = Identity::from_der(&chain[0], DEFAULT_TRUST_DOMAIN).unwrap();
+        assert_eq!(id.user, name);
+        assert_eq!(id.groups, ["g\"; --"]);
+    }
+
+    #[tokio::test]
+    async fn foreign_expired_and_anonymous_clients_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ours = tmp.path().join("ours");
+        let theirs = tmp.path().join("theirs");
+        init(&ours);
+        init(&theirs);
+        let tls = server(&ours);
+
+        // Signed by another CA (with the very same subject name as ours).
+        let mallory = issue(&theirs, "mallory", &[]);
+        let config = client_config_with_cert(
+            &ours.join("ca.crt"),
+            &mallory.cert,
+            &mallory.key,
+            vec![PG.to_vec()],
+        )
+        .unwrap();
+        let err = handshake(tls.acceptor(), config).await.unwrap_err();
+        assert!(err.contains("invalid peer certificate"), "{err}");
+
+        let now = OffsetDateTime::now_utc();
+        let expired = issue_between(&ours, "late", &[], now - 2 * HOUR, now - HOUR);
+        let err = handshake(tls.acceptor(), client(&ours, &expired))
+            .await
+            .unwrap_err();
+        assert!(err.contains("certificate expired"), "{err}");
+
+        let early = issue_between(&ours, "early", &[], now + HOUR, now + 2 * HOUR);
+        let err = handshake(tls.acceptor(), client(&ours, &early))
+            .await
+            .unwrap_err();
+        assert!(err.contains("not valid yet"), "{err}");
+
+        let anonymous = upstream_client_config(Some(&ours.join("ca.crt")))
+            .map(|c| {
+                let mut c = (*c).clone();
+                c.alpn_protocols = vec![PG.to_vec()];
+                Arc::new(c)
+            })
+            .unwrap();
+        let err = handshake(tls.acceptor(), anonymous).await.unwrap_err();
+        assert!(err.contains("certificate"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn revoked_certificate_is_refused_once_the_crl_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        init(dir);
+        let tls = server(dir);
+        let alice = issue(dir, "alice", &[]);
+        let alice_tls = client(dir, &alice);
+        assert_eq!(
+            user_of(tls.acceptor(), alice_tls.clone()).await.unwrap(),
+            "alice"
+        );
+
+        let before = tls.acceptor();
+        assert!(
+            Arc::ptr_eq(before.config(), tls.acceptor().config()),
+            "an unchanged CRL must not rebuild the config"
+        );
+
+        assert_eq!(certs::revoke(dir, &alice.cert).unwrap(), alice.serial);
+        let bob = issue(dir, "bob", &[]);
+        let after = tls.acceptor();
+        assert!(!Arc::ptr_eq(before.config(), after.config()));
+
+        let err = handshake(after.clone(), alice_tls.clone())
+            .await
+            .unwrap_err();
+        assert!(err.contains("Revoked"), "{err}");
+        assert_eq!(user_of(after, client(dir, &bob)).await.unwrap(), "bob");
+        // An acceptor handed out before the change keeps the CRL it was built with.
+        assert_eq!(user_of(before, alice_tls).await.unwrap(), "alice");
+    }
+
+    #[tokio::test]
+    async fn unusable_crl_keeps_the_previous_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ours");
+        let other = tmp.path().join("other");
+        init(&dir);
+        init(&other);
+        let tls = server(&dir);
+        let alice = issue(&dir, "alice", &[]);
+        let bob = issue(&dir, "bob", &[]);
+        certs::revoke(&dir, &bob.cert).unwrap();
+        let good = tls.acceptor();
+        let crl = dir.join("crl.pem");
+
+        let garbage = "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n";
+        // A CRL signed by another CA with the same issuer name: without our own signature
+        // check webpki would accept it here and then refuse every client.
+        let foreign = fs::read(other.join("crl.pem")).unwrap();
+        for bad in [garbage.as_bytes(), b"", b"not pem at all\n", &foreign] {
+            fs::write(&crl, bad).unwrap();
+            let now = tls.acceptor();
+            assert!(Arc::ptr_eq(good.config(), now.config()));
+            assert_eq!(
+                user_of(now.clone(), client(&dir, &alice)).await.unwrap(),
+                "alice"
+            );
+            assert!(handshake(now, client(&dir, &bob)).await.is_err());
+        }
+
+        fs::remove_file(&crl).unwrap();
+        assert!(Arc::ptr_eq(good.config(), tls.acceptor().config()));
+
+        // A good CRL again is picked up.
+        certs::revoke(&dir, &alice.cert).unwrap();
+        let now = tls.acceptor();
+        assert!(!Arc::ptr_eq(good.config(), now.config()));
+        assert!(handshake(now, client(&dir, &alice)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn crl_is_looked_at_no_more_than_once_per_interval() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        init(dir);
+        let mut tls = ServerTls::load(files(dir), vec![PG.to_vec()]).unwrap();
+        assert_eq!(tls.check_interval, Duration::from_secs(1));
+        tls.check_interval = HOUR;
+        let first = tls.acceptor();
+        let alice = issue(dir, "alice", &[]);
+        certs::revoke(dir, &alice.cert).unwrap();
+        assert!(Arc::ptr_eq(first.config(), tls.acceptor().config()));
+
+        tls.check_interval = Duration::ZERO;
+        assert!(!Arc::ptr_eq(first.config(), tls.acceptor().config()));
+    }
+
+    #[tokio::test]
+    async fn server_without_crl_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        init(tmp.path());
+        let mut f = files(tmp.path());
+        f.crl = None;
+        let tls = ServerTls::load(f, vec![PG.to_vec()]).unwrap();
+        let alice = issue(tmp.path(), "alice", &[]);
+        assert_eq!(
+            user_of(tls.acceptor(), client(tmp.path(), &alice))
+                .await
+                .unwrap(),
+            "alice"
+        );
+    }
+
+    /// A plain TLS server (no client certificates) standing in for an upstream target.
+    async fn upstream_handshake(
+        dir: &Path,
+        config: Arc<ClientConfig>,
+        name: &str,
+    ) -> Result<(), String> {
+        let server_config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(VERSIONS)
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                load_certs(&dir.join("server.crt")).unwrap(),
+                load_key(&dir.join("server.key")).unwrap(),
+            )
+            .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(server_config));
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        let server = async move {
+            let mut tls = acceptor.accept(server_io).await?;
+            tls.write_all(b"ok").await?;
+            tls.shutdown().await
+        };
+        let client = async move {
+            let mut tls = TlsConnector::from(config).connect(name, client_io).await?;
+            let mut buf = [0u8; 2];
+            tls.read_exact(&mut buf).await?;
+            Ok::<_, std::io::Error>(buf)
+        };
+        let (_, client) = tokio::join!(server, client);
+        client.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn upstream_require_encrypts_without_verifying_and_verify_full_verifies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("db");
+        let other = tmp.path().join("other");
+        init(&dir);
+        init(&other);
+
+        let require = upstream_client_config(None).unwrap();
+        upstream_handshake(&dir, require.clone(), "db.internal")
+            .await
+            .unwrap();
+        upstream_handshake(&dir, require, "10.1.2.3").await.unwrap();
+
+        let full = upstream_client_config(Some(&dir.join("ca.crt"))).unwrap();
+        upstream_handshake(&dir, full.clone(), "localhost")
+            .await
+            .unwrap();
+        upstream_handshake(&dir, full.clone(), "127.0.0.1")
+            .await
+            .unwrap();
+        let err = upstream_handshake(&dir, full, "db.internal")
+            .await
+            .unwrap_err();
+        assert!(err.contains("not valid for name"), "{err}");
+
+        let wrong_ca = upstream_client_config(Some(&other.join("ca.crt"))).unwrap();
+        let err = upstream_handshake(&dir, wrong_ca, "localhost")
+            .await
+            .unwrap_err();
+        assert!(err.contains("invalid peer certificate"), "{err}");
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        init(dir);
+        let alpn = || vec![PG.to_vec()];
+
+        let mut f = files(dir);
+        f.ca = dir.join("missing-ca.crt");
+        let err = ServerTls::load(f, alpn()).unwrap_err().to_string();
+        assert!(
+            err.contains("missing-ca.crt") && err.contains("No such file"),
+            "{err}"
+        );
+
+        let mut f = files(dir);
+        f.key = dir.join("ca.key");
+        let err = ServerTls::load(f, alpn()).unwrap_err().to_string();
+        assert!(
+            err.contains("server.crt") && err.contains("ca.key"),
+            "{err}"
+        );
+
+        let mut f = files(dir);
+        f.key = dir.join("server.crt");
+        let err = ServerTls::load(f, alpn()).unwrap_err().to_string();
+        assert!(err.contains("server.crt: no private key"), "{err}");
+
+        let mut f = files(dir);
+        f.cert = dir.join("crl.pem");
+        let err = ServerTls::load(f, alpn()).unwrap_err().to_string();
+        assert!(err.contains("crl.pem: no `CERTIFICATE`"), "{err}");
+
+        fs::write(dir.join("crl.pem"), "junk").unwrap();
+        let err = ServerTls::load(files(dir), alpn()).unwrap_err().to_string();
+        assert!(err.contains("crl.pem: no `X509 CRL`"), "{err}");
+
+        let err = upstream_client_config(Some(&dir.join("nope.crt")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope.crt"), "{err}");
+        let err = client_config_with_cert(
+            &dir.join("ca.crt"),
+            &dir.join("server.crt"),
+            &dir.join("ca.key"),
+            alpn(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ca.key"), "{err}");
+    }
+}
