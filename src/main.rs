@@ -115,7 +115,10 @@ fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("JITGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -137,7 +140,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("wrote {}", path.display());
             }
         }
-        Command::Certs(CertsCommand::Issue { dir, user, groups, ttl, out, trust_domain }) => {
+        Command::Certs(CertsCommand::Issue {
+            dir,
+            user,
+            groups,
+            ttl,
+            out,
+            trust_domain,
+        }) => {
             let ttl = jitgate::certs::parse_ttl(&ttl)?;
             let now = time::OffsetDateTime::now_utc();
             let issued = jitgate::certs::issue(&jitgate::certs::IssueOptions {
@@ -149,29 +159,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 not_before: now - time::Duration::minutes(5),
                 not_after: now + ttl,
             })?;
-            println!("wrote {} and {} (serial {})", issued.cert.display(), issued.key.display(), issued.serial);
+            println!(
+                "wrote {} and {} (serial {})",
+                issued.cert.display(),
+                issued.key.display(),
+                issued.serial
+            );
         }
         Command::Certs(CertsCommand::Revoke { dir, cert }) => {
             let serial = jitgate::certs::revoke(&dir, &cert)?;
-            println!("revoked serial {serial}; {} updated", dir.join("crl.pem").display());
+            println!(
+                "revoked serial {serial}; {} updated",
+                dir.join("crl.pem").display()
+            );
         }
-        Command::Policy(PolicyCommand::Check { dir }) => match jitgate::policy::PolicySet::load_dir(&dir) {
-            Ok(set) => println!("{}: {} grants, all valid", dir.display(), set.len()),
-            Err(e) => {
-                eprintln!("{e}");
-                return Ok(ExitCode::from(1));
+        Command::Policy(PolicyCommand::Check { dir }) => {
+            match jitgate::policy::PolicySet::load_dir(&dir) {
+                Ok(set) => println!("{}: {} grants, all valid", dir.display(), set.len()),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::from(1));
+                }
             }
-        },
-        Command::Policy(PolicyCommand::Explain { policies, user, groups, target }) => {
+        }
+        Command::Policy(PolicyCommand::Explain {
+            policies,
+            user,
+            groups,
+            target,
+        }) => {
             let set = jitgate::policy::PolicySet::load_dir(&policies)?;
-            print!("{}", jitgate::policy::explain(&set, &user, &groups, &target));
+            print!(
+                "{}",
+                jitgate::policy::explain(&set, &user, &groups, &target)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// One reaper pass over every target; true if some account could not be removed.
@@ -181,13 +212,18 @@ async fn reap(config: jitgate::config::Config) -> anyhow::Result<bool> {
     for target in config.targets.values() {
         match target {
             Target::Postgres(t) => {
-                let provisioner = jitgate::jit::postgres::PgProvisioner::new(t.clone(), config.instance_id.clone());
+                let provisioner = jitgate::jit::postgres::PgProvisioner::new(
+                    t.clone(),
+                    config.instance_id.clone(),
+                );
                 // No session of this process is live; a role with a backend may belong to a
                 // gateway still running with this instance id, so it stays.
                 let busy = provisioner.roles_with_backends().await?;
                 let report =
-                    jitgate::jit::reaper::reap_postgres(&provisioner, &config.instance_id, |r| busy.contains(&r.role))
-                        .await?;
+                    jitgate::jit::reaper::reap_postgres(&provisioner, &config.instance_id, |r| {
+                        busy.contains(&r.role)
+                    })
+                    .await?;
                 for role in &report.dropped {
                     println!("{}: dropped {role}", t.name);
                 }

@@ -31,7 +31,10 @@ pub enum ServeError {
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("no listener configured: set listen.postgres in the config")]
     NoListener,
     #[error("signal handler: {0}")]
@@ -47,11 +50,17 @@ pub struct PolicyStore {
 impl PolicyStore {
     pub fn load(dir: &Path) -> Result<Arc<Self>, PolicyError> {
         let set = PolicySet::load_dir(dir)?;
-        Ok(Arc::new(PolicyStore { dir: dir.to_path_buf(), current: RwLock::new(Arc::new(set)) }))
+        Ok(Arc::new(PolicyStore {
+            dir: dir.to_path_buf(),
+            current: RwLock::new(Arc::new(set)),
+        }))
     }
 
     pub fn current(&self) -> Arc<PolicySet> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Loads the directory again; an invalid set is refused and the old one stays.
@@ -104,12 +113,23 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 
     // Leftovers of a crashed run of this instance go before anyone connects.
     reap_all(&ctx).await;
-    let reaper = tokio::spawn(reap_loop(ctx.clone(), config.reap_interval, shutdown.clone()));
+    let reaper = tokio::spawn(reap_loop(
+        ctx.clone(),
+        config.reap_interval,
+        shutdown.clone(),
+    ));
 
     let addr = config.listen.postgres.ok_or(ServeError::NoListener)?;
-    let listener =
-        TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr: addr.to_string(), source })?;
-    let local = listener.local_addr().map_err(|source| ServeError::Listen { addr: addr.to_string(), source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: addr.to_string(),
+        source,
+    })?;
     tracing::info!(postgres = %local, instance = %config.instance_id, "jitgate listening");
 
     let mut hangup = signal(SignalKind::hangup()).map_err(ServeError::Signal)?;
@@ -136,12 +156,20 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
     }
 
-    tracing::info!(sessions = live.len(), "shutting down: ending sessions and dropping their accounts");
+    tracing::info!(
+        sessions = live.len(),
+        "shutting down: ending sessions and dropping their accounts"
+    );
     drop(listener);
     shutdown.cancel();
     sessions.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await.is_err() {
-        tracing::error!("sessions did not end in time; the reaper will remove their accounts at next start");
+    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            "sessions did not end in time; the reaper will remove their accounts at next start"
+        );
     }
     reaper.abort();
     tracing::info!("jitgate stopped");
@@ -159,7 +187,11 @@ async fn reap_loop(ctx: Arc<PgContext>, every: Duration, shutdown: CancellationT
 
 async fn reap_all(ctx: &PgContext) {
     for (name, (_, provisioner)) in &ctx.targets {
-        match reap_postgres(provisioner, &ctx.instance_id, |role| ctx.live.contains(&role.marker.lease)).await {
+        match reap_postgres(provisioner, &ctx.instance_id, |role| {
+            ctx.live.contains(&role.marker.lease)
+        })
+        .await
+        {
             Ok(report) if report.failed.is_empty() => {
                 tracing::debug!(target_name = %name, dropped = report.dropped.len(), "reaper pass")
             }

@@ -11,10 +11,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{
     NoServerSessionStorage, ResolvesServerCert, VerifierBuilderError, WebPkiClientVerifier,
 };
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{CertificateError, DistinguishedName};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{
@@ -45,6 +47,104 @@ pub enum TlsError {
         context: String,
         source: VerifierBuilderError,
     },
+}
+
+/// Why a client certificate was refused, in words for the person holding it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientCertError {
+    #[error("no client certificate was presented")]
+    Missing,
+    #[error("it has expired")]
+    Expired,
+    #[error("it is not valid yet")]
+    NotValidYet,
+    #[error("it has been revoked")]
+    Revoked,
+    #[error("it was not issued by this gateway's certificate authority")]
+    UnknownIssuer,
+    #[error("it is not a client certificate (extended key usage clientAuth missing)")]
+    NotForClients,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<rustls::Error> for ClientCertError {
+    fn from(e: rustls::Error) -> Self {
+        match &e {
+            rustls::Error::InvalidCertificate(c) => match c {
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    ClientCertError::Expired
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    ClientCertError::NotValidYet
+                }
+                CertificateError::Revoked => ClientCertError::Revoked,
+                CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                    ClientCertError::UnknownIssuer
+                }
+                CertificateError::InvalidPurpose
+                | CertificateError::InvalidPurposeContext { .. } => ClientCertError::NotForClients,
+                // CertificateError is non-exhaustive: anything new is reported as rustls words it.
+                _ => ClientCertError::Other(e.to_string()),
+            },
+            _ => ClientCertError::Other(e.to_string()),
+        }
+    }
+}
+
+/// Accepts any client certificate during the handshake — still checking the handshake
+/// signature, so the peer must hold the certificate's private key — and leaves the chain,
+/// validity and CRL checks to `ServerTls::verify_client` right after. A bad certificate is
+/// then refused with a Postgres error psql shows ("it has expired"), not a bare TLS alert.
+/// Nothing is read from a connection before `verify_client` has passed.
+#[derive(Debug)]
+struct DeferredClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for DeferredClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// Files for the gateway's server side.
@@ -83,6 +183,8 @@ struct Material {
 
 struct Current {
     acceptor: TlsAcceptor,
+    /// The real (webpki + CRL) verifier behind the acceptor's deferring one.
+    verifier: Arc<dyn ClientCertVerifier>,
     /// The CRL file as last seen (whether or not loading it worked): `None` = missing.
     crl_seen: Option<FileStamp>,
 }
@@ -154,11 +256,15 @@ impl ServerTls {
             }
             None => (None, Vec::new()),
         };
-        let acceptor = material.build(crls)?;
+        let (acceptor, verifier) = material.build(crls)?;
         Ok(ServerTls {
             material,
             crl_path: files.crl,
-            current: RwLock::new(Current { acceptor, crl_seen }),
+            current: RwLock::new(Current {
+                acceptor,
+                verifier,
+                crl_seen,
+            }),
             last_check: Mutex::new(Instant::now()),
             check_interval: CRL_CHECK_INTERVAL,
         })
@@ -178,6 +284,24 @@ impl ServerTls {
             .unwrap_or_else(PoisonError::into_inner)
             .acceptor
             .clone()
+    }
+
+    /// Checks a client's certificate chain (as presented in the handshake) against the CA,
+    /// its validity period and the current CRL. Must pass before anything else happens on
+    /// the connection.
+    pub fn verify_client(&self, chain: &[CertificateDer<'_>]) -> Result<(), ClientCertError> {
+        self.reload_crl_if_changed();
+        let verifier = self
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .verifier
+            .clone();
+        let (end_entity, intermediates) = chain.split_first().ok_or(ClientCertError::Missing)?;
+        verifier
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .map(|_| ())
+            .map_err(ClientCertError::from)
     }
 
     fn reload_crl_if_changed(&self) {
@@ -224,10 +348,11 @@ impl ServerTls {
             .load_crls(path)
             .and_then(|crls| self.material.build(crls));
         match rebuilt {
-            Ok(acceptor) => {
+            Ok((acceptor, verifier)) => {
                 tracing::info!(crl = %path.display(), "CRL changed; new connections use it");
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = Current {
                     acceptor,
+                    verifier,
                     crl_seen: stamp,
                 };
             }
@@ -313,7 +438,7 @@ impl Material {
     fn build(
         &self,
         crls: Vec<CertificateRevocationListDer<'static>>,
-    ) -> Result<TlsAcceptor, TlsError> {
+    ) -> Result<(TlsAcceptor, Arc<dyn ClientCertVerifier>), TlsError> {
         let verifier =
             WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
                 .with_crls(crls)
@@ -330,7 +455,9 @@ impl Material {
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(VERSIONS)
             .map_err(rustls_err("server TLS versions"))?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(Arc::new(DeferredClientVerifier {
+                inner: verifier.clone(),
+            }))
             .with_cert_resolver(self.cert_resolver.clone());
         config.alpn_protocols = self.alpn.clone();
         // No resumption: a resumed session skips client certificate verification, so a
@@ -338,7 +465,7 @@ impl Material {
         // handshake anyway.
         config.session_storage = Arc::new(NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
-        Ok(TlsAcceptor::from(Arc::new(config)))
+        Ok((TlsAcceptor::from(Arc::new(config)), verifier))
     }
 }
 
@@ -567,6 +694,7 @@ mod tests {
     /// certificate chain, or why the server refused. (In TLS 1.3 the client may finish its
     /// side before the server rejects its certificate, so the client's own result says little.)
     async fn handshake(
+        tls: &ServerTls,
         acceptor: TlsAcceptor,
         client: Arc<ClientConfig>,
     ) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -581,7 +709,7 @@ mod tests {
             let chain = conn.peer_certificates().unwrap_or_default().to_vec();
             tls.write_all(b"ok").await.map_err(|e| e.to_string())?;
             tls.shutdown().await.map_err(|e| e.to_string())?;
-            Ok(chain)
+            Ok::<_, String>(chain)
         };
         let client = async move {
             let name = ServerName::try_from("localhost").unwrap();
@@ -595,11 +723,18 @@ mod tests {
             Ok(_) => assert_eq!(&client.unwrap(), b"ok"),
             Err(_) => assert!(client.is_err(), "client got data from a refused handshake"),
         }
-        server
+        // The handshake only proves key possession; the certificate is judged here.
+        let chain = server?;
+        tls.verify_client(&chain).map_err(|e| e.to_string())?;
+        Ok(chain)
     }
 
-    async fn user_of(acceptor: TlsAcceptor, client: Arc<ClientConfig>) -> Result<String, String> {
-        let chain = handshake(acceptor, client).await?;
+    async fn user_of(
+        tls: &ServerTls,
+        acceptor: TlsAcceptor,
+        client: Arc<ClientConfig>,
+    ) -> Result<String, String> {
+        let chain = handshake(tls, acceptor, client).await?;
         let id = Identity::from_der(&chain[0], DEFAULT_TRUST_DOMAIN).unwrap();
         Ok(id.user)
     }
@@ -617,7 +752,7 @@ mod tests {
         let tls = server(tmp.path());
         let alice = issue(tmp.path(), "alice", &["dba", "dev"]);
 
-        let chain = handshake(tls.acceptor(), client(tmp.path(), &alice))
+        let chain = handshake(&tls, tls.acceptor(), client(tmp.path(), &alice))
             .await
             .unwrap();
         let id = Identity::from_der(&chain[0], DEFAULT_TRUST_DOMAIN).unwrap();
@@ -648,7 +783,9 @@ mod tests {
             .unwrap();
         config.alpn_protocols = vec![PG.to_vec()];
         assert_eq!(
-            user_of(tls.acceptor(), Arc::new(config)).await.unwrap(),
+            user_of(&tls, tls.acceptor(), Arc::new(config))
+                .await
+                .unwrap(),
             "alice"
         );
     }
@@ -660,7 +797,7 @@ mod tests {
         let tls = server(tmp.path());
         let name = "a\"; DROP ROLE x; --";
         let who = issue(tmp.path(), name, &["g\"; --"]);
-        let chain = handshake(tls.acceptor(), client(tmp.path(), &who))
+        let chain = handshake(&tls, tls.acceptor(), client(tmp.path(), &who))
             .await
             .unwrap();
         let id = Identity::from_der(&chain[0], DEFAULT_TRUST_DOMAIN).unwrap();
@@ -686,18 +823,18 @@ mod tests {
             vec![PG.to_vec()],
         )
         .unwrap();
-        let err = handshake(tls.acceptor(), config).await.unwrap_err();
-        assert!(err.contains("invalid peer certificate"), "{err}");
+        let err = handshake(&tls, tls.acceptor(), config).await.unwrap_err();
+        assert!(err.contains("not issued by this gateway"), "{err}");
 
         let now = OffsetDateTime::now_utc();
         let expired = issue_between(&ours, "late", &[], now - 2 * HOUR, now - HOUR);
-        let err = handshake(tls.acceptor(), client(&ours, &expired))
+        let err = handshake(&tls, tls.acceptor(), client(&ours, &expired))
             .await
             .unwrap_err();
-        assert!(err.contains("certificate expired"), "{err}");
+        assert!(err.contains("expired"), "{err}");
 
         let early = issue_between(&ours, "early", &[], now + HOUR, now + 2 * HOUR);
-        let err = handshake(tls.acceptor(), client(&ours, &early))
+        let err = handshake(&tls, tls.acceptor(), client(&ours, &early))
             .await
             .unwrap_err();
         assert!(err.contains("not valid yet"), "{err}");
@@ -709,7 +846,9 @@ mod tests {
                 Arc::new(c)
             })
             .unwrap();
-        let err = handshake(tls.acceptor(), anonymous).await.unwrap_err();
+        let err = handshake(&tls, tls.acceptor(), anonymous)
+            .await
+            .unwrap_err();
         assert!(err.contains("certificate"), "{err}");
     }
 
@@ -722,7 +861,9 @@ mod tests {
         let alice = issue(dir, "alice", &[]);
         let alice_tls = client(dir, &alice);
         assert_eq!(
-            user_of(tls.acceptor(), alice_tls.clone()).await.unwrap(),
+            user_of(&tls, tls.acceptor(), alice_tls.clone())
+                .await
+                .unwrap(),
             "alice"
         );
 
@@ -737,13 +878,16 @@ mod tests {
         let after = tls.acceptor();
         assert!(!Arc::ptr_eq(before.config(), after.config()));
 
-        let err = handshake(after.clone(), alice_tls.clone())
+        let err = handshake(&tls, after.clone(), alice_tls.clone())
             .await
             .unwrap_err();
-        assert!(err.contains("Revoked"), "{err}");
-        assert_eq!(user_of(after, client(dir, &bob)).await.unwrap(), "bob");
-        // An acceptor handed out before the change keeps the CRL it was built with.
-        assert_eq!(user_of(before, alice_tls).await.unwrap(), "alice");
+        assert!(err.contains("revoked"), "{err}");
+        assert_eq!(
+            user_of(&tls, after, client(dir, &bob)).await.unwrap(),
+            "bob"
+        );
+        // Verification follows the newest CRL, even for a handshake begun before it changed.
+        assert!(user_of(&tls, before, alice_tls).await.is_err());
     }
 
     #[tokio::test]
@@ -769,10 +913,12 @@ mod tests {
             let now = tls.acceptor();
             assert!(Arc::ptr_eq(good.config(), now.config()));
             assert_eq!(
-                user_of(now.clone(), client(&dir, &alice)).await.unwrap(),
+                user_of(&tls, now.clone(), client(&dir, &alice))
+                    .await
+                    .unwrap(),
                 "alice"
             );
-            assert!(handshake(now, client(&dir, &bob)).await.is_err());
+            assert!(handshake(&tls, now, client(&dir, &bob)).await.is_err());
         }
 
         fs::remove_file(&crl).unwrap();
@@ -782,7 +928,7 @@ mod tests {
         certs::revoke(&dir, &alice.cert).unwrap();
         let now = tls.acceptor();
         assert!(!Arc::ptr_eq(good.config(), now.config()));
-        assert!(handshake(now, client(&dir, &alice)).await.is_err());
+        assert!(handshake(&tls, now, client(&dir, &alice)).await.is_err());
     }
 
     #[tokio::test]
@@ -811,7 +957,7 @@ mod tests {
         let tls = ServerTls::load(f, vec![PG.to_vec()]).unwrap();
         let alice = issue(tmp.path(), "alice", &[]);
         assert_eq!(
-            user_of(tls.acceptor(), client(tmp.path(), &alice))
+            user_of(&tls, tls.acceptor(), client(tmp.path(), &alice))
                 .await
                 .unwrap(),
             "alice"

@@ -1,6 +1,8 @@
 //! The Postgres journey end to end: real PostgreSQL, the real `jitgate` binary, real `psql`
 //! (and a raw wire client for what psql 15 cannot do).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::process::Command;
@@ -9,25 +11,39 @@ use std::time::Duration;
 use common::*;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
 fn journey_least_privilege_role_spliced_and_dropped() {
-    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else { return };
+    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else {
+        return;
+    };
     let (alice_crt, alice_key) = gw.issue("alice", &["dba"]);
     let (bob_crt, bob_key) = gw.issue("bob", &["analyst"]);
     let alice = gw.conninfo("alice", Some((&alice_crt, &alice_key)), "");
     let bob = gw.conninfo("bob", Some((&bob_crt, &bob_key)), "");
 
-    let out = psql(&alice, "SELECT current_user; INSERT INTO items VALUES (3, 'plum'); SELECT count(*) FROM items;");
+    let out = psql(
+        &alice,
+        "SELECT current_user; INSERT INTO items VALUES (3, 'plum'); SELECT count(*) FROM items;",
+    );
     assert!(out.status.success(), "{}\n{}", stderr(&out), gw.log());
     let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
-    assert!(lines[0].starts_with("jit_alice_"), "current_user = {lines:?}");
+    assert!(
+        lines[0].starts_with("jit_alice_"),
+        "current_user = {lines:?}"
+    );
     assert_eq!(lines.last().map(String::as_str), Some("3"));
 
     // bob can read but not write: PostgreSQL itself says no, with 42501.
-    let out = psql(&bob, "\\set VERBOSITY verbose\nSELECT name FROM items WHERE id = 1");
+    let out = psql(
+        &bob,
+        "\\set VERBOSITY verbose\nSELECT name FROM items WHERE id = 1",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "apple");
     let out = psql(&bob, "\\set VERBOSITY verbose\nDELETE FROM items");
@@ -38,20 +54,35 @@ fn journey_least_privilege_role_spliced_and_dropped() {
     assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new(), "{}", gw.log());
     assert_eq!(pg.jit_backends(), Vec::<String>::new());
     let log = gw.log();
-    assert!(log.contains("jit.account.created") && log.contains("jit.account.dropped"), "{log}");
+    assert!(
+        log.contains("jit.account.created") && log.contains("jit.account.dropped"),
+        "{log}"
+    );
 
     // The role was made as the design says: SCRAM verifier, marker, limits.
     let server_log = pg.server_log();
-    let create = server_log.lines().find(|l| l.contains("CREATE ROLE \"jit_alice_")).unwrap();
+    let create = server_log
+        .lines()
+        .find(|l| l.contains("CREATE ROLE \"jit_alice_"))
+        .unwrap();
     assert!(create.contains("PASSWORD 'SCRAM-SHA-256$"), "{create}");
-    assert!(create.contains("NOSUPERUSER") && create.contains("CONNECTION LIMIT 5") && create.contains("VALID UNTIL"));
-    assert!(create.contains("IN ROLE \"orders_read\", \"orders_write\""), "{create}");
+    assert!(
+        create.contains("NOSUPERUSER")
+            && create.contains("CONNECTION LIMIT 5")
+            && create.contains("VALID UNTIL")
+    );
+    assert!(
+        create.contains("IN ROLE \"orders_read\", \"orders_write\""),
+        "{create}"
+    );
     assert!(server_log.contains("COMMENT ON ROLE \"jit_alice_"));
 }
 
 #[test]
 fn concurrent_sessions_get_their_own_roles() {
-    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else { return };
+    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else {
+        return;
+    };
     let (crt, key) = gw.issue("alice", &["dba"]);
     let conninfo = gw.conninfo("alice", Some((&crt, &key)), "");
     let sessions: Vec<_> = (0..2)
@@ -68,30 +99,62 @@ fn concurrent_sessions_get_their_own_roles() {
             stdout(&out).split('|').next().unwrap().to_string()
         })
         .collect();
-    assert!(users.iter().all(|u| u.starts_with("jit_alice_")), "{users:?}");
+    assert!(
+        users.iter().all(|u| u.starts_with("jit_alice_")),
+        "{users:?}"
+    );
     assert_ne!(users[0], users[1]);
     assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new());
 }
 
 #[test]
 fn refusals_are_clear_and_create_nothing() {
-    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else { return };
+    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else {
+        return;
+    };
     let refused = |conninfo: &str, expect: &str| {
         let out = psql(conninfo, "SELECT 1");
         assert!(!out.status.success(), "expected refusal for {conninfo}");
-        assert!(stderr(&out).contains(expect), "expected {expect:?} in: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(expect),
+            "expected {expect:?} in: {}",
+            stderr(&out)
+        );
     };
 
     // Plain connection and TLS without a certificate.
-    refused(&gw.conninfo("alice", None, "").replace("sslmode=verify-full", "sslmode=disable"), "jitgate requires TLS with a client certificate");
-    refused(&gw.conninfo("alice", None, ""), "requires a client certificate");
+    refused(
+        &gw.conninfo("alice", None, "")
+            .replace("sslmode=verify-full", "sslmode=disable"),
+        "jitgate requires TLS with a client certificate",
+    );
+    refused(
+        &gw.conninfo("alice", None, ""),
+        "requires a client certificate",
+    );
 
     // A certificate from another CA.
     let other = tempfile::tempdir().unwrap();
     let other_dir = other.path().join("certs");
     jitgate(&["certs", "init", "--dir", other_dir.to_str().unwrap()]);
-    jitgate(&["certs", "issue", "--dir", other_dir.to_str().unwrap(), "--user", "alice", "--group", "dba"]);
-    refused(&gw.conninfo("alice", Some((&other_dir.join("alice.crt"), &other_dir.join("alice.key"))), ""), "client certificate rejected");
+    jitgate(&[
+        "certs",
+        "issue",
+        "--dir",
+        other_dir.to_str().unwrap(),
+        "--user",
+        "alice",
+        "--group",
+        "dba",
+    ]);
+    refused(
+        &gw.conninfo(
+            "alice",
+            Some((&other_dir.join("alice.crt"), &other_dir.join("alice.key"))),
+            "",
+        ),
+        "client certificate rejected",
+    );
 
     // Expired.
     let now = time::OffsetDateTime::now_utc();
@@ -105,20 +168,44 @@ fn refusals_are_clear_and_create_nothing() {
         not_after: now - time::Duration::hours(1),
     })
     .unwrap();
-    refused(&gw.conninfo("alice", Some((&expired.cert, &expired.key)), ""), "expired");
+    refused(
+        &gw.conninfo("alice", Some((&expired.cert, &expired.key)), ""),
+        "expired",
+    );
 
     // No grant for this person, a reason missing where required, an unknown target.
     let (eve_crt, eve_key) = gw.issue("eve", &["sales"]);
-    refused(&gw.conninfo("eve", Some((&eve_crt, &eve_key)), ""), "no policy grants eve access to orders");
+    refused(
+        &gw.conninfo("eve", Some((&eve_crt, &eve_key)), ""),
+        "no policy grants eve access to orders",
+    );
     let (carol_crt, carol_key) = gw.issue("carol", &[]);
-    refused(&gw.conninfo("carol", Some((&carol_crt, &carol_key)), ""), "requires a reason");
+    refused(
+        &gw.conninfo("carol", Some((&carol_crt, &carol_key)), ""),
+        "requires a reason",
+    );
     let (alice_crt, alice_key) = gw.issue("alice", &["dba"]);
-    refused(&gw.conninfo("alice", Some((&alice_crt, &alice_key)), "").replace("dbname=orders", "dbname=nope"), "no target named \"nope\"");
-    refused(&gw.conninfo("alice", Some((&alice_crt, &alice_key)), "").replace("dbname=orders", "dbname=orders/secret"), "has no database \"secret\"");
-    refused(&gw.conninfo("alice", Some((&alice_crt, &alice_key)), "").replace("user=alice", "user=orders-analyst"), "does not apply");
+    refused(
+        &gw.conninfo("alice", Some((&alice_crt, &alice_key)), "")
+            .replace("dbname=orders", "dbname=nope"),
+        "no target named \"nope\"",
+    );
+    refused(
+        &gw.conninfo("alice", Some((&alice_crt, &alice_key)), "")
+            .replace("dbname=orders", "dbname=orders/secret"),
+        "has no database \"secret\"",
+    );
+    refused(
+        &gw.conninfo("alice", Some((&alice_crt, &alice_key)), "")
+            .replace("user=alice", "user=orders-analyst"),
+        "does not apply",
+    );
 
     // Nothing was minted for any of them.
-    assert!(!pg.server_log().contains("CREATE ROLE"), "a refusal created a role");
+    assert!(
+        !pg.server_log().contains("CREATE ROLE"),
+        "a refusal created a role"
+    );
     assert_eq!(pg.jit_roles(), Vec::<String>::new());
 
     // The SQLSTATEs, as a driver sees them.
@@ -141,10 +228,24 @@ fn refusals_are_clear_and_create_nothing() {
     });
 
     // With a reason, carol gets in (through options or application_name).
-    let out = psql(&gw.conninfo("carol", Some((&carol_crt, &carol_key)), "options='-c jitgate.reason=INC-7'"), "SELECT current_user");
+    let out = psql(
+        &gw.conninfo(
+            "carol",
+            Some((&carol_crt, &carol_key)),
+            "options='-c jitgate.reason=INC-7'",
+        ),
+        "SELECT current_user",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with("jit_carol_"));
-    let out = psql(&gw.conninfo("carol", Some((&carol_crt, &carol_key)), "application_name=reason:INC-8"), "SELECT 1");
+    let out = psql(
+        &gw.conninfo(
+            "carol",
+            Some((&carol_crt, &carol_key)),
+            "application_name=reason:INC-8",
+        ),
+        "SELECT 1",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(gw.log().contains("INC-7"));
     assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new());
@@ -152,12 +253,21 @@ fn refusals_are_clear_and_create_nothing() {
 
 #[test]
 fn revoked_certificate_is_refused_without_restart() {
-    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else { return };
+    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else {
+        return;
+    };
     let (crt, key) = gw.issue("dave", &["dba"]);
     let conninfo = gw.conninfo("dave", Some((&crt, &key)), "");
     let out = psql(&conninfo, "SELECT 1");
     assert!(out.status.success(), "{}", stderr(&out));
-    jitgate(&["certs", "revoke", "--dir", gw.path("certs").to_str().unwrap(), "--cert", crt.to_str().unwrap()]);
+    jitgate(&[
+        "certs",
+        "revoke",
+        "--dir",
+        gw.path("certs").to_str().unwrap(),
+        "--cert",
+        crt.to_str().unwrap(),
+    ]);
     // The gateway looks at the CRL file at most once a second.
     std::thread::sleep(Duration::from_millis(1100));
     let out = psql(&conninfo, "SELECT 1");
@@ -168,31 +278,50 @@ fn revoked_certificate_is_refused_without_restart() {
 
 #[test]
 fn cancel_through_the_gateways_own_key() {
-    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else { return };
+    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else {
+        return;
+    };
     let (crt, key) = gw.issue("alice", &["dba"]);
     let config = raw::client_config(&gw.path("certs/ca.crt"), &crt, &key, false);
     rt().block_on(async {
         for tls_cancel in [false, true] {
             let mut session = raw::connect(gw.port, config.clone(), false).await.unwrap();
-            let raw::Login::Ready { pid, key } = raw::startup(&mut session, "alice", "orders").await else {
+            let raw::Login::Ready { pid, key } =
+                raw::startup(&mut session, "alice", "orders").await
+            else {
                 panic!("login refused: {}", gw.log());
             };
             let backend_pids = pg.jit_backends();
-            assert!(!backend_pids.contains(&pid.to_string()), "the client saw the upstream pid");
+            assert!(
+                !backend_pids.contains(&pid.to_string()),
+                "the client saw the upstream pid"
+            );
             raw::send_query(&mut session, "SELECT pg_sleep(30)").await;
             tokio::time::sleep(Duration::from_millis(300)).await;
             // A wrong key is ignored, as PostgreSQL does.
             send_cancel(gw.port, &config, pid, key.wrapping_add(1), tls_cancel).await;
             send_cancel(gw.port, &config, pid, key, tls_cancel).await;
-            let code = tokio::time::timeout(Duration::from_secs(20), raw::result_code(&mut session)).await;
-            assert_eq!(code.ok().flatten().as_deref(), Some("57014"), "tls_cancel={tls_cancel}\n{}", gw.log());
+            let code =
+                tokio::time::timeout(Duration::from_secs(20), raw::result_code(&mut session)).await;
+            assert_eq!(
+                code.ok().flatten().as_deref(),
+                Some("57014"),
+                "tls_cancel={tls_cancel}\n{}",
+                gw.log()
+            );
         }
     });
     assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new());
 }
 
 /// libpq < 17 sends the bare 16-byte packet; libpq 17's cancel API goes through TLS first.
-async fn send_cancel(port: u16, config: &std::sync::Arc<rustls::ClientConfig>, pid: i32, key: i32, tls: bool) {
+async fn send_cancel(
+    port: u16,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+    pid: i32,
+    key: i32,
+    tls: bool,
+) {
     use tokio::io::AsyncWriteExt;
     let packet = raw::cancel_packet(pid, key);
     if tls {
@@ -200,7 +329,9 @@ async fn send_cancel(port: u16, config: &std::sync::Arc<rustls::ClientConfig>, p
         s.write_all(&packet).await.unwrap();
         s.shutdown().await.unwrap();
     } else {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
         s.write_all(&packet).await.unwrap();
         s.shutdown().await.unwrap();
     }
@@ -208,12 +339,17 @@ async fn send_cancel(port: u16, config: &std::sync::Arc<rustls::ClientConfig>, p
 
 #[test]
 fn direct_tls_needs_alpn_postgresql() {
-    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else { return };
+    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else {
+        return;
+    };
     let (crt, key) = gw.issue("alice", &["dba"]);
     rt().block_on(async {
         let config = raw::client_config(&gw.path("certs/ca.crt"), &crt, &key, true);
         let mut s = raw::connect(gw.port, config, true).await.unwrap();
-        assert!(matches!(raw::startup(&mut s, "alice", "orders").await, raw::Login::Ready { .. }));
+        assert!(matches!(
+            raw::startup(&mut s, "alice", "orders").await,
+            raw::Login::Ready { .. }
+        ));
         raw::send_query(&mut s, "SELECT 1").await;
         assert_eq!(raw::result_code(&mut s).await, None);
         drop(s);
@@ -229,10 +365,15 @@ fn direct_tls_needs_alpn_postgresql() {
 
 #[test]
 fn credential_never_leaves_the_gateway() {
-    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else { return };
+    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else {
+        return;
+    };
     let (crt, key) = gw.issue("alice", &["dba"]);
     let conninfo = gw.conninfo("alice", Some((&crt, &key)), "");
-    let out = psql(&conninfo, "SELECT current_user; SHOW password_encryption; SELECT 1/0;");
+    let out = psql(
+        &conninfo,
+        "SELECT current_user; SHOW password_encryption; SELECT 1/0;",
+    );
     let mut seen_by_client = String::from_utf8_lossy(&out.stdout).into_owned();
     seen_by_client.push_str(&String::from_utf8_lossy(&out.stderr));
     // Also everything a raw client receives on the wire during login and a query.
@@ -241,10 +382,16 @@ fn credential_never_leaves_the_gateway() {
         use tokio::io::AsyncReadExt;
         let mut s = raw::connect(gw.port, config, false).await.unwrap();
         let mut buf = bytes::BytesMut::new();
-        postgres_protocol::message::frontend::startup_message([("user", "alice"), ("database", "orders")], &mut buf).unwrap();
+        postgres_protocol::message::frontend::startup_message(
+            [("user", "alice"), ("database", "orders")],
+            &mut buf,
+        )
+        .unwrap();
         postgres_protocol::message::frontend::query("SELECT 1", &mut buf).unwrap();
         postgres_protocol::message::frontend::terminate(&mut buf);
-        tokio::io::AsyncWriteExt::write_all(&mut s, &buf).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, &buf)
+            .await
+            .unwrap();
         let mut all = Vec::new();
         let _ = s.read_to_end(&mut all).await;
         all
@@ -254,47 +401,89 @@ fn credential_never_leaves_the_gateway() {
     assert_eq!(credentials.len(), 2, "expected two minted credentials");
     let gateway_log = gw.log();
     let server_log = pg.server_log();
-    assert!(server_log.contains("CREATE ROLE"), "statement logging is on");
+    assert!(
+        server_log.contains("CREATE ROLE"),
+        "statement logging is on"
+    );
     for secret in &credentials {
-        assert!(!seen_by_client.contains(secret.as_str()), "client output has the credential");
-        assert!(!wire.windows(secret.len()).any(|w| w == secret.as_bytes()), "client wire has the credential");
-        assert!(!gateway_log.contains(secret.as_str()), "gateway log has the credential");
-        assert!(!server_log.contains(secret.as_str()), "server log has the credential");
+        assert!(
+            !seen_by_client.contains(secret.as_str()),
+            "client output has the credential"
+        );
+        assert!(
+            !wire.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "client wire has the credential"
+        );
+        assert!(
+            !gateway_log.contains(secret.as_str()),
+            "gateway log has the credential"
+        );
+        assert!(
+            !server_log.contains(secret.as_str()),
+            "server log has the credential"
+        );
     }
 }
 
 #[test]
 fn hostile_common_name_gets_a_safe_role() {
-    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else { return };
+    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else {
+        return;
+    };
     let hostile = "a\"; DROP ROLE x; --";
     let (crt, key) = gw.issue(hostile, &["dba"]);
     pg.superuser_sql("postgres", "CREATE ROLE x NOLOGIN");
-    let out = psql(&gw.conninfo("orders-dba", Some((&crt, &key)), ""), "SELECT current_user");
+    let out = psql(
+        &gw.conninfo("orders-dba", Some((&crt, &key)), ""),
+        "SELECT current_user",
+    );
     assert!(out.status.success(), "{}\n{}", stderr(&out), gw.log());
-    assert!(stdout(&out).starts_with("jit_a_drop_role_x_"), "{}", stdout(&out));
-    assert_eq!(pg.superuser_sql("postgres", "SELECT count(*) FROM pg_roles WHERE rolname = 'x'"), "1");
+    assert!(
+        stdout(&out).starts_with("jit_a_drop_role_x_"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        pg.superuser_sql(
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'x'"
+        ),
+        "1"
+    );
     assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new());
 }
 
 #[test]
 fn bad_input_is_refused_and_others_keep_working() {
     use std::io::{Read, Write};
-    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else { return };
+    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else {
+        return;
+    };
     let (crt, key) = gw.issue("alice", &["dba"]);
     let addr = format!("127.0.0.1:{}", gw.port);
     // Oversized startup packet, garbage, and a connection that says nothing (3 s timeout).
     let mut big = std::net::TcpStream::connect(&addr).unwrap();
     big.write_all(&[0, 0x10, 0, 0, 0, 3, 0, 0]).unwrap();
     let mut garbage = std::net::TcpStream::connect(&addr).unwrap();
-    garbage.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut silent = std::net::TcpStream::connect(&addr).unwrap();
     let out = psql(&gw.conninfo("alice", Some((&crt, &key)), ""), "SELECT 42");
     assert_eq!(stdout(&out), "42", "{}", stderr(&out));
-    silent.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
     let mut buf = [0u8; 16];
-    assert_eq!(silent.read(&mut buf).unwrap(), 0, "a stalled handshake is closed");
+    assert_eq!(
+        silent.read(&mut buf).unwrap(),
+        0,
+        "a stalled handshake is closed"
+    );
     let mut reply = Vec::new();
-    garbage.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    garbage
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let _ = garbage.read_to_end(&mut reply);
     let mut reply = Vec::new();
     big.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -306,22 +495,40 @@ fn bad_input_is_refused_and_others_keep_working() {
 
 #[test]
 fn crash_leaves_no_account_after_restart() {
-    let Some((pg, mut gw)) = pg_env(DEFAULT_POLICY) else { return };
+    let Some((pg, mut gw)) = pg_env(DEFAULT_POLICY) else {
+        return;
+    };
     let (crt, key) = gw.issue("alice", &["dba"]);
     let conninfo = gw.conninfo("alice", Some((&crt, &key)), "");
     let mut long = Command::new(which("psql").unwrap())
-        .args(["-X", "-q", "-A", "-t", &conninfo, "-c", "SELECT pg_sleep(60)"])
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            &conninfo,
+            "-c",
+            "SELECT pg_sleep(60)",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let start = std::time::Instant::now();
     while pg.jit_roles().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(15), "no role appeared: {}", gw.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no role appeared: {}",
+            gw.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     gw.kill_hard();
-    assert_eq!(pg.jit_roles().len(), 1, "the crash left the role (as expected before the reaper)");
+    assert_eq!(
+        pg.jit_roles().len(),
+        1,
+        "the crash left the role (as expected before the reaper)"
+    );
     gw.restart();
     assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new(), "{}", gw.log());
     assert!(pg.jit_backends().is_empty());
@@ -331,23 +538,41 @@ fn crash_leaves_no_account_after_restart() {
 
 #[test]
 fn shutdown_drops_live_accounts() {
-    let Some((pg, mut gw)) = pg_env(DEFAULT_POLICY) else { return };
+    let Some((pg, mut gw)) = pg_env(DEFAULT_POLICY) else {
+        return;
+    };
     let (crt, key) = gw.issue("alice", &["dba"]);
     let conninfo = gw.conninfo("alice", Some((&crt, &key)), "");
-    let mut long = Command::new(which("psql").unwrap())
-        .args(["-X", "-q", "-A", "-t", &conninfo, "-c", "SELECT pg_sleep(60)"])
+    let long = Command::new(which("psql").unwrap())
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            &conninfo,
+            "-c",
+            "SELECT pg_sleep(60)",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let start = std::time::Instant::now();
     while pg.jit_roles().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(15), "no role appeared: {}", gw.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no role appeared: {}",
+            gw.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     gw.stop();
     assert_eq!(pg.jit_roles(), Vec::<String>::new(), "{}", gw.log());
     let out = long.wait_with_output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("terminating connection"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("terminating connection"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

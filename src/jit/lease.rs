@@ -53,8 +53,17 @@ pub struct Marker {
 impl Marker {
     /// `jitgate:managed instance=gw-1 lease=0123456789abcdef expires=1764400000 grant=.. user=..`;
     /// grant and user are informational and come last (the user may contain anything).
-    pub fn render(instance: &str, lease: &LeaseId, expires_at: SystemTime, grant: &str, user: &str) -> String {
-        let secs = expires_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    pub fn render(
+        instance: &str,
+        lease: &LeaseId,
+        expires_at: SystemTime,
+        grant: &str,
+        user: &str,
+    ) -> String {
+        let secs = expires_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         format!("{MARKER_PREFIX} instance={instance} lease={lease} expires={secs} grant={grant} user={user}")
     }
 
@@ -65,7 +74,8 @@ impl Marker {
         let instance = words.next()?.strip_prefix("instance=")?;
         let lease = words.next()?.strip_prefix("lease=")?;
         let expires: u64 = words.next()?.strip_prefix("expires=")?.parse().ok()?;
-        if instance.is_empty() || lease.len() != 16 || !lease.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if instance.is_empty() || lease.len() != 16 || !lease.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return None;
         }
         Some(Marker {
@@ -89,7 +99,10 @@ pub fn random_password() -> Secret<String> {
 pub fn record_for_leak_tests(credential: &Secret<String>) {
     use std::io::Write;
     if let Some(path) = std::env::var_os("JITGATE_TEST_CREDENTIAL_LOG") {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path);
         if let Ok(mut file) = file {
             let _ = writeln!(file, "{}", credential.expose());
         }
@@ -103,7 +116,9 @@ pub fn record_for_leak_tests(_: &Secret<String>) {}
 pub fn random_suffix(len: usize) -> String {
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..len).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
+    (0..len)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
 }
 
 #[cfg(test)]
@@ -121,8 +136,14 @@ mod tests {
         assert_eq!(m.lease, id.as_str());
         assert_eq!(m.expires_at, at);
         assert_eq!(Marker::parse("managed by someone else"), None);
-        assert_eq!(Marker::parse("jitgate:managedinstance=x lease=0123456789abcdef expires=1"), None);
-        assert_eq!(Marker::parse("jitgate:managed instance=x lease=zz expires=1"), None);
+        assert_eq!(
+            Marker::parse("jitgate:managedinstance=x lease=0123456789abcdef expires=1"),
+            None
+        );
+        assert_eq!(
+            Marker::parse("jitgate:managed instance=x lease=zz expires=1"),
+            None
+        );
     }
 
     #[test]

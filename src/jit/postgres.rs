@@ -24,13 +24,22 @@ const IDLE_ADMIN_CONNECTIONS: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum JitError {
     #[error("cannot reach target {target} ({addr}): {reason}")]
-    Unreachable { target: String, addr: String, reason: String },
+    Unreachable {
+        target: String,
+        addr: String,
+        reason: String,
+    },
     #[error("target {target} rejected jitgate's admin login: {reason}")]
     AdminRejected { target: String, reason: String },
     #[error("cannot read the admin password of target {target}: {reason}")]
     AdminCredential { target: String, reason: String },
     #[error("target {target}: {statement} failed: {reason}")]
-    Sql { target: String, statement: &'static str, reason: String, sqlstate: Option<String> },
+    Sql {
+        target: String,
+        statement: &'static str,
+        reason: String,
+        sqlstate: Option<String>,
+    },
     #[error("role {role} on target {target} is not marked as this lease's; left untouched")]
     NotOurs { target: String, role: String },
     #[error("TLS setup for target {target}: {reason}")]
@@ -67,7 +76,11 @@ pub struct PgProvisioner {
 
 impl PgProvisioner {
     pub fn new(target: PgTarget, instance_id: String) -> Arc<Self> {
-        Arc::new(PgProvisioner { target, instance_id, idle: Mutex::new(HashMap::new()) })
+        Arc::new(PgProvisioner {
+            target,
+            instance_id,
+            idle: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn target(&self) -> &PgTarget {
@@ -89,14 +102,39 @@ impl PgProvisioner {
         let expires_at = SystemTime::now() + grant.max_session();
         // The server only ever sees the SCRAM verifier: the plaintext cannot land in its logs.
         let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
-        let marker = Marker::render(&self.instance_id, &id, expires_at, grant.name(), &identity.user);
+        let marker = Marker::render(
+            &self.instance_id,
+            &id,
+            expires_at,
+            grant.name(),
+            &identity.user,
+        );
         let admin = self.admin(database).await?;
-        let version = server_version(&admin).await.map_err(|e| self.sql("SHOW server_version_num", e))?;
-        let sql = create_role_sql(&role, &verifier, grant, expires_at, &self.target.admin.user, version, &marker);
+        let version = server_version(&admin)
+            .await
+            .map_err(|e| self.sql("SHOW server_version_num", e))?;
+        let sql = create_role_sql(
+            &role,
+            &verifier,
+            grant,
+            expires_at,
+            &self.target.admin.user,
+            version,
+            &marker,
+        );
         // One simple-query string runs as one implicit transaction: no unmarked role can exist.
-        admin.batch_execute(&sql).await.map_err(|e| self.sql("CREATE ROLE", e))?;
+        admin
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| self.sql("CREATE ROLE", e))?;
         self.put_back(database, admin);
-        Ok(PgLease { id, role, password, database: database.to_string(), expires_at })
+        Ok(PgLease {
+            id,
+            role,
+            password,
+            database: database.to_string(),
+            expires_at,
+        })
     }
 
     /// Terminates the role's backends and drops it (objects it owns in the lease's database
@@ -104,7 +142,10 @@ impl PgProvisioner {
     pub async fn drop_lease(&self, lease: &PgLease) -> Result<(), JitError> {
         let admin = self.admin(&lease.database).await?;
         let comment = admin
-            .query_opt("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1", &[&lease.role])
+            .query_opt(
+                "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+                &[&lease.role],
+            )
             .await
             .map_err(|e| self.sql("SELECT pg_roles", e))?;
         let Some(row) = comment else {
@@ -117,7 +158,10 @@ impl PgProvisioner {
             .and_then(Marker::parse)
             .is_some_and(|m| m.instance == self.instance_id && m.lease == lease.id.as_str());
         if !ours {
-            return Err(JitError::NotOurs { target: self.target.name.clone(), role: lease.role.clone() });
+            return Err(JitError::NotOurs {
+                target: self.target.name.clone(),
+                role: lease.role.clone(),
+            });
         }
         self.terminate_and_drop(&admin, &lease.role).await?;
         self.put_back(&lease.database, admin);
@@ -129,7 +173,10 @@ impl PgProvisioner {
     pub async fn terminate_backends(&self, lease: &PgLease) -> Result<(), JitError> {
         let admin = self.admin(&lease.database).await?;
         admin
-            .query("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1", &[&lease.role])
+            .query(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1",
+                &[&lease.role],
+            )
             .await
             .map_err(|e| self.sql("pg_terminate_backend", e))?;
         self.put_back(&lease.database, admin);
@@ -172,7 +219,10 @@ impl PgProvisioner {
             .filter_map(|row| {
                 let role: String = row.get(0);
                 let comment: Option<String> = row.get(1);
-                comment.as_deref().and_then(Marker::parse).map(|marker| ManagedRole { role, marker })
+                comment
+                    .as_deref()
+                    .and_then(Marker::parse)
+                    .map(|marker| ManagedRole { role, marker })
             })
             .collect())
     }
@@ -191,7 +241,10 @@ impl PgProvisioner {
         let db = self.target.admin.database.clone();
         let admin = self.admin(&db).await?;
         let rows = admin
-            .query("SELECT DISTINCT usename::text FROM pg_stat_activity WHERE usename IS NOT NULL", &[])
+            .query(
+                "SELECT DISTINCT usename::text FROM pg_stat_activity WHERE usename IS NOT NULL",
+                &[],
+            )
             .await
             .map_err(|e| self.sql("SELECT pg_stat_activity", e))?;
         self.put_back(&db, admin);
@@ -201,11 +254,17 @@ impl PgProvisioner {
     async fn terminate_and_drop(&self, admin: &Client, role: &str) -> Result<(), JitError> {
         // Dropping a role does not end its sessions: terminate them first and wait (PG 14+).
         admin
-            .query("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1", &[&role])
+            .query(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1",
+                &[&role],
+            )
             .await
             .map_err(|e| self.sql("pg_terminate_backend", e))?;
         let r = escape_identifier(role);
-        admin.batch_execute(&format!("DROP OWNED BY {r}; DROP ROLE {r}")).await.map_err(|e| self.sql("DROP ROLE", e))
+        admin
+            .batch_execute(&format!("DROP OWNED BY {r}; DROP ROLE {r}"))
+            .await
+            .map_err(|e| self.sql("DROP ROLE", e))
     }
 
     fn sql(&self, statement: &'static str, e: tokio_postgres::Error) -> JitError {
@@ -214,7 +273,12 @@ impl PgProvisioner {
             Some(db) => db.message().to_string(),
             None => e.to_string(),
         };
-        JitError::Sql { target: self.target.name.clone(), statement, reason, sqlstate }
+        JitError::Sql {
+            target: self.target.name.clone(),
+            statement,
+            reason,
+            sqlstate,
+        }
     }
 
     /// An idle admin connection to `database`, or a new one.
@@ -245,7 +309,10 @@ impl PgProvisioner {
             .admin
             .password
             .read()
-            .map_err(|e| JitError::AdminCredential { target: t.name.clone(), reason: e.to_string() })?;
+            .map_err(|e| JitError::AdminCredential {
+                target: t.name.clone(),
+                reason: e.to_string(),
+            })?;
         let mut config = tokio_postgres::Config::new();
         config
             .host(&t.host)
@@ -258,18 +325,23 @@ impl PgProvisioner {
         let result = match &t.tls {
             UpstreamTls::Disable => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                config.connect(tokio_postgres::NoTls).await.map(|(client, conn)| {
-                    spawn_connection(conn);
-                    client
-                })
+                config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map(|(client, conn)| {
+                        spawn_connection(conn);
+                        client
+                    })
             }
             UpstreamTls::Require | UpstreamTls::VerifyFull { .. } => {
                 let ca = match &t.tls {
                     UpstreamTls::VerifyFull { ca } => Some(ca.as_path()),
                     UpstreamTls::Require | UpstreamTls::Disable => None,
                 };
-                let tls = crate::tls::upstream_client_config(ca)
-                    .map_err(|e| JitError::Tls { target: t.name.clone(), reason: e.to_string() })?;
+                let tls = crate::tls::upstream_client_config(ca).map_err(|e| JitError::Tls {
+                    target: t.name.clone(),
+                    reason: e.to_string(),
+                })?;
                 config.ssl_mode(tokio_postgres::config::SslMode::Require);
                 let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
                 config.connect(connector).await.map(|(client, conn)| {
@@ -284,11 +356,15 @@ impl PgProvisioner {
     fn connect_error(&self, e: tokio_postgres::Error) -> JitError {
         let t = &self.target;
         match e.as_db_error() {
-            Some(db) => JitError::AdminRejected { target: t.name.clone(), reason: db.message().to_string() },
+            Some(db) => JitError::AdminRejected {
+                target: t.name.clone(),
+                reason: db.message().to_string(),
+            },
             None => JitError::Unreachable {
                 target: t.name.clone(),
                 addr: format!("{}:{}", t.host, t.port),
-                reason: std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()),
+                reason: std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), |s| s.to_string()),
             },
         }
     }
@@ -307,7 +383,9 @@ where
 }
 
 async fn server_version(admin: &Client) -> Result<i32, tokio_postgres::Error> {
-    let row = admin.query_one("SELECT current_setting('server_version_num')::int", &[]).await?;
+    let row = admin
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?;
     Ok(row.get(0))
 }
 
@@ -317,7 +395,11 @@ pub fn role_name(user: &str) -> String {
     let budget = MAX_ROLE_NAME - "jit_".len() - 1 - SUFFIX;
     let mut clean = String::new();
     for c in user.chars() {
-        let c = if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' };
+        let c = if c.is_ascii_alphanumeric() {
+            c.to_ascii_lowercase()
+        } else {
+            '_'
+        };
         if !(c == '_' && (clean.is_empty() || clean.ends_with('_'))) {
             clean.push(c);
         }
@@ -338,7 +420,9 @@ fn create_role_sql(
     marker: &str,
 ) -> String {
     let r = escape_identifier(role);
-    let until = OffsetDateTime::from(expires_at).format(&Rfc3339).unwrap_or_else(|_| "infinity".to_string());
+    let until = OffsetDateTime::from(expires_at)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| "infinity".to_string());
     let mut sql = format!(
         "CREATE ROLE {r} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT \
          CONNECTION LIMIT {limit} VALID UNTIL {until} PASSWORD {verifier}",
@@ -347,7 +431,11 @@ fn create_role_sql(
         verifier = escape_literal(verifier),
     );
     if !grant.pg_roles().is_empty() {
-        let roles: Vec<String> = grant.pg_roles().iter().map(|g| escape_identifier(g)).collect();
+        let roles: Vec<String> = grant
+            .pg_roles()
+            .iter()
+            .map(|g| escape_identifier(g))
+            .collect();
         sql.push_str(&format!(" IN ROLE {}", roles.join(", ")));
     }
     // DROP OWNED BY needs the admin to hold the role's privileges. Before PostgreSQL 16 the
@@ -358,12 +446,16 @@ fn create_role_sql(
         sql.push_str(&format!(" ROLE {admin}"));
         sql.push(';');
     } else {
-        sql.push_str(&format!("; GRANT {r} TO {admin} WITH INHERIT TRUE, SET TRUE;"));
+        sql.push_str(&format!(
+            "; GRANT {r} TO {admin} WITH INHERIT TRUE, SET TRUE;"
+        ));
     }
-    sql.push_str(&format!(" COMMENT ON ROLE {r} IS {};", escape_literal(marker)));
+    sql.push_str(&format!(
+        " COMMENT ON ROLE {r} IS {};",
+        escape_literal(marker)
+    ));
     sql
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -373,7 +465,9 @@ mod tests {
     fn role_names_are_safe_and_bounded() {
         let hostile = role_name("a\"; DROP ROLE x; --");
         assert!(hostile.starts_with("jit_a_drop_role_x_"), "{hostile}");
-        assert!(hostile.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+        assert!(hostile
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
         let long = role_name(&"é".repeat(200));
         assert!(long.starts_with("jit_user_"), "{long}");
         let long = role_name(&"x".repeat(200));

@@ -18,15 +18,24 @@ pub struct LiveLeases(Arc<Mutex<HashSet<String>>>);
 
 impl LiveLeases {
     pub fn insert(&self, id: &LeaseId) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id.as_str().to_string());
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.as_str().to_string());
     }
 
     pub fn remove(&self, id: &LeaseId) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id.as_str());
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id.as_str());
     }
 
     pub fn contains(&self, lease: &str) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(lease)
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(lease)
     }
 
     pub fn len(&self) -> usize {
@@ -39,7 +48,12 @@ impl LiveLeases {
 }
 
 /// Whether a managed role should go: ours without a live session, or anyone's long expired.
-pub fn should_reap(role: &ManagedRole, instance_id: &str, is_live: impl Fn(&ManagedRole) -> bool, now: SystemTime) -> bool {
+pub fn should_reap(
+    role: &ManagedRole,
+    instance_id: &str,
+    is_live: impl Fn(&ManagedRole) -> bool,
+    now: SystemTime,
+) -> bool {
     if role.marker.instance == instance_id {
         !is_live(role)
     } else {
@@ -87,7 +101,11 @@ mod tests {
     fn role(instance: &str, lease: &str, expires_at: SystemTime) -> ManagedRole {
         ManagedRole {
             role: "jit_x".into(),
-            marker: Marker { instance: instance.into(), lease: lease.into(), expires_at },
+            marker: Marker {
+                instance: instance.into(),
+                lease: lease.into(),
+                expires_at,
+            },
         }
     }
 
@@ -96,11 +114,36 @@ mod tests {
         let now = SystemTime::now();
         let later = now + Duration::from_secs(3600);
         let live = |r: &ManagedRole| r.marker.lease == "aaaaaaaaaaaaaaaa";
-        assert!(!should_reap(&role("gw-1", "aaaaaaaaaaaaaaaa", later), "gw-1", live, now));
-        assert!(should_reap(&role("gw-1", "bbbbbbbbbbbbbbbb", later), "gw-1", live, now));
-        assert!(!should_reap(&role("gw-2", "bbbbbbbbbbbbbbbb", later), "gw-1", live, now));
+        assert!(!should_reap(
+            &role("gw-1", "aaaaaaaaaaaaaaaa", later),
+            "gw-1",
+            live,
+            now
+        ));
+        assert!(should_reap(
+            &role("gw-1", "bbbbbbbbbbbbbbbb", later),
+            "gw-1",
+            live,
+            now
+        ));
+        assert!(!should_reap(
+            &role("gw-2", "bbbbbbbbbbbbbbbb", later),
+            "gw-1",
+            live,
+            now
+        ));
         let long_ago = now - FOREIGN_GRACE - Duration::from_secs(1);
-        assert!(should_reap(&role("gw-2", "bbbbbbbbbbbbbbbb", long_ago), "gw-1", live, now));
-        assert!(!should_reap(&role("gw-2", "bbbbbbbbbbbbbbbb", now), "gw-1", live, now));
+        assert!(should_reap(
+            &role("gw-2", "bbbbbbbbbbbbbbbb", long_ago),
+            "gw-1",
+            live,
+            now
+        ));
+        assert!(!should_reap(
+            &role("gw-2", "bbbbbbbbbbbbbbbb", now),
+            "gw-1",
+            live,
+            now
+        ));
     }
 }

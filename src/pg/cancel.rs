@@ -34,26 +34,46 @@ pub struct CancelRegistry {
 
 impl CancelRegistry {
     /// Registers a session's upstream backend and returns the fresh key for its client.
-    pub fn register(&self, target: Arc<PgTarget>, upstream_pid: i32, upstream_key: i32) -> CancelKey {
+    pub fn register(
+        &self,
+        target: Arc<PgTarget>,
+        upstream_pid: i32,
+        upstream_key: i32,
+    ) -> CancelKey {
         let mut rng = rand::rng();
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             // PIDs are positive in PostgreSQL; some clients assume so.
-            let key = CancelKey { pid: rng.random_range(1..=i32::MAX), key: rng.random() };
+            let key = CancelKey {
+                pid: rng.random_range(1..=i32::MAX),
+                key: rng.random(),
+            };
             if let std::collections::hash_map::Entry::Vacant(slot) = sessions.entry(key) {
-                slot.insert(UpstreamBackend { target, pid: upstream_pid, key: upstream_key });
+                slot.insert(UpstreamBackend {
+                    target,
+                    pid: upstream_pid,
+                    key: upstream_key,
+                });
                 return key;
             }
         }
     }
 
     pub fn unregister(&self, key: CancelKey) {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
     }
 
     /// Forwards a cancel for `key`, if it belongs to a live session.
     pub async fn cancel(&self, key: CancelKey) {
-        let backend = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let backend = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
         let Some(backend) = backend else {
             tracing::debug!("cancel request with an unknown key dropped");
             return;
@@ -61,14 +81,20 @@ impl CancelRegistry {
         let mut buf = BytesMut::new();
         postgres_protocol::message::frontend::cancel_request(backend.pid, backend.key, &mut buf);
         let result = async {
-            let mut stream = upstream::connect(&backend.target).await.map_err(|e| e.to_string())?;
+            let mut stream = upstream::connect(&backend.target)
+                .await
+                .map_err(|e| e.to_string())?;
             stream.write_all(&buf).await.map_err(|e| e.to_string())?;
             stream.shutdown().await.map_err(|e| e.to_string())
         }
         .await;
         match result {
-            Ok(()) => tracing::info!(target_name = %backend.target.name, "cancel request forwarded"),
-            Err(e) => tracing::warn!(target_name = %backend.target.name, error = %e, "cancel request could not be forwarded"),
+            Ok(()) => {
+                tracing::info!(target_name = %backend.target.name, "cancel request forwarded")
+            }
+            Err(e) => {
+                tracing::warn!(target_name = %backend.target.name, error = %e, "cancel request could not be forwarded")
+            }
         }
     }
 }

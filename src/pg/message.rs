@@ -44,7 +44,9 @@ pub struct StartupPacket {
 }
 
 /// Reads an untagged packet (length includes itself, then an int32 code).
-pub async fn read_startup_packet<R: AsyncRead + Unpin>(r: &mut R) -> Result<StartupPacket, WireError> {
+pub async fn read_startup_packet<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<StartupPacket, WireError> {
     let len = r.read_i32().await.map_err(closed_or_io)?;
     let len = usize::try_from(len).map_err(|_| WireError::BadLength(0))?;
     if !(8..=MAX_STARTUP_PACKET).contains(&len) {
@@ -53,7 +55,10 @@ pub async fn read_startup_packet<R: AsyncRead + Unpin>(r: &mut R) -> Result<Star
     let code = r.read_i32().await.map_err(closed_or_io)?;
     let mut body = vec![0u8; len - 8];
     r.read_exact(&mut body).await.map_err(closed_or_io)?;
-    Ok(StartupPacket { code, body: body.into() })
+    Ok(StartupPacket {
+        code,
+        body: body.into(),
+    })
 }
 
 /// Name/value pairs of a StartupMessage body, in order.
@@ -61,13 +66,19 @@ pub fn parse_startup_params(body: &[u8]) -> Result<Vec<(String, String)>, WireEr
     let mut fields = body.split(|b| *b == 0);
     let mut params = Vec::new();
     loop {
-        let name = fields.next().ok_or(WireError::Malformed("startup packet"))?;
+        let name = fields
+            .next()
+            .ok_or(WireError::Malformed("startup packet"))?;
         if name.is_empty() {
             break;
         }
-        let value = fields.next().ok_or(WireError::Malformed("startup packet"))?;
-        let name = std::str::from_utf8(name).map_err(|_| WireError::Malformed("startup parameter name"))?;
-        let value = std::str::from_utf8(value).map_err(|_| WireError::Malformed("startup parameter value"))?;
+        let value = fields
+            .next()
+            .ok_or(WireError::Malformed("startup packet"))?;
+        let name = std::str::from_utf8(name)
+            .map_err(|_| WireError::Malformed("startup parameter name"))?;
+        let value = std::str::from_utf8(value)
+            .map_err(|_| WireError::Malformed("startup parameter value"))?;
         params.push((name.to_string(), value.to_string()));
     }
     Ok(params)
@@ -98,7 +109,10 @@ pub async fn read_tagged<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<
     raw.put_i32(len as i32);
     raw.resize(len + 1, 0);
     r.read_exact(&mut raw[5..]).await.map_err(closed_or_io)?;
-    Ok(Tagged { tag, raw: raw.freeze() })
+    Ok(Tagged {
+        tag,
+        raw: raw.freeze(),
+    })
 }
 
 /// Fields of an ErrorResponse or NoticeResponse body.
@@ -122,7 +136,12 @@ fn tagged(tag: u8, body: impl FnOnce(&mut BytesMut)) -> BytesMut {
 /// ErrorResponse with severity FATAL, as PostgreSQL sends when it refuses a connection.
 pub fn fatal(code: &str, message: &str, hint: Option<&str>) -> BytesMut {
     tagged(b'E', |b| {
-        for (field, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', code), (b'M', message)] {
+        for (field, value) in [
+            (b'S', "FATAL"),
+            (b'V', "FATAL"),
+            (b'C', code),
+            (b'M', message),
+        ] {
             put_field(b, field, value);
         }
         if let Some(hint) = hint {
@@ -171,7 +190,7 @@ mod tests {
     #[test]
     fn fatal_golden_bytes() {
         let msg = fatal("28000", "no", None);
-        let expected: &[u8] = b"E\0\0\0\x1fSFATAL\0VFATAL\0C28000\0Mno\0\0";
+        let expected: &[u8] = b"E\0\0\0\x1eSFATAL\0VFATAL\0C28000\0Mno\0\0";
         assert_eq!(&msg[..], expected);
     }
 
@@ -186,22 +205,37 @@ mod tests {
     #[test]
     fn auth_ok_and_key_data_golden_bytes() {
         assert_eq!(&authentication_ok()[..], b"R\0\0\0\x08\0\0\0\0");
-        assert_eq!(&backend_key_data(1, 2)[..], b"K\0\0\0\x0c\0\0\0\x01\0\0\0\x02");
+        assert_eq!(
+            &backend_key_data(1, 2)[..],
+            b"K\0\0\0\x0c\0\0\0\x01\0\0\0\x02"
+        );
     }
 
     #[test]
     fn startup_params_parse_in_order() {
         let body = b"user\0alice\0database\0orders\0\0";
         let params = parse_startup_params(body).unwrap();
-        assert_eq!(params, vec![("user".into(), "alice".into()), ("database".into(), "orders".into())]);
+        assert_eq!(
+            params,
+            vec![
+                ("user".into(), "alice".into()),
+                ("database".into(), "orders".into())
+            ]
+        );
         assert!(parse_startup_params(b"user\0alice").is_err());
     }
 
     #[tokio::test]
     async fn oversized_startup_packet_is_refused() {
         let mut bytes: &[u8] = &[0, 1, 0, 0, 0, 3, 0, 0];
-        assert!(matches!(read_startup_packet(&mut bytes).await, Err(WireError::BadLength(65536))));
+        assert!(matches!(
+            read_startup_packet(&mut bytes).await,
+            Err(WireError::BadLength(65536))
+        ));
         let mut short: &[u8] = &[0, 0, 0, 4];
-        assert!(matches!(read_startup_packet(&mut short).await, Err(WireError::BadLength(4))));
+        assert!(matches!(
+            read_startup_packet(&mut short).await,
+            Err(WireError::BadLength(4))
+        ));
     }
 }

@@ -64,12 +64,22 @@ pub fn take_reason(options: &str) -> (Option<String>, Option<String>) {
             (None, 1)
         };
         match setting.and_then(|s| s.split_once('=')) {
-            Some((name, value)) if name.eq_ignore_ascii_case("jitgate.reason") => reason = Some(value.to_string()),
-            _ => keep.extend(words[i..(i + consumed).min(words.len())].iter().map(|w| escape(w))),
+            Some((name, value)) if name.eq_ignore_ascii_case("jitgate.reason") => {
+                reason = Some(value.to_string())
+            }
+            _ => keep.extend(
+                words[i..(i + consumed).min(words.len())]
+                    .iter()
+                    .map(|w| escape(w)),
+            ),
         }
         i += consumed;
     }
-    let rest = if keep.is_empty() { None } else { Some(keep.join(" ")) };
+    let rest = if keep.is_empty() {
+        None
+    } else {
+        Some(keep.join(" "))
+    };
     (reason, rest)
 }
 

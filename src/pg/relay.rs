@@ -20,7 +20,10 @@ const DRAIN: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub enum End {
     /// Either side closed (Terminate, EOF or reset); bytes relayed each way.
-    Closed { to_upstream: u64, to_client: u64 },
+    Closed {
+        to_upstream: u64,
+        to_client: u64,
+    },
     Failed(std::io::Error),
     /// The lease reached `max_session`.
     Expired,
@@ -59,7 +62,10 @@ where
 
 fn closed(result: std::io::Result<(u64, u64)>) -> End {
     match result {
-        Ok((to_upstream, to_client)) => End::Closed { to_upstream, to_client },
+        Ok((to_upstream, to_client)) => End::Closed {
+            to_upstream,
+            to_client,
+        },
         Err(e) => End::Failed(e),
     }
 }

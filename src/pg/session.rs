@@ -47,7 +47,11 @@ struct Refusal {
 
 impl Refusal {
     fn new(code: &str, message: impl Into<String>) -> Self {
-        Refusal { code: code.into(), message: message.into(), hint: None }
+        Refusal {
+            code: code.into(),
+            message: message.into(),
+            hint: None,
+        }
     }
 
     fn hint(mut self, hint: impl Into<String>) -> Self {
@@ -59,7 +63,11 @@ impl Refusal {
 /// Serves one accepted TCP connection.
 pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<PgContext>) {
     let _ = tcp.set_nodelay(true);
-    let arrival = tokio::time::timeout(ctx.handshake_timeout, accept(tcp, &ctx.tls, &ctx.trust_domain)).await;
+    let arrival = tokio::time::timeout(
+        ctx.handshake_timeout,
+        accept(tcp, &ctx.tls, &ctx.trust_domain),
+    )
+    .await;
     match arrival {
         Err(_) => tracing::info!(client = %peer, "handshake timed out"),
         Ok(Err(FrontDoorError::Refused { code, message })) => {
@@ -101,7 +109,10 @@ fn sort_params(params: Vec<(String, String)>) -> Result<Requested, Refusal> {
             }
             "replication" => {
                 if !matches!(value.as_str(), "false" | "off" | "no" | "0") {
-                    return Err(Refusal::new("0A000", "replication connections are not supported through jitgate"));
+                    return Err(Refusal::new(
+                        "0A000",
+                        "replication connections are not supported through jitgate",
+                    ));
                 }
             }
             "application_name" => {
@@ -112,20 +123,35 @@ fn sort_params(params: Vec<(String, String)>) -> Result<Requested, Refusal> {
             _ => forward.push((name, value)),
         }
     }
-    let user = user
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| Refusal::new("28000", "no user name given").hint("connect with user=<grant name> or user=<your name>"))?;
+    let user = user.filter(|u| !u.is_empty()).ok_or_else(|| {
+        Refusal::new("28000", "no user name given")
+            .hint("connect with user=<grant name> or user=<your name>")
+    })?;
     // libpq sends no database when it defaults to the user name.
-    let database = database.filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    let database = database
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
     let (target, database) = match database.split_once('/') {
         Some((t, d)) => (t.to_string(), Some(d.to_string())),
         None => (database, None),
     };
-    Ok(Requested { user, target, database, reason: reason.or(app_reason), forward, unsupported })
+    Ok(Requested {
+        user,
+        target,
+        database,
+        reason: reason.or(app_reason),
+        forward,
+        unsupported,
+    })
 }
 
 async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
-    let Login { mut stream, identity, minor_version, params } = login;
+    let Login {
+        mut stream,
+        identity,
+        minor_version,
+        params,
+    } = login;
     let started = StdInstant::now();
     let requested = match sort_params(params) {
         Ok(r) => r,
@@ -133,13 +159,20 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
     };
     if minor_version > 0 || !requested.unsupported.is_empty() {
         // We speak 3.0; say so before authentication, as PostgreSQL does.
-        if stream.write_all(&negotiate_protocol_version(&requested.unsupported)).await.is_err() {
+        if stream
+            .write_all(&negotiate_protocol_version(&requested.unsupported))
+            .await
+            .is_err()
+        {
             return;
         }
     }
     let Some((target, provisioner)) = ctx.targets.get(&requested.target) else {
-        let refusal = Refusal::new("3D000", format!("jitgate has no target named \"{}\"", requested.target))
-            .hint("connect with dbname=<target> or dbname=<target>/<database>");
+        let refusal = Refusal::new(
+            "3D000",
+            format!("jitgate has no target named \"{}\"", requested.target),
+        )
+        .hint("connect with dbname=<target> or dbname=<target>/<database>");
         return refuse(&mut stream, peer, &identity.user, refusal).await;
     };
     let database = match &requested.database {
@@ -148,7 +181,11 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         Some(db) => {
             let refusal = Refusal::new(
                 "3D000",
-                format!("target {} has no database \"{db}\"; allowed: {}", target.name, target.databases.join(", ")),
+                format!(
+                    "target {} has no database \"{db}\"; allowed: {}",
+                    target.name,
+                    target.databases.join(", ")
+                ),
             );
             return refuse(&mut stream, peer, &identity.user, refusal).await;
         }
@@ -162,12 +199,23 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
     };
     let grant = match policy::evaluate(&policies, &request) {
         Ok(grant) => grant,
-        Err(denial) => return refuse(&mut stream, peer, &identity.user, Refusal::new("28000", denial.to_string())).await,
+        Err(denial) => {
+            return refuse(
+                &mut stream,
+                peer,
+                &identity.user,
+                Refusal::new("28000", denial.to_string()),
+            )
+            .await
+        }
     };
 
     let lease_id = LeaseId::random();
     ctx.live.insert(&lease_id);
-    let lease = match provisioner.mint(lease_id.clone(), &grant, &identity, &database).await {
+    let lease = match provisioner
+        .mint(lease_id.clone(), &grant, &identity, &database)
+        .await
+    {
         Ok(lease) => lease,
         Err(e) => {
             ctx.live.remove(&lease_id);
@@ -182,13 +230,27 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         "account created"
     );
 
-    let end = serve(&mut stream, peer, ctx, target, provisioner, &lease, &identity.user, &requested.forward).await;
+    let end = serve(
+        &mut stream,
+        peer,
+        ctx,
+        target,
+        provisioner,
+        &lease,
+        &identity.user,
+        &requested.forward,
+    )
+    .await;
     let _ = stream.shutdown().await;
     drop(stream);
 
     match provisioner.drop_with_retry(&lease).await {
-        Ok(()) => tracing::info!(event = "jit.account.dropped", lease = %lease.id, role = %lease.role, target_name = %target.name, "account dropped"),
-        Err(e) => tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, error = %e, "account NOT dropped; the reaper will retry"),
+        Ok(()) => {
+            tracing::info!(event = "jit.account.dropped", lease = %lease.id, role = %lease.role, target_name = %target.name, "account dropped")
+        }
+        Err(e) => {
+            tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, error = %e, "account NOT dropped; the reaper will retry")
+        }
     }
     ctx.live.remove(&lease.id);
     tracing::info!(event = "session.end", lease = %lease.id, user = %identity.user, target_name = %target.name, end = ?end, seconds = started.elapsed().as_secs(), "session ended");
@@ -214,7 +276,9 @@ async fn serve(
             return None;
         }
     };
-    let key = ctx.cancels.register(target.clone(), upstream.backend_pid, upstream.backend_key);
+    let key = ctx
+        .cancels
+        .register(target.clone(), upstream.backend_pid, upstream.backend_key);
     let mut hello = BytesMut::new();
     hello.extend_from_slice(&authentication_ok());
     for msg in &upstream.greeting {
@@ -225,13 +289,25 @@ async fn serve(
     let end = if stream.write_all(&hello).await.is_ok() {
         tracing::info!(event = "session.start", client = %peer, lease = %lease.id, role = %lease.role, user = %user, target_name = %target.name, "session started");
         let deadline = tokio::time::Instant::from_std(StdInstant::now())
-            + lease.expires_at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+            + lease
+                .expires_at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
         let terminate = || async {
             if let Err(e) = provisioner.terminate_backends(lease).await {
                 tracing::warn!(role = %lease.role, error = %e, "could not terminate the upstream backend");
             }
         };
-        Some(splice(stream, &mut upstream.stream, deadline, &ctx.shutdown, terminate).await)
+        Some(
+            splice(
+                stream,
+                &mut upstream.stream,
+                deadline,
+                &ctx.shutdown,
+                terminate,
+            )
+            .await,
+        )
     } else {
         None
     };
@@ -257,7 +333,11 @@ fn jit_refusal(e: &JitError) -> Refusal {
 
 fn upstream_refusal(e: &UpstreamError) -> Refusal {
     match e {
-        UpstreamError::Refused { target, code, message } => Refusal::new(code, format!("target {target}: {message}")),
+        UpstreamError::Refused {
+            target,
+            code,
+            message,
+        } => Refusal::new(code, format!("target {target}: {message}")),
         UpstreamError::Unreachable { .. }
         | UpstreamError::NoTls { .. }
         | UpstreamError::Tls { .. }
@@ -280,7 +360,10 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -294,15 +377,26 @@ mod tests {
         ]))
         .ok()
         .unwrap();
-        assert_eq!((r.user.as_str(), r.target.as_str(), r.database.as_deref()), ("alice", "orders", Some("archive")));
+        assert_eq!(
+            (r.user.as_str(), r.target.as_str(), r.database.as_deref()),
+            ("alice", "orders", Some("archive"))
+        );
         assert_eq!(r.reason.as_deref(), Some("INC-1"));
-        assert_eq!(r.forward, params(&[("options", "-c work_mem=1MB"), ("application_name", "psql")]));
+        assert_eq!(
+            r.forward,
+            params(&[("options", "-c work_mem=1MB"), ("application_name", "psql")])
+        );
         assert_eq!(r.unsupported, vec!["_pq_.compression".to_string()]);
     }
 
     #[test]
     fn reason_from_application_name_and_default_database() {
-        let r = sort_params(params(&[("user", "orders"), ("application_name", "reason: CHG-9")])).ok().unwrap();
+        let r = sort_params(params(&[
+            ("user", "orders"),
+            ("application_name", "reason: CHG-9"),
+        ]))
+        .ok()
+        .unwrap();
         assert_eq!(r.reason.as_deref(), Some("CHG-9"));
         assert_eq!(r.target, "orders");
         assert!(sort_params(params(&[("database", "orders")])).is_err());

@@ -9,8 +9,8 @@ use tokio::net::TcpStream;
 
 use super::cancel::CancelKey;
 use super::message::{
-    fatal, parse_startup_params, read_startup_packet, StartupPacket, WireError, CANCEL_REQUEST_CODE,
-    GSSENC_REQUEST_CODE, SSL_REQUEST_CODE,
+    fatal, parse_startup_params, read_startup_packet, StartupPacket, WireError,
+    CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, SSL_REQUEST_CODE,
 };
 use crate::identity::Identity;
 use crate::tls::ServerTls;
@@ -48,15 +48,30 @@ pub enum FrontDoorError {
 }
 
 /// Reads what the client sends until it is a login or a cancel. The caller applies the timeout.
-pub async fn accept(mut tcp: TcpStream, tls: &ServerTls, trust_domain: &str) -> Result<Arrival, FrontDoorError> {
+pub async fn accept(
+    mut tcp: TcpStream,
+    tls: &ServerTls,
+    trust_domain: &str,
+) -> Result<Arrival, FrontDoorError> {
     let mut first = [0u8; 1];
-    let direct_tls = tcp.peek(&mut first).await.map_err(WireError::Io)? == 1 && first[0] == TLS_HANDSHAKE_RECORD;
+    let direct_tls =
+        tcp.peek(&mut first).await.map_err(WireError::Io)? == 1 && first[0] == TLS_HANDSHAKE_RECORD;
     if direct_tls {
-        let mut stream = tls.acceptor().accept(tcp).await.map_err(FrontDoorError::Tls)?;
+        let mut stream = tls
+            .acceptor()
+            .accept(tcp)
+            .await
+            .map_err(FrontDoorError::Tls)?;
         // PostgreSQL 17 refuses direct TLS without ALPN `postgresql` (protects against
         // cross-protocol attacks); so do we.
         if stream.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
-            return refuse(&mut stream, "08P01", "direct TLS connection without ALPN \"postgresql\"", None).await;
+            return refuse(
+                &mut stream,
+                "08P01",
+                "direct TLS connection without ALPN \"postgresql\"",
+                None,
+            )
+            .await;
         }
         return after_tls(stream, tls, trust_domain).await;
     }
@@ -67,7 +82,11 @@ pub async fn accept(mut tcp: TcpStream, tls: &ServerTls, trust_domain: &str) -> 
         match packet.code {
             SSL_REQUEST_CODE => {
                 tcp.write_all(b"S").await.map_err(WireError::Io)?;
-                let stream = tls.acceptor().accept(tcp).await.map_err(FrontDoorError::Tls)?;
+                let stream = tls
+                    .acceptor()
+                    .accept(tcp)
+                    .await
+                    .map_err(FrontDoorError::Tls)?;
                 return after_tls(stream, tls, trust_domain).await;
             }
             GSSENC_REQUEST_CODE if !gssenc_answered => {
@@ -86,27 +105,50 @@ pub async fn accept(mut tcp: TcpStream, tls: &ServerTls, trust_domain: &str) -> 
                 .await;
             }
             code => {
-                let message = format!("unsupported frontend protocol {}.{}", code >> 16, code & 0xffff);
+                let message = format!(
+                    "unsupported frontend protocol {}.{}",
+                    code >> 16,
+                    code & 0xffff
+                );
                 return refuse(&mut tcp, "08P01", &message, None).await;
             }
         }
     }
 }
 
-async fn after_tls(mut stream: ClientStream, tls: &ServerTls, trust_domain: &str) -> Result<Arrival, FrontDoorError> {
+async fn after_tls(
+    mut stream: ClientStream,
+    tls: &ServerTls,
+    trust_domain: &str,
+) -> Result<Arrival, FrontDoorError> {
     let packet = read_startup_packet(&mut stream).await?;
     match packet.code {
         CANCEL_REQUEST_CODE => cancel_key(&packet).map(Arrival::Cancel),
         code if code >> 16 == 3 => {
             let params = match parse_startup_params(&packet.body) {
                 Ok(params) => params,
-                Err(e) => return refuse(&mut stream, "08P01", &format!("invalid startup packet: {e}"), None).await,
+                Err(e) => {
+                    return refuse(
+                        &mut stream,
+                        "08P01",
+                        &format!("invalid startup packet: {e}"),
+                        None,
+                    )
+                    .await
+                }
             };
             let identity = match verified_identity(&stream, tls, trust_domain) {
                 Ok(identity) => identity,
-                Err((message, hint)) => return refuse(&mut stream, "28000", &message, Some(&hint)).await,
+                Err((message, hint)) => {
+                    return refuse(&mut stream, "28000", &message, Some(&hint)).await
+                }
             };
-            Ok(Arrival::Login(Box::new(Login { stream, identity, minor_version: (code & 0xffff) as u16, params })))
+            Ok(Arrival::Login(Box::new(Login {
+                stream,
+                identity,
+                minor_version: (code & 0xffff) as u16,
+                params,
+            })))
         }
         code => {
             let message = format!("unexpected packet {code} after TLS");
@@ -118,23 +160,43 @@ async fn after_tls(mut stream: ClientStream, tls: &ServerTls, trust_domain: &str
 /// The identity of the TLS peer, after checking its certificate against the CA and the CRL.
 /// The handshake accepts any certificate (proving possession of its key) so that a bad one
 /// can be refused here, with a message psql shows, instead of with a bare TLS alert.
-fn verified_identity(stream: &ClientStream, tls: &ServerTls, trust_domain: &str) -> Result<Identity, (String, String)> {
+fn verified_identity(
+    stream: &ClientStream,
+    tls: &ServerTls,
+    trust_domain: &str,
+) -> Result<Identity, (String, String)> {
     let hint = "get a client certificate from your jitgate operator (jitgate certs issue) and pass it with sslcert=/sslkey=";
     let chain = stream.get_ref().1.peer_certificates().unwrap_or(&[]);
     if chain.is_empty() {
-        return Err(("jitgate requires a client certificate; none was presented".into(), hint.into()));
+        return Err((
+            "jitgate requires a client certificate; none was presented".into(),
+            hint.into(),
+        ));
     }
-    tls.verify_client(chain).map_err(|e| (format!("client certificate rejected: {e}"), hint.to_string()))?;
-    Identity::from_der(&chain[0], trust_domain).map_err(|e| (format!("client certificate rejected: {e}"), hint.to_string()))
+    tls.verify_client(chain).map_err(|e| {
+        (
+            format!("client certificate rejected: {e}"),
+            hint.to_string(),
+        )
+    })?;
+    Identity::from_der(&chain[0], trust_domain).map_err(|e| {
+        (
+            format!("client certificate rejected: {e}"),
+            hint.to_string(),
+        )
+    })
 }
 
-fn cancel_key(packet: &StartupPacket) -> Result<Arrival, FrontDoorError> {
+fn cancel_key(packet: &StartupPacket) -> Result<CancelKey, FrontDoorError> {
     let mut body = &packet.body[..];
     if body.len() != 8 {
         // Protocol 3.2 allows longer keys; ours are always 4 bytes, so anything else is unknown.
         return Err(FrontDoorError::Wire(WireError::Malformed("cancel request")));
     }
-    Ok(CancelKey { pid: body.get_i32(), key: body.get_i32() })
+    Ok(CancelKey {
+        pid: body.get_i32(),
+        key: body.get_i32(),
+    })
 }
 
 async fn refuse<S: tokio::io::AsyncWrite + Unpin, T>(
@@ -147,5 +209,8 @@ async fn refuse<S: tokio::io::AsyncWrite + Unpin, T>(
     // The client may already be gone; the refusal is logged by the caller either way.
     let _ = stream.write_all(&packet).await;
     let _ = stream.shutdown().await;
-    Err(FrontDoorError::Refused { code, message: message.to_string() })
+    Err(FrontDoorError::Refused {
+        code,
+        message: message.to_string(),
+    })
 }

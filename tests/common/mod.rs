@@ -29,7 +29,9 @@ pub fn unavailable(what: &str) -> Option<std::convert::Infallible> {
 
 pub fn which(bin: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(bin)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
 }
 
 fn is_root() -> bool {
@@ -38,7 +40,11 @@ fn is_root() -> bool {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn postgres_bindir() -> Option<PathBuf> {
@@ -54,7 +60,11 @@ fn postgres_bindir() -> Option<PathBuf> {
         .filter(|d| d.join("postgres").is_file())
         .collect();
     found.sort_by_key(|d| {
-        d.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)
+        d.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
     });
     found.pop()
 }
@@ -78,11 +88,24 @@ impl Postgres {
             unreachable!()
         };
         let as_postgres = is_root();
-        let dir = tempfile::Builder::new().prefix("jitgate-pg-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("jitgate-pg-")
+            .tempdir()
+            .unwrap();
         let port = free_port();
-        let pg = Postgres { dir, bindir, port, admin_password: random_word(24), as_postgres };
+        let pg = Postgres {
+            dir,
+            bindir,
+            port,
+            admin_password: random_word(24),
+            as_postgres,
+        };
         if as_postgres {
-            let st = Command::new("chown").args(["-R", "postgres:postgres"]).arg(pg.dir.path()).status().unwrap();
+            let st = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(pg.dir.path())
+                .status()
+                .unwrap();
             assert!(st.success());
         }
         let data = pg.data_dir();
@@ -90,7 +113,15 @@ impl Postgres {
             Command::new(pg.bindir.join("initdb"))
                 .args(["-D"])
                 .arg(&data)
-                .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C"]),
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ]),
         );
         let conf = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{sock}'\n\
@@ -98,7 +129,12 @@ impl Postgres {
              max_connections = 50\nfsync = off\nshared_buffers = 16MB\n",
             sock = pg.dir.path().display()
         );
-        fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap().write_all(conf.as_bytes()).unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap()
+            .write_all(conf.as_bytes())
+            .unwrap();
         pg.run_as_owner(
             Command::new(pg.bindir.join("pg_ctl"))
                 .args(["-D"])
@@ -143,18 +179,31 @@ impl Postgres {
     fn run_as_owner(&self, cmd: &mut Command) {
         let out = if self.as_postgres {
             let mut wrapped = Command::new("runuser");
-            wrapped.args(["-u", "postgres", "--"]).arg(cmd.get_program()).args(cmd.get_args());
+            wrapped
+                .args(["-u", "postgres", "--"])
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
             wrapped.current_dir(self.dir.path()).output().unwrap()
         } else {
             cmd.output().unwrap()
         };
-        assert!(out.status.success(), "{:?} failed: {}{}", cmd, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{:?} failed: {}{}",
+            cmd,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Runs SQL as the bootstrap superuser over the Unix socket; returns unaligned output.
     pub fn superuser_sql(&self, db: &str, sql: &str) -> String {
         let out = self.psql_socket(db, sql);
-        assert!(out.status.success(), "superuser SQL failed: {sql}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "superuser SQL failed: {sql}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -162,7 +211,16 @@ impl Postgres {
         Command::new(self.bindir.join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(self.dir.path())
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-c", sql])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
             .env_remove("PGPASSWORD")
             .output()
             .unwrap()
@@ -170,8 +228,14 @@ impl Postgres {
 
     /// Roles whose names start with `jit_`.
     pub fn jit_roles(&self) -> Vec<String> {
-        let out = self.superuser_sql("postgres", "SELECT rolname FROM pg_roles WHERE rolname LIKE 'jit\\_%' ORDER BY 1");
-        out.lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+        let out = self.superuser_sql(
+            "postgres",
+            "SELECT rolname FROM pg_roles WHERE rolname LIKE 'jit\\_%' ORDER BY 1",
+        );
+        out.lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect()
     }
 
     /// Waits (up to 10 s) until no `jit_` role exists; returns what is left.
@@ -192,16 +256,25 @@ impl Postgres {
             "postgres",
             &format!("SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND usename IS DISTINCT FROM 'postgres' AND usename IS DISTINCT FROM '{ADMIN_USER}'"),
         );
-        out.lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+        out.lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect()
     }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
         let mut cmd = Command::new(self.bindir.join("pg_ctl"));
-        cmd.args(["-D"]).arg(self.data_dir()).args(["-m", "immediate", "-w", "stop"]);
+        cmd.args(["-D"])
+            .arg(self.data_dir())
+            .args(["-m", "immediate", "-w", "stop"]);
         let _ = if self.as_postgres {
-            Command::new("runuser").args(["-u", "postgres", "--"]).arg(cmd.get_program()).args(cmd.get_args()).output()
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(cmd.get_program())
+                .args(cmd.get_args())
+                .output()
         } else {
             cmd.output()
         };
@@ -228,7 +301,11 @@ pub fn jitgate_bin() -> PathBuf {
 /// Runs the jitgate CLI and asserts success.
 pub fn jitgate(args: &[&str]) -> String {
     let out = Command::new(jitgate_bin()).args(args).output().unwrap();
-    assert!(out.status.success(), "jitgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "jitgate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -260,7 +337,10 @@ grants:
 
 impl Gateway {
     pub fn start(pg: &Postgres, policy: &str) -> Gateway {
-        let dir = tempfile::Builder::new().prefix("jitgate-gw-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("jitgate-gw-")
+            .tempdir()
+            .unwrap();
         let d = dir.path();
         let certs = d.join("certs");
         jitgate(&["certs", "init", "--dir", certs.to_str().unwrap()]);
@@ -279,7 +359,11 @@ impl Gateway {
             pgport = pg.port
         );
         fs::write(d.join("jitgate.yaml"), config).unwrap();
-        let mut gw = Gateway { dir, port, child: None };
+        let mut gw = Gateway {
+            dir,
+            port,
+            child: None,
+        };
         gw.spawn();
         gw
     }
@@ -306,7 +390,11 @@ impl Gateway {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("jitgate exited early ({status}):\n{}", self.log());
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "jitgate did not listen:\n{}", self.log());
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "jitgate did not listen:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -319,13 +407,34 @@ impl Gateway {
     pub fn issue(&self, user: &str, groups: &[&str]) -> (PathBuf, PathBuf) {
         let certs = self.path("certs");
         let out = self.path("users");
-        let mut args = vec!["certs", "issue", "--dir", certs.to_str().unwrap(), "--user", user, "--out", out.to_str().unwrap()];
+        let mut args = vec![
+            "certs",
+            "issue",
+            "--dir",
+            certs.to_str().unwrap(),
+            "--user",
+            user,
+            "--out",
+            out.to_str().unwrap(),
+        ];
         for g in groups {
             args.extend(["--group", g]);
         }
         jitgate(&args);
-        let file: String = user.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
-        (out.join(format!("{file}.crt")), out.join(format!("{file}.key")))
+        let file: String = user
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        (
+            out.join(format!("{file}.crt")),
+            out.join(format!("{file}.key")),
+        )
     }
 
     /// libpq connection string for a user with a certificate; `extra` is appended.
@@ -336,7 +445,11 @@ impl Gateway {
             self.path("certs/ca.crt").display()
         );
         if let Some((crt, key)) = cert {
-            s.push_str(&format!(" sslcert={} sslkey={}", crt.display(), key.display()));
+            s.push_str(&format!(
+                " sslcert={} sslkey={}",
+                crt.display(),
+                key.display()
+            ));
         } else {
             // Keep libpq from picking up ~/.postgresql/postgresql.crt.
             s.push_str(" sslcert=/nonexistent sslkey=/nonexistent");
@@ -350,7 +463,11 @@ impl Gateway {
 
     /// Credentials the gateway minted (debug builds record them for the leak tests).
     pub fn minted_credentials(&self) -> Vec<String> {
-        fs::read_to_string(self.path("credentials.txt")).unwrap_or_default().lines().map(str::to_string).collect()
+        fs::read_to_string(self.path("credentials.txt"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     /// Kills the gateway without letting it clean up (a crash).
@@ -371,7 +488,9 @@ impl Gateway {
     /// Stops the gateway with SIGTERM (it ends sessions and drops accounts) and waits.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
             let start = Instant::now();
             while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(40) {
                 std::thread::sleep(Duration::from_millis(50));
@@ -394,7 +513,17 @@ pub fn psql(conninfo: &str, sql: &str) -> Output {
         panic!("psql not on PATH");
     };
     Command::new(psql)
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", conninfo, "-c", sql])
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            conninfo,
+            "-c",
+            sql,
+        ])
         .env_remove("PGPASSWORD")
         .env_remove("PGSSLCERT")
         .env_remove("PGSSLKEY")
@@ -434,13 +563,26 @@ pub mod raw {
 
     pub type Stream = TlsStream<TcpStream>;
 
-    pub fn client_config(ca: &Path, cert: &Path, key: &Path, alpn: bool) -> Arc<rustls::ClientConfig> {
-        let alpn = if alpn { vec![b"postgresql".to_vec()] } else { vec![] };
+    pub fn client_config(
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        alpn: bool,
+    ) -> Arc<rustls::ClientConfig> {
+        let alpn = if alpn {
+            vec![b"postgresql".to_vec()]
+        } else {
+            vec![]
+        };
         jitgate::tls::client_config_with_cert(ca, cert, key, alpn).unwrap()
     }
 
     /// TLS to the gateway, by SSLRequest or (direct) straight away.
-    pub async fn connect(port: u16, config: Arc<rustls::ClientConfig>, direct: bool) -> std::io::Result<Stream> {
+    pub async fn connect(
+        port: u16,
+        config: Arc<rustls::ClientConfig>,
+        direct: bool,
+    ) -> std::io::Result<Stream> {
         let mut tcp = TcpStream::connect(("127.0.0.1", port)).await?;
         if !direct {
             tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
@@ -448,7 +590,9 @@ pub mod raw {
             assert_eq!(answer, b'S');
         }
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
     }
 
     pub enum Login {
@@ -458,7 +602,11 @@ pub mod raw {
 
     pub async fn startup(stream: &mut Stream, user: &str, database: &str) -> Login {
         let mut buf = BytesMut::new();
-        postgres_protocol::message::frontend::startup_message([("user", user), ("database", database)], &mut buf).unwrap();
+        postgres_protocol::message::frontend::startup_message(
+            [("user", user), ("database", database)],
+            &mut buf,
+        )
+        .unwrap();
         stream.write_all(&buf).await.unwrap();
         let mut key = None;
         loop {
@@ -466,8 +614,17 @@ pub mod raw {
             match msg.tag {
                 b'E' => {
                     let fields = error_fields(msg.body());
-                    let get = |f: u8| fields.iter().find(|(k, _)| *k == f).map(|(_, v)| v.clone()).unwrap_or_default();
-                    return Login::Refused { code: get(b'C'), message: get(b'M') };
+                    let get = |f: u8| {
+                        fields
+                            .iter()
+                            .find(|(k, _)| *k == f)
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or_default()
+                    };
+                    return Login::Refused {
+                        code: get(b'C'),
+                        message: get(b'M'),
+                    };
                 }
                 b'K' => {
                     let mut b = msg.body();
@@ -494,7 +651,12 @@ pub mod raw {
         loop {
             let msg = read_tagged(stream, 1 << 20).await.unwrap();
             match msg.tag {
-                b'E' => code = error_fields(msg.body()).into_iter().find(|(k, _)| *k == b'C').map(|(_, v)| v),
+                b'E' => {
+                    code = error_fields(msg.body())
+                        .into_iter()
+                        .find(|(k, _)| *k == b'C')
+                        .map(|(_, v)| v)
+                }
                 b'Z' => return code,
                 _ => {}
             }
