@@ -149,11 +149,11 @@ impl Postgres {
                 "CREATE ROLE {ADMIN_USER} LOGIN CREATEROLE PASSWORD '{pw}';
                  GRANT pg_signal_backend TO {ADMIN_USER};
                  CREATE ROLE orders_read NOLOGIN;
-                 CREATE ROLE orders_write NOLOGIN;
-                 CREATE DATABASE orders;",
+                 CREATE ROLE orders_write NOLOGIN;",
                 pw = pg.admin_password
             ),
         );
+        pg.superuser_sql("postgres", "CREATE DATABASE orders");
         pg.superuser_sql(
             "orders",
             "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);
@@ -520,6 +520,8 @@ pub fn psql(conninfo: &str, sql: &str) -> Output {
             "-t",
             "-v",
             "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=verbose",
             conninfo,
             "-c",
             sql,
