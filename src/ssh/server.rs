@@ -1,0 +1,357 @@
+//! The bastion's SSH server (russh `Handler`), one per connection, kept thin: it decides
+//! with `policy::evaluate`, mints through `jit::linux`, logs in upstream, and hands every
+//! channel to `ssh::channel` to splice. Replies to channel requests are sent only after the
+//! target answered (RFC 4254 §5.4; russh keeps one want-reply flag per channel).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use russh::server::{Auth, Handler, Msg, Session};
+use russh::{client, Channel, ChannelId, ChannelOpenFailure, Disconnect, Pty, Sig};
+
+use super::channel::{splice_session, splice_stream, SplicedChannel};
+use super::client::PinnedHost;
+use crate::config::SshTarget;
+use crate::identity::Identity;
+use crate::jit::linux::{LinuxLease, LinuxProvisioner};
+use crate::jit::reaper::LiveLeases;
+use crate::jit::LeaseId;
+use crate::policy::{self, AccessRequest, Denial, Grant, PolicySet};
+
+/// What a connection holds once its account exists; shared with `ssh::session`, which drops
+/// the account when the connection ends, whatever state the handler is in.
+#[derive(Default)]
+pub struct LiveAccount {
+    pub lease: Option<Arc<LinuxLease>>,
+    pub upstream: Option<Arc<client::Handle<PinnedHost>>>,
+    pub grant: Option<String>,
+}
+
+pub type AccountSlot = Arc<Mutex<Option<LiveAccount>>>;
+
+pub struct BastionHandler {
+    pub peer: SocketAddr,
+    pub identity: Identity,
+    pub target: Arc<SshTarget>,
+    pub provisioner: Arc<LinuxProvisioner>,
+    pub policies: Arc<PolicySet>,
+    pub reason: Option<String>,
+    pub live: LiveLeases,
+    pub account: AccountSlot,
+    decision: Option<Result<Grant, Denial>>,
+    grant: Option<Grant>,
+    upstream: Option<Arc<client::Handle<PinnedHost>>>,
+    channels: HashMap<ChannelId, SplicedChannel>,
+}
+
+impl BastionHandler {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        peer: SocketAddr,
+        identity: Identity,
+        target: Arc<SshTarget>,
+        provisioner: Arc<LinuxProvisioner>,
+        policies: Arc<PolicySet>,
+        reason: Option<String>,
+        live: LiveLeases,
+        account: AccountSlot,
+    ) -> Self {
+        BastionHandler {
+            peer,
+            identity,
+            target,
+            provisioner,
+            policies,
+            reason,
+            live,
+            account,
+            decision: None,
+            grant: None,
+            upstream: None,
+            channels: HashMap::new(),
+        }
+    }
+
+    /// Mints the account and logs in upstream. The error is the message for the user.
+    async fn open(&mut self, grant: Grant) -> Result<(), String> {
+        let id = LeaseId::random();
+        self.live.insert(&id);
+        let lease = match self.provisioner.mint(id.clone(), &grant, &self.identity).await {
+            Ok(lease) => Arc::new(lease),
+            Err(e) => {
+                self.live.remove(&id);
+                tracing::error!(target_name = %self.target.name, user = %self.identity.user, error = %e, "mint failed");
+                return Err(format!("jitgate could not create your account on {}: {e}", self.target.name));
+            }
+        };
+        tracing::info!(
+            event = "jit.account.created", lease = %lease.id, account = %lease.user, uid = lease.uid,
+            target_name = %self.target.name, grant = grant.name(), user = %self.identity.user,
+            serial = %self.identity.serial, reason = grant.reason().unwrap_or(""), "account created"
+        );
+        // Whatever happens next, the session's end drops this account.
+        let slot = LiveAccount { lease: Some(lease.clone()), upstream: None, grant: Some(grant.name().to_string()) };
+        *self.account.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
+
+        let upstream = super::client::connect_pinned(&self.target, &lease.user, lease.key.expose())
+            .await
+            .map_err(|e| {
+                tracing::error!(target_name = %self.target.name, account = %lease.user, error = %e, "upstream login failed");
+                format!("jitgate could not log in to {}: {e}", self.target.name)
+            })?;
+        let upstream = Arc::new(upstream);
+        if let Some(live) = self.account.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            live.upstream = Some(upstream.clone());
+        }
+        self.upstream = Some(upstream);
+        tracing::info!(event = "session.start", client = %self.peer, lease = %lease.id, account = %lease.user, user = %self.identity.user, target_name = %self.target.name, "session started");
+        self.grant = Some(grant);
+        Ok(())
+    }
+
+    fn channel(&self, id: ChannelId) -> Option<&SplicedChannel> {
+        self.channels.get(&id)
+    }
+
+    fn sftp_allowed(&self) -> bool {
+        self.grant.as_ref().is_some_and(|g| g.sftp_allowed())
+    }
+}
+
+fn reply(session: &mut Session, id: ChannelId, ok: bool) -> Result<(), russh::Error> {
+    if ok {
+        session.channel_success(id)
+    } else {
+        session.channel_failure(id)
+    }
+}
+
+/// `scp` runs as an exec of `scp -t`/`scp -f` on the target (legacy protocol).
+fn is_scp(command: &str) -> bool {
+    let first = command.split_whitespace().next().unwrap_or("");
+    first == "scp" || first.ends_with("/scp")
+}
+
+impl Handler for BastionHandler {
+    type Error = russh::Error;
+
+    /// The person was authenticated by the TLS client certificate before SSH began; `none`
+    /// is accepted only here, inside that verified TLS session. The SSH user name picks the grant.
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        let request = AccessRequest {
+            identity: &self.identity,
+            target: &self.target.name,
+            requested: user,
+            reason: self.reason.as_deref(),
+        };
+        self.decision = Some(policy::evaluate(&self.policies, &request));
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        let outcome = match self.decision.take() {
+            Some(Ok(grant)) => self.open(grant).await,
+            Some(Err(denial)) => {
+                tracing::info!(event = "access.denied", client = %self.peer, user = %self.identity.user, target_name = %self.target.name, reason = %denial, "login refused");
+                Err(denial.to_string())
+            }
+            None => Err("jitgate: no authentication decision was made".to_string()),
+        };
+        if let Err(message) = outcome {
+            session.disconnect(Disconnect::ByApplication, &message, "en")?;
+        }
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(upstream) = &self.upstream else {
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        };
+        match upstream.channel_open_session().await {
+            Ok(up) => {
+                let id = channel.id();
+                reply.accept().await;
+                let (user, account) = (self.identity.user.clone(), up.id());
+                let spliced = splice_session(channel, up, session.handle(), move |outcome| {
+                    tracing::info!(event = "ssh.exit", user = %user, channel = ?account, exit_status = ?outcome.exit_status, exit_signal = ?outcome.exit_signal, "channel closed");
+                });
+                self.channels.insert(id, spliced);
+            }
+            Err(e) => {
+                tracing::warn!(target_name = %self.target.name, error = %e, "upstream refused a session channel");
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let allowed = u16::try_from(port_to_connect)
+            .ok()
+            .is_some_and(|port| self.grant.as_ref().is_some_and(|g| g.forward_allowed(host_to_connect, port)));
+        tracing::info!(event = "ssh.port_forward", user = %self.identity.user, target_name = %self.target.name, destination = %format!("{host_to_connect}:{port_to_connect}"), allowed, "direct-tcpip requested");
+        let Some(upstream) = self.upstream.as_ref().filter(|_| allowed) else {
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        };
+        match upstream
+            .channel_open_direct_tcpip(host_to_connect, port_to_connect, originator_address, originator_port)
+            .await
+        {
+            Ok(up) => {
+                reply.accept().await;
+                splice_stream(channel, up);
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "upstream could not open the forward");
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let ok = match self.channel(channel) {
+            Some(ch) => {
+                let (term, modes) = (term.to_string(), modes.to_vec());
+                ch.request(move |up| async move {
+                    up.request_pty(true, &term, col_width, row_height, pix_width, pix_height, &modes).await
+                })
+                .await
+            }
+            None => false,
+        };
+        reply(session, channel, ok)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        variable_name: &str,
+        variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let ok = match self.channel(channel) {
+            Some(ch) => {
+                let (name, value) = (variable_name.to_string(), variable_value.to_string());
+                ch.request(move |up| async move { up.set_env(true, name, value).await }).await
+            }
+            None => false,
+        };
+        reply(session, channel, ok)
+    }
+
+    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+        tracing::info!(event = "ssh.shell", user = %self.identity.user, target_name = %self.target.name, "shell");
+        let ok = match self.channel(channel) {
+            Some(ch) => ch.request(|up| async move { up.request_shell(true).await }).await,
+            None => false,
+        };
+        reply(session, channel, ok)
+    }
+
+    async fn exec_request(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data).into_owned();
+        let allowed = self.sftp_allowed() || !is_scp(&command);
+        tracing::info!(event = "ssh.exec", user = %self.identity.user, target_name = %self.target.name, command = %command, allowed, "exec");
+        let ok = match self.channel(channel).filter(|_| allowed) {
+            Some(ch) => {
+                let data = data.to_vec();
+                ch.request(move |up| async move { up.exec(true, data).await }).await
+            }
+            None => false,
+        };
+        reply(session, channel, ok)
+    }
+
+    async fn subsystem_request(&mut self, channel: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
+        let allowed = name != "sftp" || self.sftp_allowed();
+        tracing::info!(event = "ssh.subsystem", user = %self.identity.user, target_name = %self.target.name, subsystem = %name, allowed, "subsystem");
+        let ok = match self.channel(channel).filter(|_| allowed) {
+            Some(ch) => {
+                let name = name.to_string();
+                ch.request(move |up| async move { up.request_subsystem(true, name).await }).await
+            }
+            None => false,
+        };
+        reply(session, channel, ok)
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(ch) = self.channel(channel) {
+            let _ = ch.upstream().window_change(col_width, row_height, pix_width, pix_height).await;
+        }
+        Ok(())
+    }
+
+    async fn signal(&mut self, channel: ChannelId, signal: Sig, _session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(ch) = self.channel(channel) {
+            let _ = ch.upstream().signal(signal).await;
+        }
+        Ok(())
+    }
+
+    /// X11 forwarding is not offered: it would open the user's display to the target.
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    /// Agent forwarding is refused: the user's keys must not reach the target.
+    async fn agent_request(&mut self, _channel: ChannelId, _session: &mut Session) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+
+    /// Remote forwarding (`ssh -R`) is refused: the target must not open ports back to the client.
+    async fn tcpip_forward(&mut self, _address: &str, _port: &mut u32, _session: &mut Session) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+}
+

@@ -1,0 +1,186 @@
+//! One bastion connection, start to end: TLS with the client certificate, the tunnel's
+//! preamble (target by SNI, refusals as one line), the SSH server inside, and — when the
+//! connection ends, its lease expires or the gateway stops — the account's removal.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::preamble;
+use super::server::{AccountSlot, BastionHandler};
+use crate::config::SshTarget;
+use crate::identity::Identity;
+use crate::jit::linux::LinuxProvisioner;
+use crate::jit::reaper::LiveLeases;
+use crate::policy::{self, AccessRequest, Denial, PolicySet};
+use crate::tls::ServerTls;
+
+type ClientStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Everything a bastion connection needs from the gateway, shared by all of them.
+pub struct SshContext {
+    pub trust_domain: String,
+    pub handshake_timeout: Duration,
+    pub tls: Arc<ServerTls>,
+    pub policies: Arc<dyn Fn() -> Arc<PolicySet> + Send + Sync>,
+    pub targets: HashMap<String, (Arc<SshTarget>, Arc<LinuxProvisioner>)>,
+    pub russh: Arc<russh::server::Config>,
+    pub live: LiveLeases,
+    pub shutdown: CancellationToken,
+}
+
+/// A russh server config for the bastion: our host key, `none` auth only (the TLS client
+/// certificate is the authentication), keepalives instead of an idle timeout.
+pub fn russh_config(host_key: russh::keys::PrivateKey) -> russh::server::Config {
+    russh::server::Config {
+        server_id: russh::SshId::Standard("SSH-2.0-jitgate".into()),
+        methods: russh::MethodSet::from(&[russh::MethodKind::None][..]),
+        keys: vec![host_key],
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 4,
+        auth_rejection_time: Duration::from_millis(100),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        ..Default::default()
+    }
+}
+
+struct Admitted {
+    stream: ClientStream,
+    identity: Identity,
+    target: Arc<SshTarget>,
+    provisioner: Arc<LinuxProvisioner>,
+    reason: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AdmitError {
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("{0}")]
+    Preamble(#[from] preamble::PreambleError),
+    /// Refused, with the message already sent to the tunnel.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
+    let _ = tcp.set_nodelay(true);
+    let admitted = match tokio::time::timeout(ctx.handshake_timeout, admit(tcp, &ctx)).await {
+        Err(_) => return tracing::info!(client = %peer, "bastion handshake timed out"),
+        Ok(Err(AdmitError::Refused(reason))) => {
+            return tracing::info!(event = "access.denied", client = %peer, reason = %reason, "bastion connection refused")
+        }
+        Ok(Err(e)) => return tracing::info!(client = %peer, error = %e, "bastion connection closed before SSH"),
+        Ok(Ok(admitted)) => admitted,
+    };
+    let Admitted { stream, identity, target, provisioner, reason } = admitted;
+    let user = identity.user.clone();
+    let account = AccountSlot::default();
+    let handler = BastionHandler::new(
+        peer,
+        identity,
+        target.clone(),
+        provisioner.clone(),
+        (ctx.policies)(),
+        reason,
+        ctx.live.clone(),
+        account.clone(),
+    );
+    match russh::server::run_stream(ctx.russh.clone(), stream, handler).await {
+        Ok(running) => {
+            let handle = running.handle();
+            tokio::pin!(running);
+            loop {
+                let expired = account
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .and_then(|a| a.lease.as_ref())
+                    .is_some_and(|l| l.expires_at <= SystemTime::now());
+                let why = if expired {
+                    "jitgate: this session reached the max_session of its grant"
+                } else {
+                    tokio::select! {
+                        result = &mut running => {
+                            if let Err(e) = result {
+                                tracing::debug!(client = %peer, error = %e, "SSH session ended with an error");
+                            }
+                            break;
+                        }
+                        _ = ctx.shutdown.cancelled() => "jitgate: the gateway is shutting down",
+                        // The lease's expiry is only known after authentication; look again.
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                };
+                let _ = handle.disconnect(russh::Disconnect::ByApplication, why.to_string(), "en".to_string()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut running).await;
+                break;
+            }
+        }
+        Err(e) => tracing::info!(client = %peer, error = %e, "SSH handshake failed"),
+    }
+
+    let live = account.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let Some(live) = live else {
+        return;
+    };
+    if let Some(upstream) = live.upstream {
+        let _ = upstream.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+    }
+    if let Some(lease) = live.lease {
+        match provisioner.drop_with_retry(&lease).await {
+            Ok(()) => tracing::info!(event = "jit.account.dropped", lease = %lease.id, account = %lease.user, target_name = %target.name, "account dropped"),
+            Err(e) => tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, account = %lease.user, target_name = %target.name, error = %e, "account NOT dropped; the reaper will retry"),
+        }
+        ctx.live.remove(&lease.id);
+        tracing::info!(event = "session.end", lease = %lease.id, user = %user, target_name = %target.name, "session ended");
+    }
+}
+
+async fn admit(tcp: TcpStream, ctx: &SshContext) -> Result<Admitted, AdmitError> {
+    let mut stream = ctx.tls.acceptor().accept(tcp).await.map_err(AdmitError::Tls)?;
+    let sni = stream.get_ref().1.server_name().map(str::to_string);
+    let hello = preamble::read_line(&mut stream).await?;
+    let reason = preamble::parse_hello(&hello)?;
+
+    let chain = stream.get_ref().1.peer_certificates().unwrap_or(&[]).to_vec();
+    let identity = match chain.first() {
+        None => Err("jitgate requires a client certificate: pass --cert and --key to jitgate tunnel".to_string()),
+        Some(leaf) => ctx
+            .tls
+            .verify_client(&chain)
+            .map_err(|e| format!("client certificate rejected: {e}"))
+            .and_then(|()| Identity::from_der(leaf, &ctx.trust_domain).map_err(|e| format!("client certificate rejected: {e}"))),
+    };
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(message) => return refuse(stream, message).await,
+    };
+    let Some(name) = sni else {
+        return refuse(stream, "no target name was sent (jitgate tunnel sends it as TLS SNI)".into()).await;
+    };
+    let Some((target, provisioner)) = ctx.targets.get(&name) else {
+        return refuse(stream, format!("jitgate has no SSH target named \"{name}\"")).await;
+    };
+    // Refuse early when nothing at all would let this person in; which grant applies is
+    // decided by the SSH user name, inside SSH.
+    let request = AccessRequest { identity: &identity, target: &name, requested: &identity.user, reason: reason.as_deref() };
+    if let Err(denial @ Denial::NoGrant { .. }) = policy::evaluate(&(ctx.policies)(), &request) {
+        return refuse(stream, denial.to_string()).await;
+    }
+    stream.write_all(preamble::ok().as_bytes()).await.map_err(AdmitError::Tls)?;
+    stream.flush().await.map_err(AdmitError::Tls)?;
+    Ok(Admitted { stream, identity, target: target.clone(), provisioner: provisioner.clone(), reason })
+}
+
+async fn refuse(mut stream: ClientStream, message: String) -> Result<Admitted, AdmitError> {
+    let _ = stream.write_all(preamble::error(&message).as_bytes()).await;
+    let _ = stream.shutdown().await;
+    Err(AdmitError::Refused(message))
+}
