@@ -25,6 +25,7 @@ pub mod identity;
 pub mod jit;
 pub mod pg;
 pub mod policy;
+pub mod sandbox;
 pub mod secret;
 pub mod server;
 pub mod tls;

@@ -5,14 +5,14 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const ADMIN_USER: &str = "jitgate_admin";
+use jitgate::sandbox::postgres::ThrowawayPostgres;
+pub use jitgate::sandbox::postgres::ADMIN_USER;
 
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
@@ -27,17 +27,7 @@ pub fn unavailable(what: &str) -> Option<std::convert::Infallible> {
     None
 }
 
-pub fn which(bin: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(bin))
-        .find(|p| p.is_file())
-}
-
-fn is_root() -> bool {
-    let out = Command::new("id").arg("-u").output().expect("id -u");
-    String::from_utf8_lossy(&out.stdout).trim() == "0"
-}
+pub use jitgate::sandbox::which;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -47,35 +37,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn postgres_bindir() -> Option<PathBuf> {
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if dir.join("postgres").is_file() && dir.join("initdb").is_file() {
-            return Some(dir);
-        }
-    }
-    let mut found: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|d| d.join("postgres").is_file())
-        .collect();
-    found.sort_by_key(|d| {
-        d.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    found.pop()
-}
-
-/// A throwaway PostgreSQL cluster, stopped when dropped.
+/// A throwaway PostgreSQL cluster in a temp dir (see `jitgate::sandbox::postgres`).
 pub struct Postgres {
     pub dir: tempfile::TempDir,
-    pub bindir: PathBuf,
     pub port: u16,
     pub admin_password: String,
-    as_postgres: bool,
+    inner: ThrowawayPostgres,
 }
 
 impl Postgres {
@@ -83,147 +50,33 @@ impl Postgres {
     /// `log_statement=all`, an admin role with CREATEROLE + pg_signal_backend (not superuser),
     /// and a database `orders` with roles `orders_read` / `orders_write`.
     pub fn start() -> Option<Postgres> {
-        let Some(bindir) = postgres_bindir() else {
+        if jitgate::sandbox::postgres::bindir().is_none() {
             unavailable("PostgreSQL server binaries (apt-get install postgresql)")?;
-            unreachable!()
-        };
-        let as_postgres = is_root();
+        }
         let dir = tempfile::Builder::new()
             .prefix("jitgate-pg-")
             .tempdir()
             .unwrap();
-        let port = free_port();
-        let pg = Postgres {
+        let inner = ThrowawayPostgres::start(dir.path(), free_port()).unwrap();
+        Some(Postgres {
+            port: inner.port,
+            admin_password: inner.admin_password.clone(),
             dir,
-            bindir,
-            port,
-            admin_password: random_word(24),
-            as_postgres,
-        };
-        if as_postgres {
-            let st = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(pg.dir.path())
-                .status()
-                .unwrap();
-            assert!(st.success());
-        }
-        let data = pg.data_dir();
-        pg.run_as_owner(
-            Command::new(pg.bindir.join("initdb"))
-                .args(["-D"])
-                .arg(&data)
-                .args([
-                    "-U",
-                    "postgres",
-                    "--auth-local=trust",
-                    "--auth-host=scram-sha-256",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                ]),
-        );
-        let conf = format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{sock}'\n\
-             password_encryption = 'scram-sha-256'\nlog_statement = 'all'\nlog_connections = on\n\
-             max_connections = 50\nfsync = off\nshared_buffers = 16MB\n",
-            sock = pg.dir.path().display()
-        );
-        fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .unwrap()
-            .write_all(conf.as_bytes())
-            .unwrap();
-        pg.run_as_owner(
-            Command::new(pg.bindir.join("pg_ctl"))
-                .args(["-D"])
-                .arg(&data)
-                .args(["-l"])
-                .arg(pg.log_path())
-                .args(["-w", "-t", "30", "start"]),
-        );
-        pg.superuser_sql(
-            "postgres",
-            &format!(
-                "CREATE ROLE {ADMIN_USER} LOGIN CREATEROLE PASSWORD '{pw}';
-                 GRANT pg_signal_backend TO {ADMIN_USER};
-                 CREATE ROLE orders_read NOLOGIN;
-                 CREATE ROLE orders_write NOLOGIN;",
-                pw = pg.admin_password
-            ),
-        );
-        pg.superuser_sql("postgres", "CREATE DATABASE orders");
-        pg.superuser_sql(
-            "orders",
-            "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);
-             INSERT INTO items VALUES (1, 'apple'), (2, 'pear');
-             GRANT SELECT ON items TO orders_read;
-             GRANT SELECT, INSERT, UPDATE, DELETE ON items TO orders_write;",
-        );
-        Some(pg)
-    }
-
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+            inner,
+        })
     }
 
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("postgres.log")
+        self.inner.log_path()
     }
 
     pub fn server_log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    fn run_as_owner(&self, cmd: &mut Command) {
-        let out = if self.as_postgres {
-            let mut wrapped = Command::new("runuser");
-            wrapped
-                .args(["-u", "postgres", "--"])
-                .arg(cmd.get_program())
-                .args(cmd.get_args());
-            wrapped.current_dir(self.dir.path()).output().unwrap()
-        } else {
-            cmd.output().unwrap()
-        };
-        assert!(
-            out.status.success(),
-            "{:?} failed: {}{}",
-            cmd,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     /// Runs SQL as the bootstrap superuser over the Unix socket; returns unaligned output.
     pub fn superuser_sql(&self, db: &str, sql: &str) -> String {
-        let out = self.psql_socket(db, sql);
-        assert!(
-            out.status.success(),
-            "superuser SQL failed: {sql}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn psql_socket(&self, db: &str, sql: &str) -> Output {
-        Command::new(self.bindir.join("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(self.dir.path())
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-c",
-                sql,
-            ])
-            .env_remove("PGPASSWORD")
-            .output()
-            .unwrap()
+        self.inner.superuser_sql(db, sql).unwrap()
     }
 
     /// Roles whose names start with `jit_`.
@@ -250,7 +103,7 @@ impl Postgres {
         }
     }
 
-    /// Backends (pid, role) of client sessions other than the superuser's and the admin's.
+    /// Backends of client sessions other than the superuser's and the admin's.
     pub fn jit_backends(&self) -> Vec<String> {
         let out = self.superuser_sql(
             "postgres",
@@ -261,37 +114,6 @@ impl Postgres {
             .filter(|l| !l.is_empty())
             .collect()
     }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let mut cmd = Command::new(self.bindir.join("pg_ctl"));
-        cmd.args(["-D"])
-            .arg(self.data_dir())
-            .args(["-m", "immediate", "-w", "stop"]);
-        let _ = if self.as_postgres {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(cmd.get_program())
-                .args(cmd.get_args())
-                .output()
-        } else {
-            cmd.output()
-        };
-    }
-}
-
-pub fn random_word(len: usize) -> String {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = String::new();
-    while out.len() < len {
-        let mut h = RandomState::new().build_hasher();
-        h.write_usize(out.len());
-        out.push_str(&format!("{:016x}", h.finish()));
-    }
-    out.truncate(len);
-    out
 }
 
 pub fn jitgate_bin() -> PathBuf {

@@ -1,0 +1,185 @@
+//! A throwaway PostgreSQL: `initdb` + `pg_ctl` into a directory (as the `postgres` user when
+//! run as root, since PostgreSQL refuses root), a free loopback port, SCRAM required over TCP,
+//! every statement logged, an admin role with only `CREATEROLE` + `pg_signal_backend`, and a
+//! sample database `orders` with roles `orders_read` and `orders_write` to grant.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{io_err, is_root, run, SandboxError};
+
+pub const ADMIN_USER: &str = "jitgate_admin";
+
+pub struct ThrowawayPostgres {
+    pub dir: PathBuf,
+    pub bindir: PathBuf,
+    pub port: u16,
+    pub admin_password: String,
+    as_postgres: bool,
+    running: bool,
+}
+
+/// Where Debian puts the server binaries (not on PATH): `pg_config --bindir`, else the newest
+/// `/usr/lib/postgresql/<major>/bin`.
+pub fn bindir() -> Option<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("postgres").is_file() && dir.join("initdb").is_file() {
+            return Some(dir);
+        }
+    }
+    let mut found: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, d): &(u32, PathBuf)| d.join("postgres").is_file())
+        .collect();
+    found.sort();
+    found.pop().map(|(_, d)| d)
+}
+
+impl ThrowawayPostgres {
+    /// Creates the cluster in `dir` (which must not exist or be empty) and starts it on `port`.
+    pub fn start(dir: &Path, port: u16) -> Result<Self, SandboxError> {
+        let bindir = bindir().ok_or(SandboxError::Missing {
+            what: "PostgreSQL server",
+            hint: "apt-get install postgresql",
+        })?;
+        fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let as_postgres = is_root();
+        if as_postgres {
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir))?;
+        }
+        let mut pg = ThrowawayPostgres {
+            dir: dir.to_path_buf(),
+            bindir,
+            port,
+            admin_password: super::random_word(24),
+            as_postgres,
+            running: false,
+        };
+        let data = pg.data_dir();
+        pg.run_as_owner(
+            Command::new(pg.bindir.join("initdb"))
+                .arg("-D")
+                .arg(&data)
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ]),
+        )?;
+        let conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{sock}'\n\
+             password_encryption = 'scram-sha-256'\nlog_statement = 'all'\nlog_connections = on\n\
+             max_connections = 50\nfsync = off\nshared_buffers = 16MB\n",
+            sock = dir.display()
+        );
+        fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut f| f.write_all(conf.as_bytes()))
+            .map_err(io_err("writing postgresql.conf"))?;
+        pg.run_as_owner(
+            Command::new(pg.bindir.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(pg.log_path())
+                .args(["-w", "-t", "30", "start"]),
+        )?;
+        pg.running = true;
+        pg.superuser_sql(
+            "postgres",
+            &format!(
+                "CREATE ROLE {ADMIN_USER} LOGIN CREATEROLE PASSWORD '{pw}';
+                 GRANT pg_signal_backend TO {ADMIN_USER};
+                 CREATE ROLE orders_read NOLOGIN;
+                 CREATE ROLE orders_write NOLOGIN;",
+                pw = pg.admin_password
+            ),
+        )?;
+        pg.superuser_sql("postgres", "CREATE DATABASE orders")?;
+        pg.superuser_sql(
+            "orders",
+            "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, price numeric(8,2) NOT NULL DEFAULT 0);
+             INSERT INTO items (id, name, price) VALUES (1, 'apple', 0.50), (2, 'pear', 0.70);
+             CREATE TABLE orders (id serial PRIMARY KEY, item int REFERENCES items, quantity int NOT NULL);
+             INSERT INTO orders (item, quantity) VALUES (1, 3), (2, 1);
+             GRANT SELECT ON items, orders TO orders_read;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON items, orders TO orders_write;
+             GRANT USAGE ON SEQUENCE orders_id_seq TO orders_write;",
+        )?;
+        Ok(pg)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    fn run_as_owner(&self, cmd: &mut Command) -> Result<String, SandboxError> {
+        if self.as_postgres {
+            let mut wrapped = Command::new("runuser");
+            wrapped
+                .args(["-u", "postgres", "--"])
+                .arg(cmd.get_program())
+                .args(cmd.get_args())
+                .current_dir(&self.dir);
+            run(&mut wrapped)
+        } else {
+            run(cmd)
+        }
+    }
+
+    /// Runs SQL as the bootstrap superuser over the Unix socket; unaligned, tuples only.
+    pub fn superuser_sql(&self, db: &str, sql: &str) -> Result<String, SandboxError> {
+        let out = run(Command::new(self.bindir.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .env_remove("PGPASSWORD"))?;
+        Ok(out.trim().to_string())
+    }
+
+    /// Stops the server (immediate mode: it is throwaway).
+    pub fn stop(&mut self) {
+        if !self.running {
+            return;
+        }
+        self.running = false;
+        let mut cmd = Command::new(self.bindir.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "immediate", "-w", "stop"]);
+        if let Err(e) = self.run_as_owner(&mut cmd) {
+            tracing::warn!(error = %e, "stopping the throwaway PostgreSQL failed");
+        }
+    }
+}
+
+impl Drop for ThrowawayPostgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
