@@ -1,7 +1,7 @@
-//! PostgreSQL direct vs through jitgate, in one run, reported as ratios: steady-state
-//! select-only throughput, connection setup (every jitgate connection mints and drops a role)
-//! and bulk COPY out. Times are printed, never asserted; what is checked is that no `jit_`
-//! role outlives the run. How to run it and the last numbers: `benches/README.md`.
+//! PostgreSQL direct vs through jitgate vs two bare relays (the peers), in one run, reported as
+//! ratios: steady-state select-only throughput, connection setup (every jitgate connection
+//! mints and drops a role) and bulk COPY out. Times are printed, never asserted; what is
+//! checked is that no `jit_` role outlives the run. How to run it, last numbers: README.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,6 +11,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Gateway, Postgres, ADMIN_USER, DEFAULT_POLICY};
@@ -19,7 +20,7 @@ use common::{Gateway, Postgres, ADMIN_USER, DEFAULT_POLICY};
 const STEADY: &[&str] = &["-n", "-S", "-c", "4", "-j", "2", "-T", "10"];
 /// Connection setup: a new connection for every transaction (`-C`), one client.
 const CONNECT: &[&str] = &["-n", "-S", "-C", "-c", "1", "-j", "1", "-T", "10"];
-/// Warms the page cache, both processes and the CPU frequency before anything is measured.
+/// Warms the page cache, the processes and the CPU clock before anything is measured.
 const WARMUP: &[&str] = &["-n", "-S", "-c", "4", "-j", "2", "-T", "2"];
 
 const BULK_SQL: &str = "COPY (SELECT repeat('x', 1000) FROM generate_series(1, 200000)) TO STDOUT";
@@ -51,6 +52,7 @@ struct Tools {
 
 /// One way to reach the `orders` database.
 struct Endpoint {
+    name: &'static str,
     conninfo: String,
     password: Option<String>,
 }
@@ -89,8 +91,8 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    // Everything (gateway first, then PostgreSQL) is stopped by the harness's Drop impls
-    // when `run` returns, before the exit code is decided.
+    // Everything (relays, gateway, then PostgreSQL) is stopped by Drop impls when `run`
+    // returns, before the exit code is decided.
     if run(&tools) {
         ExitCode::SUCCESS
     } else {
@@ -138,18 +140,47 @@ fn run(tools: &Tools) -> bool {
     let gw = Gateway::start(&pg, DEFAULT_POLICY);
     prepare_pgbench_tables(tools, &pg);
 
-    let direct = Endpoint {
-        conninfo: format!(
-            "host=127.0.0.1 port={} dbname=orders user={ADMIN_USER} sslmode=disable connect_timeout=10",
-            pg.port
-        ),
-        password: Some(pg.admin_password.clone()),
+    let relay = peer::Relay::start(pg.port, None);
+    let tls_relay = peer::Relay::start(
+        pg.port,
+        Some(peer::tls_config(
+            &gw.path("certs/server.crt"),
+            &gw.path("certs/server.key"),
+        )),
+    );
+    let admin = |port: u16, ssl: &str| {
+        format!(
+            "host=127.0.0.1 port={port} dbname=orders user={ADMIN_USER} {ssl} connect_timeout=10"
+        )
     };
+    let tls_to_peer = format!(
+        "sslmode=verify-full sslrootcert={} sslcert=/nonexistent sslkey=/nonexistent",
+        gw.path("certs/ca.crt").display()
+    );
     let (crt, key) = gw.issue("alice", &["dba"]);
-    let jitgate = Endpoint {
-        conninfo: gw.conninfo("alice", Some((&crt, &key)), ""),
-        password: None,
-    };
+    let endpoints = [
+        Endpoint {
+            name: "direct",
+            conninfo: admin(pg.port, "sslmode=disable"),
+            password: Some(pg.admin_password.clone()),
+        },
+        Endpoint {
+            name: "relay",
+            conninfo: admin(relay.port, "sslmode=disable"),
+            password: Some(pg.admin_password.clone()),
+        },
+        Endpoint {
+            name: "tls-relay",
+            conninfo: admin(tls_relay.port, &tls_to_peer),
+            password: Some(pg.admin_password.clone()),
+        },
+        Endpoint {
+            name: "jitgate",
+            conninfo: gw.conninfo("alice", Some((&crt, &key)), ""),
+            password: None,
+        },
+    ];
+    let jitgate = &endpoints[3];
 
     let version = pg.superuser_sql("postgres", "SHOW server_version");
     let date = time::OffsetDateTime::now_utc().date();
@@ -157,110 +188,96 @@ fn run(tools: &Tools) -> bool {
     println!();
     println!("jitgate PostgreSQL benchmark, {date}, {cpus} CPUs, PostgreSQL {version}");
     println!("jitgate binary: {}", common::jitgate_bin().display());
-    println!("direct  = libpq -> PostgreSQL, plain TCP on 127.0.0.1 (the test cluster has no TLS), role {ADMIN_USER}, SCRAM");
-    println!("jitgate = libpq -> jitgate over TLS (client certificate, verify-full) -> PostgreSQL, plain TCP, a JIT role per connection, SCRAM");
+    println!("  direct    libpq -> PostgreSQL, plain TCP (the test cluster has no TLS), role {ADMIN_USER}, SCRAM");
+    println!(
+        "  relay     libpq -> bare tokio TCP relay (copy_bidirectional) -> PostgreSQL, as direct"
+    );
+    println!(
+        "  tls-relay libpq -> bare rustls-terminating relay -> PostgreSQL, as direct (verify-full)"
+    );
+    println!(
+        "  jitgate   libpq -> jitgate (TLS, client certificate, verify-full) -> PostgreSQL, plain"
+    );
+    println!("            TCP, a JIT role minted and dropped per connection, SCRAM");
+    println!("All on 127.0.0.1; pgbench, PostgreSQL, jitgate and the relays share the machine.");
     println!();
 
-    // Bulk first checks that every byte arrives both ways (untimed), which doubles as warm-up.
-    for ep in [&direct, &jitgate] {
+    // Every byte must arrive every way (untimed); then warm up every path.
+    for ep in &endpoints {
         let bytes = copy_out_counted(tools, ep);
-        assert_eq!(bytes, BULK_BYTES, "COPY out via {}", ep.conninfo);
+        assert_eq!(bytes, BULK_BYTES, "COPY out via {}", ep.name);
         pgbench(tools, ep, WARMUP);
     }
 
-    let steady_direct = pgbench(tools, &direct, STEADY);
-    let steady_jitgate = pgbench(tools, &jitgate, STEADY);
-
-    let connect_direct = pgbench(tools, &direct, CONNECT);
-    let log_before = gw.log().len();
-    let connect_jitgate = pgbench(tools, &jitgate, CONNECT);
-    let connect_log = strip_ansi(gw.log().get(log_before..).unwrap_or_default());
-    let mint_ms = field_values(&connect_log, "jit.account.created", "mint_ms=");
-
-    let mut bulk_direct = Vec::new();
-    let mut bulk_jitgate = Vec::new();
-    for _ in 0..BULK_RUNS {
-        bulk_direct.push(copy_out_timed(tools, &direct));
-        bulk_jitgate.push(copy_out_timed(tools, &jitgate));
+    let steady: Vec<Pgbench> = endpoints
+        .iter()
+        .map(|ep| pgbench(tools, ep, STEADY))
+        .collect();
+    let mut connect = Vec::new();
+    let mut mint_ms = Vec::new();
+    for ep in &endpoints {
+        let log_before = gw.log().len();
+        connect.push(pgbench(tools, ep, CONNECT));
+        if std::ptr::eq(ep, jitgate) {
+            let log = strip_ansi(gw.log().get(log_before..).unwrap_or_default());
+            mint_ms = field_values(&log, "jit.account.created", "mint_ms=");
+        }
     }
-    let bulk_direct = median(bulk_direct);
-    let bulk_jitgate = median(bulk_jitgate);
-    let mbps = |d: Duration| BULK_BYTES as f64 / 1e6 / d.as_secs_f64();
+    let mut bulk = vec![Vec::new(); endpoints.len()];
+    for _ in 0..BULK_RUNS {
+        for (ep, runs) in endpoints.iter().zip(&mut bulk) {
+            runs.push(copy_out_timed(tools, ep));
+        }
+    }
+    let bulk: Vec<Duration> = bulk.into_iter().map(median).collect();
 
-    println!(
-        "{:<46}{:>12}{:>12}{:>16}",
-        "", "direct", "jitgate", "jitgate/direct"
-    );
+    let table = Table;
+    table.header(&endpoints);
     println!("steady state: pgbench {}", STEADY.join(" "));
-    row(
-        "  throughput (TPS)",
-        steady_direct.tps,
-        steady_jitgate.tps,
-        1,
-    );
-    row(
+    table.row("  throughput (TPS)", steady.iter().map(|r| r.tps), 0);
+    table.row(
         "  average latency (ms)",
-        steady_direct.latency_ms,
-        steady_jitgate.latency_ms,
+        steady.iter().map(|r| r.latency_ms),
         3,
     );
     println!("connection setup: pgbench {}", CONNECT.join(" "));
-    row(
-        "  connections/s",
-        connect_direct.tps,
-        connect_jitgate.tps,
-        1,
-    );
-    row(
+    table.row("  connections/s", connect.iter().map(|r| r.tps), 1);
+    table.row(
         "  average connection time (ms)",
-        connect_direct.connection_ms.unwrap_or(f64::NAN),
-        connect_jitgate.connection_ms.unwrap_or(f64::NAN),
-        2,
-    );
-    row(
-        "  average latency incl. connect (ms)",
-        connect_direct.latency_ms,
-        connect_jitgate.latency_ms,
+        connect.iter().map(|r| r.connection_ms.unwrap_or(f64::NAN)),
         2,
     );
     if !mint_ms.is_empty() {
         let avg = mint_ms.iter().sum::<f64>() / mint_ms.len() as f64;
         println!(
-            "{:<46}{:>12}{:>12.2}   ({} roles, gateway log mint_ms)",
-            "  of which login -> role created (ms)",
-            "-",
-            avg,
+            "  jitgate startup -> role created: {avg:.2} ms on average over {} roles (mint_ms in its log)",
             mint_ms.len()
         );
     }
     println!(
-        "bulk: psql COPY of {:.1} MB to /dev/null, median of {BULK_RUNS}",
+        "bulk: psql COPY of {:.1} MB to /dev/null, median of {BULK_RUNS}, wall time incl. login",
         BULK_BYTES as f64 / 1e6
     );
-    row("  MB/s", mbps(bulk_direct), mbps(bulk_jitgate), 1);
-    row(
-        "  seconds",
-        bulk_direct.as_secs_f64(),
-        bulk_jitgate.as_secs_f64(),
-        3,
+    table.row(
+        "  MB/s",
+        bulk.iter()
+            .map(|d| BULK_BYTES as f64 / 1e6 / d.as_secs_f64()),
+        0,
     );
+    table.row("  seconds", bulk.iter().map(Duration::as_secs_f64), 3);
 
-    let failed: u64 = [
-        &steady_direct,
-        &steady_jitgate,
-        &connect_direct,
-        &connect_jitgate,
-    ]
-    .iter()
-    .map(|r| r.failed)
-    .sum();
     println!();
+    let counts = |runs: &[Pgbench], f: fn(&Pgbench) -> u64| {
+        runs.iter()
+            .map(|r| f(r).to_string())
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
     println!(
-        "transactions: steady {} / {}, connect {} / {}; failed: {failed}",
-        steady_direct.transactions,
-        steady_jitgate.transactions,
-        connect_direct.transactions,
-        connect_jitgate.transactions
+        "transactions (direct / relay / tls-relay / jitgate): steady {}, connect {}; failed: {}",
+        counts(&steady, |r| r.transactions),
+        counts(&connect, |r| r.transactions),
+        steady.iter().chain(&connect).map(|r| r.failed).sum::<u64>()
     );
 
     let left = pg.wait_no_jit_roles();
@@ -269,7 +286,7 @@ fn run(tools: &Tools) -> bool {
     let (created, dropped) = (count("jit.account.created"), count("jit.account.dropped"));
     if left.is_empty() {
         println!(
-            "jit_ roles left after the run: none (gateway minted {created}, dropped {dropped})"
+            "jit_ roles left after the run: none (jitgate minted {created}, dropped {dropped})"
         );
     } else {
         println!(
@@ -281,7 +298,8 @@ fn run(tools: &Tools) -> bool {
 }
 
 /// `pgbench -i -s 1` in `orders` as the superuser over the socket, then SELECT for the roles
-/// that run the select-only script: the JIT role (through orders_read) and the admin (direct).
+/// that run the select-only script: the JIT role (through orders_read) and the admin (direct
+/// and the relays).
 fn prepare_pgbench_tables(tools: &Tools, pg: &Postgres) {
     let out = Command::new(&tools.pgbench)
         .args(["-i", "-s", "1", "-q", "-h"])
@@ -290,7 +308,7 @@ fn prepare_pgbench_tables(tools: &Tools, pg: &Postgres) {
         .env_remove("PGPASSWORD")
         .output()
         .unwrap();
-    check("pgbench -i", &out, None);
+    check("pgbench -i", &out, "the socket");
     pg.superuser_sql(
         "orders",
         &format!(
@@ -307,7 +325,7 @@ fn pgbench(tools: &Tools, ep: &Endpoint, args: &[&str]) -> Pgbench {
         .arg(&ep.conninfo)
         .output()
         .unwrap();
-    check(&format!("pgbench {}", args.join(" ")), &out, Some(ep));
+    check(&format!("pgbench {}", args.join(" ")), &out, ep.name);
     let text = String::from_utf8_lossy(&out.stdout);
     let value = |prefix: &str| {
         text.lines()
@@ -346,7 +364,7 @@ fn copy_out_timed(tools: &Tools, ep: &Endpoint) -> Duration {
     let start = Instant::now();
     let out = psql_copy(tools, ep).stdout(devnull).output().unwrap();
     let elapsed = start.elapsed();
-    check("psql COPY", &out, Some(ep));
+    check("psql COPY", &out, ep.name);
     elapsed
 }
 
@@ -355,26 +373,45 @@ fn copy_out_counted(tools: &Tools, ep: &Endpoint) -> u64 {
     let mut child = psql_copy(tools, ep).stdout(Stdio::piped()).spawn().unwrap();
     let bytes = std::io::copy(&mut child.stdout.take().unwrap(), &mut std::io::sink()).unwrap();
     let out = child.wait_with_output().unwrap();
-    check("psql COPY (counted)", &out, Some(ep));
+    check("psql COPY (counted)", &out, ep.name);
     bytes
 }
 
-fn check(what: &str, out: &Output, ep: Option<&Endpoint>) {
+fn check(what: &str, out: &Output, via: &str) {
     assert!(
         out.status.success(),
-        "{what} failed ({}) via {}:\n{}{}",
+        "{what} failed ({}) via {via}:\n{}{}",
         out.status,
-        ep.map_or("the socket", |e| e.conninfo.as_str()),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
 }
 
-fn row(label: &str, direct: f64, jitgate: f64, decimals: usize) {
-    println!(
-        "{label:<46}{direct:>12.decimals$}{jitgate:>12.decimals$}{:>16.2}",
-        jitgate / direct
-    );
+/// Four measured columns and two ratios: jitgate against direct, and against the TLS relay
+/// (which does everything jitgate does on the wire except identity, policy and the JIT role).
+struct Table;
+
+impl Table {
+    fn header(&self, endpoints: &[Endpoint]) {
+        print!("{:<34}", "");
+        for ep in endpoints {
+            print!("{:>11}", ep.name);
+        }
+        println!("{:>11}{:>11}", "jg/direct", "jg/tls-rl");
+    }
+
+    fn row(&self, label: &str, values: impl Iterator<Item = f64>, decimals: usize) {
+        let values: Vec<f64> = values.collect();
+        print!("{label:<34}");
+        for v in &values {
+            print!("{v:>11.decimals$}");
+        }
+        println!(
+            "{:>11.2}{:>11.2}",
+            values[3] / values[0],
+            values[3] / values[2]
+        );
+    }
 }
 
 fn median(mut runs: Vec<Duration>) -> Duration {
@@ -396,13 +433,13 @@ fn field_values(log: &str, event: &str, key: &str) -> Vec<f64> {
         .collect()
 }
 
-/// The gateway's log is tracing's fmt output, coloured even into a file.
+/// The gateway's log is tracing's fmt output, which may be coloured even into a file.
 fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
         if c == '\u{1b}' {
-            // CSI: ESC [ parameters final-byte (0x40..=0x7e).
+            // CSI: ESC [ parameters, ended by a byte in 0x40..=0x7e.
             for c in chars.by_ref() {
                 if ('@'..='~').contains(&c) && c != '[' {
                     break;
@@ -413,4 +450,102 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+mod peer {
+    //! The peers: the least a proxy built on the same stack must do (accept, maybe terminate
+    //! TLS with rustls, connect upstream, `copy_bidirectional`), with no identity, policy or
+    //! JIT role. jitgate's distance from `tls-relay` is what jitgate itself costs.
+
+    use super::*;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_rustls::TlsAcceptor;
+
+    /// SSLRequest: length 8, code 80877103 (PostgreSQL protocol, section 54.2.10).
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+    /// A relay on its own runtime (as many workers as CPUs, like jitgate's), stopped on drop.
+    pub struct Relay {
+        pub port: u16,
+        _runtime: tokio::runtime::Runtime,
+    }
+
+    impl Relay {
+        pub fn start(upstream: u16, tls: Option<Arc<rustls::ServerConfig>>) -> Relay {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let acceptor = tls.map(TlsAcceptor::from);
+            runtime.spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let _ = serve(client, upstream, acceptor).await;
+                    });
+                }
+            });
+            Relay {
+                port,
+                _runtime: runtime,
+            }
+        }
+    }
+
+    async fn serve(
+        mut client: TcpStream,
+        upstream: u16,
+        tls: Option<TlsAcceptor>,
+    ) -> std::io::Result<()> {
+        client.set_nodelay(true)?;
+        match tls {
+            None => {
+                let mut server = connect(upstream).await?;
+                tokio::io::copy_bidirectional(&mut client, &mut server).await?;
+            }
+            Some(acceptor) => {
+                let mut request = [0u8; 8];
+                client.read_exact(&mut request).await?;
+                if request != SSL_REQUEST {
+                    return Err(std::io::Error::other("expected SSLRequest"));
+                }
+                client.write_all(b"S").await?;
+                let mut client = acceptor.accept(client).await?;
+                let mut server = connect(upstream).await?;
+                tokio::io::copy_bidirectional(&mut client, &mut server).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn connect(port: u16) -> std::io::Result<TcpStream> {
+        let server = TcpStream::connect(("127.0.0.1", port)).await?;
+        server.set_nodelay(true)?;
+        Ok(server)
+    }
+
+    /// rustls with the ring provider and the gateway's own server certificate, so the same
+    /// `sslrootcert` verifies both; no client certificate asked for.
+    pub fn tls_config(cert: &Path, key: &Path) -> Arc<rustls::ServerConfig> {
+        let chain = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        Arc::new(config)
+    }
 }
