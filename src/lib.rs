@@ -27,5 +27,6 @@ pub mod pg;
 pub mod policy;
 pub mod secret;
 pub mod server;
+pub mod ssh;
 pub mod tls;
 mod yaml;
