@@ -23,6 +23,17 @@ const DEFAULT_REAP_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_POLICY_DIR: &str = "policies";
 const DEFAULT_AUDIT_DIR: &str = "audit";
 const DEFAULT_PG_PORT: u16 = 5432;
+const DEFAULT_SSH_PORT: u16 = 22;
+const DEFAULT_SSH_HOST_KEY: &str = "ssh_host_ed25519_key";
+const DEFAULT_STATE_DIR: &str = "/var/lib/jitgate";
+const DEFAULT_UID_RANGE: (u32, u32) = (200_000, 299_999);
+/// Below this are system and ordinary login accounts (Debian's UID_MIN is 1000).
+const UID_RANGE_MIN: u32 = 1000;
+/// Some tools still treat UIDs as signed 32-bit values; (uid_t)-1 means "no change".
+const UID_RANGE_MAX: u32 = 2_147_483_646;
+/// Longest user name `useradd` accepts (and the longest JIT account name).
+const POSIX_NAME_MAX: usize = 32;
+const STATE_DIR_MAX: usize = 200;
 /// Longest identifier PostgreSQL keeps (NAMEDATALEN - 1).
 const PG_NAME_MAX: usize = 63;
 const INSTANCE_ID_MAX: usize = 32;
@@ -42,6 +53,9 @@ pub struct Config {
     pub policy_dir: PathBuf,
     pub audit_dir: PathBuf,
     pub reap_interval: Duration,
+    /// The gateway's own persistent SSH host key (OpenSSH private key file), resolved against
+    /// the config's directory; created on first use by `ssh::hostkey::load_or_create_host_key`.
+    pub ssh_host_key: PathBuf,
     pub targets: BTreeMap<String, Target>,
 }
 
@@ -58,20 +72,102 @@ pub struct TlsFiles {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Listen {
     pub postgres: Option<SocketAddr>,
+    pub ssh: Option<SocketAddr>,
 }
 
-/// A configured database or host; exactly one kind per target (`ssh` will join `postgres`).
+/// A configured database or host; exactly one kind per target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Postgres(PgTarget),
+    Ssh(SshTarget),
 }
 
 impl Target {
     pub fn name(&self) -> &str {
         match self {
             Target::Postgres(pg) => &pg.name,
+            Target::Ssh(ssh) => &ssh.name,
         }
     }
+}
+
+/// A Linux host reached over SSH; JIT accounts are created on it with `useradd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// The target's pinned host key: any other key is a refusal, never a prompt.
+    pub host_key: HostKeySource,
+    pub admin: SshAdmin,
+    /// Absolute path on the target: persistent homes (`<state_dir>/home/<person>`), ephemeral
+    /// homes (`<state_dir>/tmp-home/<account>`), the UID counter and the provisioning lock.
+    pub state_dir: String,
+    /// Inclusive range JIT UIDs are taken from.
+    pub uid_range: (u32, u32),
+}
+
+/// Where the pinned host key comes from: `host_key` (inline) or `host_key_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeySource {
+    /// An OpenSSH public key line, `ssh-ed25519 AAAA… [comment]` (checked at load).
+    Inline(String),
+    /// A `.pub` file in OpenSSH format, read when the key is needed.
+    File(PathBuf),
+}
+
+/// The account jitgate provisions JIT accounts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshAdmin {
+    /// `root`, or an account whose every provisioning script runs through `sudo -n`.
+    pub user: String,
+    /// OpenSSH private key file (unencrypted), used only for provisioning.
+    pub key_file: PathBuf,
+}
+
+impl SshTarget {
+    /// The pinned host key, parsed (the file, if any, is read now). The comment is ignored when
+    /// keys are compared.
+    pub fn pinned_key(&self) -> Result<russh::keys::PublicKey, ConfigError> {
+        match &self.host_key {
+            HostKeySource::Inline(line) => {
+                parse_public_key_line(line).map_err(|reason| ConfigError::PinnedKey {
+                    target: self.name.clone(),
+                    source_name: "host_key".to_string(),
+                    reason,
+                })
+            }
+            HostKeySource::File(path) => {
+                let source_name = format!("host_key_file {}", path.display());
+                let text = fs::read_to_string(path).map_err(|e| ConfigError::PinnedKey {
+                    target: self.name.clone(),
+                    source_name: source_name.clone(),
+                    reason: e.to_string(),
+                })?;
+                // The first line that is not blank or a `#` comment.
+                let line = text
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty() && !l.starts_with('#'))
+                    .unwrap_or_default();
+                parse_public_key_line(line).map_err(|reason| ConfigError::PinnedKey {
+                    target: self.name.clone(),
+                    source_name,
+                    reason,
+                })
+            }
+        }
+    }
+}
+
+/// One OpenSSH public key line (`<algorithm> <base64> [comment]`).
+fn parse_public_key_line(line: &str) -> Result<russh::keys::PublicKey, String> {
+    let line = line.trim();
+    if line.is_empty() {
+        return Err("no key found".to_string());
+    }
+    russh::keys::PublicKey::from_openssh(line)
+        .map_err(|e| format!("not an OpenSSH public key (`ssh-ed25519 AAAA... comment`): {e}"))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +274,12 @@ pub enum ConfigError {
     PasswordEnvNotUnicode { var: String },
     #[error("the password in {source_name} is empty")]
     PasswordEmpty { source_name: String },
+    #[error("target {target}: cannot use the pinned host key from {source_name}: {reason}")]
+    PinnedKey {
+        target: String,
+        source_name: String,
+        reason: String,
+    },
 }
 
 impl Config {
@@ -243,6 +345,7 @@ struct RawConfig {
     policy_dir: Option<Spanned<String>>,
     audit_dir: Option<Spanned<String>>,
     reap_interval: Option<Spanned<String>>,
+    ssh_host_key: Option<Spanned<String>>,
     targets: Option<SpannedMap<Spanned<RawTarget>>>,
 }
 
@@ -259,6 +362,7 @@ struct RawTlsFiles {
 #[serde(deny_unknown_fields)]
 struct RawListen {
     postgres: Option<Spanned<String>>,
+    ssh: Option<Spanned<String>>,
 }
 
 /// One optional field per kind; validation insists on exactly one.
@@ -266,6 +370,26 @@ struct RawListen {
 #[serde(deny_unknown_fields)]
 struct RawTarget {
     postgres: Option<Spanned<RawPgTarget>>,
+    ssh: Option<Spanned<RawSshTarget>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSshTarget {
+    host: Spanned<String>,
+    port: Option<Spanned<String>>,
+    host_key: Option<Spanned<String>>,
+    host_key_file: Option<Spanned<String>>,
+    admin: Spanned<RawSshAdmin>,
+    state_dir: Option<Spanned<String>>,
+    uid_range: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSshAdmin {
+    user: Spanned<String>,
+    key_file: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -339,20 +463,27 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<
         }
     };
 
-    let listen = match raw.listen.as_ref().and_then(|l| l.postgres.as_ref()) {
-        None => Some(Listen::default()),
-        Some(addr) => problems
-            .check(addr, |addr| {
-                addr.trim().parse::<SocketAddr>().map_err(|_| {
-                    format!(
-                        "listen.postgres `{}` must be IP:port, e.g. 127.0.0.1:6432",
-                        yaml::printable(addr)
-                    )
-                })
-            })
-            .map(|postgres| Listen {
-                postgres: Some(postgres),
-            }),
+    let listen = {
+        let postgres = listen_addr(
+            "listen.postgres",
+            "127.0.0.1:6432",
+            raw.listen.as_ref().and_then(|l| l.postgres.as_ref()),
+            problems,
+        );
+        let ssh = listen_addr(
+            "listen.ssh",
+            "127.0.0.1:2222",
+            raw.listen.as_ref().and_then(|l| l.ssh.as_ref()),
+            problems,
+        );
+        match (postgres, ssh) {
+            (Some(postgres), Some(ssh)) => Some(Listen { postgres, ssh }),
+            _ => None,
+        }
+    };
+    let ssh_host_key = match &raw.ssh_host_key {
+        None => Some(resolve(base, DEFAULT_SSH_HOST_KEY)),
+        Some(path) => file_path(base, "ssh_host_key", path, problems),
     };
 
     let handshake_timeout = duration(
@@ -405,8 +536,31 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<
         policy_dir: policy_dir?,
         audit_dir: audit_dir?,
         reap_interval: reap_interval?,
+        ssh_host_key: ssh_host_key?,
         targets,
     })
+}
+
+/// An optional `IP:port` listener address.
+fn listen_addr(
+    field: &str,
+    example: &str,
+    raw: Option<&Spanned<String>>,
+    problems: &mut Problems<'_>,
+) -> Option<Option<SocketAddr>> {
+    match raw {
+        None => Some(None),
+        Some(addr) => problems
+            .check(addr, |addr| {
+                addr.trim().parse::<SocketAddr>().map_err(|_| {
+                    format!(
+                        "{field} `{}` must be IP:port, e.g. {example}",
+                        yaml::printable(addr)
+                    )
+                })
+            })
+            .map(Some),
+    }
 }
 
 fn validate_target(
@@ -416,20 +570,191 @@ fn validate_target(
     problems: &mut Problems<'_>,
 ) -> Option<Target> {
     // Exhaustive destructuring: a new kind must be added to this check.
-    let RawTarget { postgres } = &raw.value;
-    match postgres {
-        Some(pg) => validate_pg(base, name, pg, problems).map(Target::Postgres),
-        None => {
+    let RawTarget { postgres, ssh } = &raw.value;
+    match (postgres, ssh) {
+        (Some(pg), None) => validate_pg(base, name, pg, problems).map(Target::Postgres),
+        (None, Some(ssh)) => validate_ssh(base, name, ssh, problems).map(Target::Ssh),
+        (Some(_), Some(_)) => {
             problems.at(
                 raw.referenced,
                 format!(
-                    "target `{}` needs exactly one kind: postgres",
+                    "target `{}` needs exactly one kind: postgres, ssh (both are given)",
+                    yaml::printable(name)
+                ),
+            );
+            None
+        }
+        (None, None) => {
+            problems.at(
+                raw.referenced,
+                format!(
+                    "target `{}` needs exactly one kind: postgres, ssh",
                     yaml::printable(name)
                 ),
             );
             None
         }
     }
+}
+
+fn validate_host(raw: &Spanned<String>, problems: &mut Problems<'_>) -> Option<String> {
+    problems.check(raw, |h| {
+        if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Err(format!(
+                "host `{}` must be a host name or IP address",
+                yaml::printable(h)
+            ))
+        } else {
+            Ok(h.clone())
+        }
+    })
+}
+
+fn validate_port(
+    raw: Option<&Spanned<String>>,
+    default: u16,
+    problems: &mut Problems<'_>,
+) -> Option<u16> {
+    match raw {
+        None => Some(default),
+        Some(port) => problems.check(port, |p| {
+            yaml::integer_in("port", p, 1, u32::from(u16::MAX))
+                .and_then(|p| u16::try_from(p).map_err(|_| "port is out of range".to_string()))
+        }),
+    }
+}
+
+fn validate_ssh(
+    base: &Path,
+    name: &str,
+    raw: &Spanned<RawSshTarget>,
+    problems: &mut Problems<'_>,
+) -> Option<SshTarget> {
+    let ssh = &raw.value;
+    let host = validate_host(&ssh.host, problems);
+    let port = validate_port(ssh.port.as_ref(), DEFAULT_SSH_PORT, problems);
+    let host_key = match (&ssh.host_key, &ssh.host_key_file) {
+        (Some(line), None) => problems.check(line, |l| {
+            parse_public_key_line(l)
+                .map(|_| HostKeySource::Inline(l.trim().to_string()))
+                .map_err(|reason| format!("host_key: {reason}"))
+        }),
+        (None, Some(file)) => {
+            file_path(base, "host_key_file", file, problems).map(HostKeySource::File)
+        }
+        (Some(_), Some(_)) => {
+            problems.at(
+                raw.referenced,
+                "ssh target needs exactly one of host_key, host_key_file (both are given)",
+            );
+            None
+        }
+        (None, None) => {
+            problems.at(
+                raw.referenced,
+                "ssh target needs exactly one of host_key, host_key_file: the target's host key \
+                 is pinned (e.g. the content of /etc/ssh/ssh_host_ed25519_key.pub)",
+            );
+            None
+        }
+    };
+    let admin = {
+        let admin = &ssh.admin.value;
+        let user = problems.check(&admin.user, |u| {
+            posix_name("admin.user", u).map(|()| u.clone())
+        });
+        let key_file = file_path(base, "admin.key_file", &admin.key_file, problems);
+        match (user, key_file) {
+            (Some(user), Some(key_file)) => Some(SshAdmin { user, key_file }),
+            _ => None,
+        }
+    };
+    let state_dir = match &ssh.state_dir {
+        None => Some(DEFAULT_STATE_DIR.to_string()),
+        Some(dir) => problems.check(dir, |d| state_dir(d)),
+    };
+    let uid_range = match &ssh.uid_range {
+        None => Some(DEFAULT_UID_RANGE),
+        Some(range) => problems.check(range, |r| uid_range(r)),
+    };
+    Some(SshTarget {
+        name: name.to_string(),
+        host: host?,
+        port: port?,
+        host_key: host_key?,
+        admin: admin?,
+        state_dir: state_dir?,
+        uid_range: uid_range?,
+    })
+}
+
+/// A name `useradd` accepts everywhere: `[a-z_][a-z0-9_.-]*`, at most 32 characters.
+fn posix_name(what: &str, text: &str) -> Result<(), String> {
+    let mut chars = text.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'));
+    if !first_ok || !rest_ok || text.len() > POSIX_NAME_MAX {
+        return Err(format!(
+            "{what} `{}` must be a Linux user name ([a-z_][a-z0-9_.-]*, at most \
+             {POSIX_NAME_MAX} characters)",
+            yaml::printable(text)
+        ));
+    }
+    Ok(())
+}
+
+/// An absolute path of plain characters (it is used in shell scripts on the target, escaped,
+/// and in sshd's StrictModes checks); a trailing `/` is dropped.
+fn state_dir(text: &str) -> Result<String, String> {
+    let trimmed = text.trim_end_matches('/');
+    let plain = trimmed
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/'));
+    // `split` yields "" before the leading `/`; any later empty part is a `//`.
+    let dotted = trimmed
+        .split('/')
+        .skip(1)
+        .any(|part| part.is_empty() || part == "." || part == "..");
+    if !text.starts_with('/')
+        || trimmed.is_empty()
+        || trimmed.len() > STATE_DIR_MAX
+        || !plain
+        || dotted
+    {
+        return Err(format!(
+            "state_dir `{}` must be an absolute path below / of A-Z, a-z, 0-9, `_`, `.`, `-` \
+             (no `.` or `..` parts, at most {STATE_DIR_MAX} characters)",
+            yaml::printable(text)
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// `FIRST-LAST`, inclusive, within 1000..=2147483646.
+pub(crate) fn uid_range(text: &str) -> Result<(u32, u32), String> {
+    let bad = || {
+        format!(
+            "uid_range `{}` must be FIRST-LAST with {UID_RANGE_MIN} <= FIRST <= LAST <= \
+             {UID_RANGE_MAX}, e.g. 200000-299999",
+            yaml::printable(text)
+        )
+    };
+    let (first, last) = text.trim().split_once('-').ok_or_else(bad)?;
+    let parse = |s: &str| -> Result<u32, String> {
+        let s = s.trim();
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        s.parse::<u32>().map_err(|_| bad())
+    };
+    let (first, last) = (parse(first)?, parse(last)?);
+    if first < UID_RANGE_MIN || last > UID_RANGE_MAX || first > last {
+        return Err(bad());
+    }
+    Ok((first, last))
 }
 
 fn validate_pg(
@@ -439,23 +764,8 @@ fn validate_pg(
     problems: &mut Problems<'_>,
 ) -> Option<PgTarget> {
     let pg = &raw.value;
-    let host = problems.check(&pg.host, |h| {
-        if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            Err(format!(
-                "host `{}` must be a host name or IP address",
-                yaml::printable(h)
-            ))
-        } else {
-            Ok(h.clone())
-        }
-    });
-    let port = match &pg.port {
-        None => Some(DEFAULT_PG_PORT),
-        Some(port) => problems.check(port, |p| {
-            yaml::integer_in("port", p, 1, u32::from(u16::MAX))
-                .and_then(|p| u16::try_from(p).map_err(|_| "port is out of range".to_string()))
-        }),
-    };
+    let host = validate_host(&pg.host, problems);
+    let port = validate_port(pg.port.as_ref(), DEFAULT_PG_PORT, problems);
 
     let mut databases = Vec::new();
     let mut databases_ok = true;
@@ -886,18 +1196,18 @@ targets:
     }
 
     #[test]
-    fn target_needs_a_kind_and_unknown_kinds_are_rejected() {
+    fn target_needs_exactly_one_kind_and_unknown_kinds_are_rejected() {
         let text = "\
 instance_id: gw-1
 tls: {ca: a, cert: b, key: c}
 targets:
   web:
-    ssh: {host: x}
+    telnet: {host: x}
 ";
         assert_eq!(
             errors(text),
             vec![
-                "/etc/jitgate/jitgate.yaml:5:5: unknown field `ssh`, expected one of postgres"
+                "/etc/jitgate/jitgate.yaml:5:5: unknown field `telnet`, expected one of postgres, ssh"
                     .to_string()
             ]
         );
@@ -909,8 +1219,262 @@ targets:
 ";
         assert_eq!(
             errors(text),
-            vec!["/etc/jitgate/jitgate.yaml:4:8: target `web` needs exactly one kind: postgres"]
+            vec![
+                "/etc/jitgate/jitgate.yaml:4:8: target `web` needs exactly one kind: postgres, ssh"
+            ]
         );
+    }
+
+    const SSH_KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAII1q8uFXCj4bsxY2FLPwNKK+Y80FthR6MKDvh+zsLGX3 web-1";
+
+    fn ssh_example() -> String {
+        format!(
+            "\
+instance_id: gw-1
+tls: {{ca: ca.crt, cert: s.crt, key: s.key}}
+listen:
+  postgres: 127.0.0.1:6432
+  ssh: 127.0.0.1:2222
+ssh_host_key: keys/host_ed25519
+targets:
+  web-1:
+    ssh:
+      host: 10.0.0.5
+      port: 2200
+      host_key: \"{SSH_KEY}\"
+      admin:
+        user: jitgate
+        key_file: keys/admin_ed25519
+      state_dir: /srv/jitgate/
+      uid_range: 300000-300999
+"
+        )
+    }
+
+    #[test]
+    fn ssh_target_loads() -> Result<(), ConfigError> {
+        let config = load(&ssh_example())?;
+        assert_eq!(
+            config.listen,
+            Listen {
+                postgres: Some(SocketAddr::from(([127, 0, 0, 1], 6432))),
+                ssh: Some(SocketAddr::from(([127, 0, 0, 1], 2222))),
+            }
+        );
+        assert_eq!(
+            config.ssh_host_key,
+            PathBuf::from("/etc/jitgate/keys/host_ed25519")
+        );
+        let Some(Target::Ssh(ssh)) = config.target("web-1") else {
+            unreachable!("web-1 is an ssh target: {config:?}")
+        };
+        assert_eq!(config.targets["web-1"].name(), "web-1");
+        assert_eq!(
+            *ssh,
+            SshTarget {
+                name: "web-1".into(),
+                host: "10.0.0.5".into(),
+                port: 2200,
+                host_key: HostKeySource::Inline(SSH_KEY.into()),
+                admin: SshAdmin {
+                    user: "jitgate".into(),
+                    key_file: PathBuf::from("/etc/jitgate/keys/admin_ed25519"),
+                },
+                state_dir: "/srv/jitgate".into(),
+                uid_range: (300_000, 300_999),
+            }
+        );
+        let key = ssh.pinned_key()?;
+        assert_eq!(key.algorithm(), russh::keys::Algorithm::Ed25519);
+        Ok(())
+    }
+
+    #[test]
+    fn ssh_defaults_apply() -> Result<(), ConfigError> {
+        let text = "\
+instance_id: gw-1
+tls: {ca: ca.crt, cert: s.crt, key: s.key}
+targets:
+  web-1:
+    ssh:
+      host: 127.0.0.1
+      host_key_file: keys/web-1.pub
+      admin: {user: root, key_file: /etc/jitgate/admin}
+";
+        let config = load(text)?;
+        assert_eq!(config.listen, Listen::default());
+        assert_eq!(
+            config.ssh_host_key,
+            PathBuf::from("/etc/jitgate/ssh_host_ed25519_key")
+        );
+        let Some(Target::Ssh(ssh)) = config.target("web-1") else {
+            unreachable!("web-1 is an ssh target")
+        };
+        assert_eq!(ssh.port, 22);
+        assert_eq!(
+            ssh.host_key,
+            HostKeySource::File(PathBuf::from("/etc/jitgate/keys/web-1.pub"))
+        );
+        assert_eq!(ssh.state_dir, "/var/lib/jitgate");
+        assert_eq!(ssh.uid_range, (200_000, 299_999));
+        Ok(())
+    }
+
+    #[test]
+    fn ssh_problems_point_at_the_value() {
+        let text = ssh_example()
+            .replace("ssh: 127.0.0.1:2222", "ssh: 2222")
+            .replace("port: 2200", "port: 0")
+            .replace(SSH_KEY, "ssh-ed25519 not-base64")
+            .replace("user: jitgate", "user: Admin;rm")
+            .replace("state_dir: /srv/jitgate/", "state_dir: srv/../x")
+            .replace("300000-300999", "300999-300000");
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 6, "{errs:#?}");
+        assert_eq!(
+            errs[0],
+            "/etc/jitgate/jitgate.yaml:5:8: listen.ssh `2222` must be IP:port, e.g. 127.0.0.1:2222"
+        );
+        assert_eq!(
+            errs[1],
+            "/etc/jitgate/jitgate.yaml:11:13: port must be a whole number from 1 to 65535 (got 0)"
+        );
+        assert!(
+            errs[2].starts_with(
+                "/etc/jitgate/jitgate.yaml:12:17: host_key: not an OpenSSH public key"
+            ),
+            "{errs:#?}"
+        );
+        assert_eq!(
+            errs[3],
+            "/etc/jitgate/jitgate.yaml:14:15: admin.user `Admin;rm` must be a Linux user name \
+             ([a-z_][a-z0-9_.-]*, at most 32 characters)"
+        );
+        assert_eq!(
+            errs[4],
+            "/etc/jitgate/jitgate.yaml:16:18: state_dir `srv/../x` must be an absolute path \
+             below / of A-Z, a-z, 0-9, `_`, `.`, `-` (no `.` or `..` parts, at most 200 \
+             characters)"
+        );
+        assert_eq!(
+            errs[5],
+            "/etc/jitgate/jitgate.yaml:17:18: uid_range `300999-300000` must be FIRST-LAST \
+             with 1000 <= FIRST <= LAST <= 2147483646, e.g. 200000-299999"
+        );
+    }
+
+    #[test]
+    fn ssh_host_key_needs_exactly_one_source_and_one_kind() {
+        let both = ssh_example().replace(
+            "      admin:\n",
+            "      host_key_file: k.pub\n      admin:\n",
+        );
+        assert_eq!(
+            errors(&both),
+            vec![
+                "/etc/jitgate/jitgate.yaml:10:7: ssh target needs exactly one of host_key, \
+                 host_key_file (both are given)"
+            ]
+        );
+        let neither = ssh_example().replace(&format!("      host_key: \"{SSH_KEY}\"\n"), "");
+        let errs = errors(&neither);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with(
+                "/etc/jitgate/jitgate.yaml:10:7: ssh target needs exactly one of host_key, \
+                 host_key_file: the target's host key is pinned"
+            ),
+            "{errs:?}"
+        );
+        let two_kinds = ssh_example().replace(
+            "    ssh:\n",
+            "    postgres: {host: h, databases: [d], tls: disable, admin: {user: a, password_env: P}}\n    ssh:\n",
+        );
+        assert_eq!(
+            errors(&two_kinds),
+            vec![
+                "/etc/jitgate/jitgate.yaml:9:5: target `web-1` needs exactly one kind: postgres, \
+                 ssh (both are given)"
+            ]
+        );
+    }
+
+    #[test]
+    fn uid_ranges() {
+        assert_eq!(uid_range("200000-299999"), Ok((200_000, 299_999)));
+        assert_eq!(uid_range(" 5000 - 5000 "), Ok((5000, 5000)));
+        for bad in [
+            "",
+            "200000",
+            "-5",
+            "999-2000",
+            "2000-1999",
+            "1000-2147483647",
+            "1000-+2000",
+            "a-b",
+            "1000-2000-3000",
+            "1000-99999999999",
+        ] {
+            assert!(uid_range(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn state_dirs() {
+        assert_eq!(state_dir("/var/lib/jitgate"), Ok("/var/lib/jitgate".into()));
+        assert_eq!(state_dir("/srv/j/"), Ok("/srv/j".into()));
+        for bad in [
+            "", "/", "var/lib", "/a/../b", "/a//b", "/a/./b", "/a b", "/a;b", "/a'b",
+        ] {
+            assert!(state_dir(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn pinned_key_from_file() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("web-1.pub");
+        fs::write(&path, format!("# pinned on 2025-01-01\n\n{SSH_KEY}\n"))?;
+        let target = SshTarget {
+            name: "web-1".into(),
+            host: "h".into(),
+            port: 22,
+            host_key: HostKeySource::File(path.clone()),
+            admin: SshAdmin {
+                user: "root".into(),
+                key_file: dir.path().join("admin"),
+            },
+            state_dir: DEFAULT_STATE_DIR.into(),
+            uid_range: DEFAULT_UID_RANGE,
+        };
+        let from_file = target.pinned_key()?;
+        let inline = SshTarget {
+            host_key: HostKeySource::Inline(SSH_KEY.into()),
+            ..target.clone()
+        }
+        .pinned_key()?;
+        assert_eq!(from_file.key_data(), inline.key_data());
+
+        fs::write(&path, "garbage\n")?;
+        let err = target.pinned_key().err().map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.starts_with(&format!(
+                "target web-1: cannot use the pinned host key from host_key_file {}: not an \
+                 OpenSSH public key",
+                path.display()
+            ))),
+            "{err:?}"
+        );
+        let missing = SshTarget {
+            host_key: HostKeySource::File(dir.path().join("absent.pub")),
+            ..target
+        };
+        assert!(matches!(
+            missing.pinned_key(),
+            Err(ConfigError::PinnedKey { .. })
+        ));
+        Ok(())
     }
 
     #[test]

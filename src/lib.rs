@@ -28,5 +28,6 @@ pub mod policy;
 pub mod sandbox;
 pub mod secret;
 pub mod server;
+pub mod ssh;
 pub mod tls;
 mod yaml;

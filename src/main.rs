@@ -232,6 +232,8 @@ async fn reap(config: jitgate::config::Config) -> anyhow::Result<bool> {
                 }
                 failed |= !report.failed.is_empty();
             }
+            // SSH targets are served by the SSH listener
+            Target::Ssh(_) => {}
         }
     }
     Ok(failed)

@@ -92,6 +92,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 let provisioner = PgProvisioner::new(t.clone(), config.instance_id.clone());
                 targets.insert(name.clone(), (Arc::new(t.clone()), provisioner));
             }
+            // SSH targets are served by the SSH listener
+            Target::Ssh(_) => {}
         }
     }
 

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::model::{GrantRule, PolicySet};
+use super::model::{GrantRule, HomeMode, PolicySet, SshGrant};
 use crate::identity::Identity;
 
 /// Longest reason (in characters) copied into a grant, the audit log and the role comment.
@@ -33,6 +33,7 @@ pub struct Grant {
     connection_limit: u32,
     max_session: Duration,
     reason: Option<String>,
+    ssh: SshGrant,
 }
 
 impl Grant {
@@ -62,6 +63,31 @@ impl Grant {
     /// The stated reason, trimmed, if one was given.
     pub fn reason(&self) -> Option<&str> {
         self.reason.as_deref()
+    }
+
+    /// Supplementary Linux groups the JIT account joins; may be empty.
+    pub fn ssh_groups(&self) -> &[String] {
+        &self.ssh.groups
+    }
+
+    /// Whether the JIT account may use `sudo` (to anything, without a password).
+    pub fn sudo(&self) -> bool {
+        self.ssh.sudo
+    }
+
+    /// Whether `ssh -L` to `host:port` (a direct-tcpip request) is allowed. Host names
+    /// compare case-insensitively; `[::1]` and `::1` are the same.
+    pub fn forward_allowed(&self, host: &str, port: u16) -> bool {
+        self.ssh.port_forwards.iter().any(|f| f.allows(host, port))
+    }
+
+    /// Whether the sftp subsystem (and so scp, which uses it by default) is allowed.
+    pub fn sftp_allowed(&self) -> bool {
+        self.ssh.sftp
+    }
+
+    pub fn home(&self) -> HomeMode {
+        self.ssh.home
     }
 }
 
@@ -148,6 +174,7 @@ pub fn evaluate(policies: &PolicySet, req: &AccessRequest<'_>) -> Result<Grant, 
         connection_limit: rule.connection_limit,
         max_session: rule.max_session,
         reason,
+        ssh: rule.ssh.clone(),
     })
 }
 
@@ -281,6 +308,21 @@ fn write_report(
                     ""
                 }
             )?;
+            let forwards: Vec<String> = rule
+                .ssh
+                .port_forwards
+                .iter()
+                .map(|f| f.to_string())
+                .collect();
+            writeln!(
+                out,
+                "     ssh: groups {}; sudo {}; port forwards {}; sftp {}; home {}",
+                list_or_none(&rule.ssh.groups),
+                yes_no(rule.ssh.sudo),
+                list_or_none(&forwards),
+                yes_no(rule.ssh.sftp),
+                rule.ssh.home,
+            )?;
         } else {
             writeln!(out, "  => does not apply")?;
         }
@@ -300,6 +342,14 @@ fn write_report(
             }
         ),
         Err(denial) => writeln!(out, "verdict: user={} is denied: {denial}", identity.user),
+    }
+}
+
+fn yes_no(value: bool) -> &'static str {
+    if value {
+        "yes"
+    } else {
+        "no"
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::model::{GrantRule, Pattern, PolicySet};
+use super::model::{Forward, GrantRule, HomeMode, Pattern, PolicySet, SshGrant};
 use crate::yaml::{self, LocatedMessage, MessageList, Problems};
 
 /// Grant names are used as psql `user=`, so they follow PostgreSQL's identifier length.
@@ -24,6 +24,10 @@ const CONNECTION_LIMIT_MAX: u32 = 1000;
 const DEFAULT_MAX_SESSION: Duration = Duration::from_secs(3600);
 const MAX_SESSION_MIN: Duration = Duration::from_secs(60);
 const MAX_SESSION_MAX: Duration = Duration::from_secs(24 * 3600);
+/// Longest Linux group name `groupadd` accepts.
+const LINUX_GROUP_MAX: usize = 32;
+/// Longest DNS name (RFC 1035 section 2.3.4, without the trailing dot).
+const FORWARD_HOST_MAX: usize = 253;
 
 /// Errors of the policy loading layer.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +142,7 @@ struct RawGrant {
     subjects: Spanned<RawSubjects>,
     targets: Spanned<Vec<Spanned<String>>>,
     postgres: Option<RawPgGrant>,
+    ssh: Option<RawSshGrant>,
     max_session: Option<Spanned<String>>,
     require_reason: Option<bool>,
 }
@@ -155,6 +160,16 @@ struct RawSubjects {
 struct RawPgGrant {
     roles: Option<Vec<Spanned<String>>>,
     connection_limit: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSshGrant {
+    groups: Option<Vec<Spanned<String>>>,
+    sudo: Option<bool>,
+    port_forwards: Option<Vec<Spanned<String>>>,
+    sftp: Option<bool>,
+    home: Option<Spanned<String>>,
 }
 
 // ---- validation ----------------------------------------------------------------------------
@@ -220,6 +235,11 @@ fn validate(raw: &RawGrant, origin: String, problems: &mut Problems<'_>) -> Opti
         }
     };
 
+    let ssh = match &raw.ssh {
+        None => Some(SshGrant::defaults()),
+        Some(ssh) => validate_ssh(ssh, problems),
+    };
+
     let max_session = match &raw.max_session {
         None => Some(DEFAULT_MAX_SESSION),
         Some(text) => problems.check(text, |t| {
@@ -242,6 +262,123 @@ fn validate(raw: &RawGrant, origin: String, problems: &mut Problems<'_>) -> Opti
         connection_limit: connection_limit?,
         max_session: max_session?,
         require_reason: raw.require_reason.unwrap_or(false),
+        ssh: ssh?,
+    })
+}
+
+fn validate_ssh(raw: &RawSshGrant, problems: &mut Problems<'_>) -> Option<SshGrant> {
+    let before = problems.len();
+    let mut groups: Vec<String> = Vec::new();
+    for group in raw.groups.as_deref().unwrap_or_default() {
+        let name = problems.check(group, |g| {
+            linux_group(g)?;
+            if groups.contains(g) {
+                return Err(format!("group `{}` is listed twice", yaml::printable(g)));
+            }
+            Ok(g.clone())
+        });
+        groups.extend(name);
+    }
+    let mut port_forwards: Vec<Forward> = Vec::new();
+    for entry in raw.port_forwards.as_deref().unwrap_or_default() {
+        let forward = problems.check(entry, |f| {
+            let forward = forward(f)?;
+            if port_forwards.contains(&forward) {
+                return Err(format!(
+                    "port forward `{}` is listed twice",
+                    yaml::printable(f)
+                ));
+            }
+            Ok(forward)
+        });
+        port_forwards.extend(forward);
+    }
+    let home = match &raw.home {
+        None => Some(HomeMode::Persistent),
+        Some(home) => problems.check(home, |h| match h.as_str() {
+            "persistent" => Ok(HomeMode::Persistent),
+            "ephemeral" => Ok(HomeMode::Ephemeral),
+            _ => Err(format!(
+                "home must be persistent or ephemeral (got `{}`)",
+                yaml::printable(h)
+            )),
+        }),
+    };
+    if problems.len() != before {
+        return None;
+    }
+    Some(SshGrant {
+        groups,
+        sudo: raw.sudo.unwrap_or(false),
+        port_forwards,
+        sftp: raw.sftp.unwrap_or(true),
+        home: home?,
+    })
+}
+
+/// `[a-z_][a-z0-9_-]*`, at most 32 characters: a group name every `groupadd` accepts.
+fn linux_group(text: &str) -> Result<(), String> {
+    let mut chars = text.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'));
+    if first_ok && rest_ok && text.len() <= LINUX_GROUP_MAX {
+        Ok(())
+    } else {
+        Err(format!(
+            "group `{}` must be a Linux group name ([a-z_][a-z0-9_-]*, at most \
+             {LINUX_GROUP_MAX} characters)",
+            yaml::printable(text)
+        ))
+    }
+}
+
+/// `host:port` or `[ipv6]:port`, port 1 to 65535.
+fn forward(text: &str) -> Result<Forward, String> {
+    let bad = |why: &str| {
+        format!(
+            "port forward `{}` {why}; write host:port, e.g. 127.0.0.1:5432, db.internal:443 or \
+             [::1]:5432",
+            yaml::printable(text)
+        )
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
+    let host = match host.strip_prefix('[') {
+        Some(inner) => {
+            let inner = inner
+                .strip_suffix(']')
+                .ok_or_else(|| bad("has an unclosed `[`"))?;
+            if inner.is_empty()
+                || !inner
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '.'))
+            {
+                return Err(bad("has an invalid IPv6 address"));
+            }
+            inner
+        }
+        None if host.contains(':') => return Err(bad("needs [brackets] around an IPv6 address")),
+        None => {
+            let ok = !host.is_empty()
+                && host.len() <= FORWARD_HOST_MAX
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            if !ok {
+                return Err(bad("has an invalid host name"));
+            }
+            host
+        }
+    };
+    let port = yaml::integer_in("port", port, 1, u32::from(u16::MAX))
+        .ok()
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(|| bad("needs a port from 1 to 65535"))?;
+    Ok(Forward {
+        host: host.to_ascii_lowercase(),
+        port,
     })
 }
 

@@ -13,6 +13,6 @@ pub use eval::{
     evaluate, explain, explain_identity, AccessRequest, Denial, Grant, MAX_REASON_CHARS,
 };
 pub use load::PolicyError;
-pub use model::PolicySet;
+pub use model::{HomeMode, PolicySet};
 
 pub use crate::yaml::LocatedMessage;

@@ -62,6 +62,85 @@ pub(super) struct GrantRule {
     pub(super) connection_limit: u32,
     pub(super) max_session: Duration,
     pub(super) require_reason: bool,
+    pub(super) ssh: SshGrant,
+}
+
+/// What a JIT Linux account gets (the grant's `ssh:` section; defaults when absent).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct SshGrant {
+    /// Supplementary Linux groups, validated names.
+    pub(super) groups: Vec<String>,
+    pub(super) sudo: bool,
+    /// Allowed `ssh -L` (direct-tcpip) destinations.
+    pub(super) port_forwards: Vec<Forward>,
+    pub(super) sftp: bool,
+    pub(super) home: HomeMode,
+}
+
+impl SshGrant {
+    pub(super) fn defaults() -> Self {
+        SshGrant {
+            groups: Vec::new(),
+            sudo: false,
+            port_forwards: Vec::new(),
+            sftp: true,
+            home: HomeMode::Persistent,
+        }
+    }
+}
+
+/// One allowed forward destination. The host is kept lowercase and without IPv6 brackets,
+/// as it arrives in a direct-tcpip request (RFC 4254 section 7.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Forward {
+    pub(super) host: String,
+    pub(super) port: u16,
+}
+
+impl Forward {
+    pub(super) fn allows(&self, host: &str, port: u16) -> bool {
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        self.port == port && self.host.eq_ignore_ascii_case(host)
+    }
+}
+
+impl fmt::Display for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Where a JIT Linux account's home is (policy `ssh.home`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum HomeMode {
+    /// The person's own directory on the target, lent to each connection's account and locked
+    /// away (root-owned, 0700) between connections: files outlive the account.
+    #[default]
+    Persistent,
+    /// A fresh directory removed with the account.
+    Ephemeral,
+}
+
+impl HomeMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HomeMode::Persistent => "persistent",
+            HomeMode::Ephemeral => "ephemeral",
+        }
+    }
+}
+
+impl fmt::Display for HomeMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl GrantRule {

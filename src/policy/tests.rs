@@ -159,7 +159,7 @@ fn unknown_field_points_at_the_key() {
         errors(&[("p/a.yaml", &text)]),
         vec![
             "p/a.yaml:18:5: unknown field `require_reasn`, expected one of name, description, \
-             subjects, targets, postgres, max_session, require_reason"
+             subjects, targets, postgres, ssh, max_session, require_reason"
         ]
     );
 }
@@ -239,6 +239,113 @@ fn invalid_display_is_one_problem_per_line() {
                 .to_string()
         )
     );
+}
+
+const SSH_POLICY: &str = "\
+grants:
+  - name: web-ops
+    subjects: {groups: [ops]}
+    targets: [\"web-*\"]
+    ssh:
+      groups: [adm, systemd-journal]
+      sudo: true
+      port_forwards: [\"127.0.0.1:5432\", \"DB.internal:443\", \"[::1]:8080\"]
+      sftp: false
+      home: ephemeral
+  - name: web-read
+    subjects: {users: [alice]}
+    targets: [\"web-*\"]
+";
+
+#[test]
+fn ssh_section_values_and_defaults() -> Result<(), Box<dyn std::error::Error>> {
+    let policies = set(SSH_POLICY)?;
+    let ops = ask(&policies, &person("olga", &["ops"]), "web-1", "olga", None)?;
+    assert_eq!(ops.ssh_groups(), ["adm", "systemd-journal"]);
+    assert!(ops.sudo());
+    assert!(!ops.sftp_allowed());
+    assert_eq!(ops.home(), HomeMode::Ephemeral);
+    assert!(ops.forward_allowed("127.0.0.1", 5432));
+    assert!(ops.forward_allowed("db.INTERNAL", 443));
+    assert!(ops.forward_allowed("::1", 8080));
+    assert!(ops.forward_allowed("[::1]", 8080));
+    assert!(!ops.forward_allowed("127.0.0.1", 5433));
+    assert!(!ops.forward_allowed("localhost", 5432));
+    assert!(!ops.forward_allowed("db.internal.evil", 443));
+
+    // No `ssh:` section: the defaults.
+    let read = ask(&policies, &person("alice", &[]), "web-1", "alice", None)?;
+    assert!(read.ssh_groups().is_empty());
+    assert!(!read.sudo());
+    assert!(read.sftp_allowed());
+    assert_eq!(read.home(), HomeMode::Persistent);
+    assert!(!read.forward_allowed("127.0.0.1", 5432));
+    Ok(())
+}
+
+#[test]
+fn ssh_problems_point_at_the_value() {
+    let text = SSH_POLICY
+        .replace("[adm, systemd-journal]", "[adm, Wheel, adm, \"a;b\"]")
+        .replace(
+            "[\"127.0.0.1:5432\", \"DB.internal:443\", \"[::1]:8080\"]",
+            "[\"127.0.0.1\", \"::1:80\", \"h:0\", \"a b:1\", \"[::1:2\"]",
+        )
+        .replace("home: ephemeral", "home: shared");
+    assert_eq!(
+        errors(&[("p/a.yaml", &text)]),
+        vec![
+            "p/a.yaml:6:21: group `Wheel` must be a Linux group name ([a-z_][a-z0-9_-]*, at \
+             most 32 characters)",
+            "p/a.yaml:6:28: group `adm` is listed twice",
+            "p/a.yaml:6:33: group `a;b` must be a Linux group name ([a-z_][a-z0-9_-]*, at \
+             most 32 characters)",
+            "p/a.yaml:8:23: port forward `127.0.0.1` has no port; write host:port, e.g. \
+             127.0.0.1:5432, db.internal:443 or [::1]:5432",
+            "p/a.yaml:8:36: port forward `::1:80` needs [brackets] around an IPv6 address; write \
+             host:port, e.g. 127.0.0.1:5432, db.internal:443 or [::1]:5432",
+            "p/a.yaml:8:46: port forward `h:0` needs a port from 1 to 65535; write host:port, \
+             e.g. 127.0.0.1:5432, db.internal:443 or [::1]:5432",
+            "p/a.yaml:8:53: port forward `a b:1` has an invalid host name; write host:port, \
+             e.g. 127.0.0.1:5432, db.internal:443 or [::1]:5432",
+            "p/a.yaml:8:62: port forward `[::1:2` has an unclosed `[`; write host:port, e.g. \
+             127.0.0.1:5432, db.internal:443 or [::1]:5432",
+            "p/a.yaml:10:13: home must be persistent or ephemeral (got `shared`)",
+        ]
+    );
+    let text = SSH_POLICY.replace("sudo: true", "sudo: yes");
+    let errs = errors(&[("p/a.yaml", &text)]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("p/a.yaml:7:13: "), "{errs:?}");
+    let text = SSH_POLICY.replace("      sftp: false", "      scp: false");
+    assert_eq!(
+        errors(&[("p/a.yaml", &text)]),
+        vec![
+            "p/a.yaml:9:7: unknown field `scp`, expected one of groups, sudo, port_forwards, \
+             sftp, home"
+        ]
+    );
+}
+
+#[test]
+fn explain_shows_what_an_ssh_account_gets() -> Result<(), PolicyError> {
+    let policies = set(SSH_POLICY)?;
+    let report = explain(&policies, "olga", &["ops".to_string()], "web-1");
+    assert!(
+        report.contains(
+            "     ssh: groups adm, systemd-journal; sudo yes; port forwards 127.0.0.1:5432, \
+             db.internal:443, [::1]:8080; sftp no; home ephemeral\n"
+        ),
+        "{report}"
+    );
+    let report = explain(&policies, "alice", &[], "web-1");
+    assert!(
+        report.contains(
+            "     ssh: groups none; sudo no; port forwards none; sftp yes; home persistent\n"
+        ),
+        "{report}"
+    );
+    Ok(())
 }
 
 // ---- evaluation ------------------------------------------------------------------------------
