@@ -1,4 +1,4 @@
-//! The `jitgate` command line: `serve`, `certs`, `policy`, `reap`.
+//! The `jitgate` command line: `serve`, `tunnel`, `ssh-config`, `certs`, `policy`, `reap`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +23,47 @@ enum Command {
         /// Gateway config file.
         #[arg(long, short, default_value = "jitgate.yaml")]
         config: PathBuf,
+    },
+    /// Connect stdin/stdout to an SSH target through the jitgate bastion; for ssh's ProxyCommand:
+    /// `ssh -o ProxyCommand='jitgate tunnel --gateway GW:2222 --cert alice.crt --key alice.key --ca ca.crt %h' alice@web-1`
+    Tunnel {
+        /// The target's name as in the gateway config (ssh's %h).
+        target: String,
+        /// The gateway's SSH listener, host:port.
+        #[arg(long, env = "JITGATE_GATEWAY")]
+        gateway: String,
+        /// Your client certificate.
+        #[arg(long, env = "JITGATE_CERT")]
+        cert: PathBuf,
+        /// Its private key.
+        #[arg(long, env = "JITGATE_KEY")]
+        key: PathBuf,
+        /// The CA that signed the gateway's certificate.
+        #[arg(long, env = "JITGATE_CA")]
+        ca: PathBuf,
+        /// Why you connect (ticket id), for grants that require a reason.
+        #[arg(long, env = "JITGATE_REASON")]
+        reason: Option<String>,
+    },
+    /// Print a ~/.ssh/config block so that plain `ssh <host>` goes through the bastion.
+    SshConfig {
+        /// Host names or patterns the block applies to (repeatable), e.g. --host web-1 --host 'db-*'.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        #[arg(long, env = "JITGATE_GATEWAY")]
+        gateway: String,
+        #[arg(long, env = "JITGATE_CERT")]
+        cert: PathBuf,
+        #[arg(long, env = "JITGATE_KEY")]
+        key: PathBuf,
+        #[arg(long, env = "JITGATE_CA")]
+        ca: PathBuf,
+        /// SSH user name to use (a grant name or your own name); default: ssh's own default.
+        #[arg(long)]
+        user: Option<String>,
+        /// known_hosts file for the bastion's host key.
+        #[arg(long, default_value = "~/.ssh/jitgate_known_hosts")]
+        known_hosts: String,
     },
     /// Create the certificate authority, issue and revoke client certificates.
     #[command(subcommand)]
@@ -134,6 +175,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
+        Command::Tunnel { target, gateway, cert, key, ca, reason } => {
+            let opts = jitgate::ssh::tunnel::TunnelOptions { gateway, cert, key, ca, target, reason };
+            if let Err(e) = runtime()?.block_on(jitgate::ssh::tunnel::run(opts)) {
+                // One line for ssh to show on stderr; exit non-zero so ssh reports failure.
+                eprintln!("jitgate: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::SshConfig { hosts, gateway, cert, key, ca, user, known_hosts } => {
+            print!("{}", ssh_config_block(&hosts, &gateway, &cert, &key, &ca, user.as_deref(), &known_hosts)?);
+        }
         Command::Certs(CertsCommand::Init { dir, hosts, force }) => {
             let written = jitgate::certs::init(&jitgate::certs::InitOptions { dir, hosts, force })?;
             for path in written {
@@ -196,6 +248,53 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Single-quotes a word for the shell ssh runs ProxyCommand with.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+fn absolute(path: &std::path::Path) -> anyhow::Result<String> {
+    let abs = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    if !abs.exists() {
+        anyhow::bail!("{} does not exist", abs.display());
+    }
+    Ok(abs.display().to_string())
+}
+
+fn ssh_config_block(
+    hosts: &[String],
+    gateway: &str,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    ca: &std::path::Path,
+    user: Option<&str>,
+    known_hosts: &str,
+) -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("finding the jitgate binary")?;
+    let alias: String = gateway.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
+    let mut block = format!(
+        "# jitgate: ssh to these hosts goes through the bastion at {gateway}, as your client certificate.\n\
+         Host {hosts}\n\
+         \x20   ProxyCommand {exe} tunnel --gateway {gw} --cert {cert} --key {key} --ca {ca} %n\n\
+         \x20   # Every target is reached through the bastion, which shows one host key for all of them.\n\
+         \x20   # That key is only reachable inside the TLS tunnel, whose certificate `jitgate tunnel`\n\
+         \x20   # verifies, so it is learned on first use and pinned in a file of its own.\n\
+         \x20   HostKeyAlias jitgate-{alias}\n\
+         \x20   UserKnownHostsFile {known_hosts}\n\
+         \x20   StrictHostKeyChecking accept-new\n",
+        hosts = hosts.join(" "),
+        exe = shell_quote(&exe.display().to_string()),
+        gw = shell_quote(gateway),
+        cert = shell_quote(&absolute(cert)?),
+        key = shell_quote(&absolute(key)?),
+        ca = shell_quote(&absolute(ca)?),
+    );
+    if let Some(user) = user {
+        block.push_str(&format!("    User {user}\n"));
+    }
+    Ok(block)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

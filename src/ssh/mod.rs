@@ -1,4 +1,8 @@
-//! SSH: the gateway's host key and the russh client helpers used to reach SSH targets.
+//! The SSH bastion: `jitgate tunnel` and its preamble, the russh server that splices channels,
+//! the pinned russh client used to reach targets, and the gateway's host key.
 
 pub mod client;
 pub mod hostkey;
+pub mod channel;
+pub mod preamble;
+pub mod tunnel;
