@@ -90,6 +90,7 @@ chmod 0600 "$state/lock"
 flock -w 60 9 || fail "timed out after 60s waiting for $state/lock"
 
 created=0
+group_made=0
 home_made=
 lent=
 sudoers=
@@ -102,6 +103,9 @@ undo() {
     if [ "$created" = 1 ]; then
         pkill -KILL -u "$account"
         userdel "$account"
+    fi
+    if [ "$group_made" = 1 ] && getent group "$account" >/dev/null; then
+        groupdel "$account"
     fi
     if [ -n "$lent" ]; then
         find "$lent" -xdev \( -uid "$uid" -o -gid "$uid" \) -exec chown -h 0:0 {} +
@@ -183,21 +187,31 @@ while [ "$created" = 0 ]; do
     getent passwd "$cand" >/dev/null && continue
     getent group "$cand" >/dev/null && continue
     if [ -e "$state/uid-wrapped" ] && owns_files "$cand"; then continue; fi
+    # The private group gets GID = UID: `useradd -U` would take a GID from the system's
+    # ordinary range, which is reused freely, and hand the group's files to a later group.
+    # Exit status 4 is "ID taken" (by someone who does not use our lock): try the next.
+    rc=0
+    groupadd -g "$cand" "$account" || rc=$?
+    case $rc in
+        0) group_made=1 ;;
+        4) continue ;;
+        *) fail "groupadd $account failed (exit $rc)" ;;
+    esac
     # Password field `*`: no password login, but not locked (`!`), which sshd without PAM
     # refuses even for key logins.
     rc=0
-    useradd -u "$cand" -U -G "$all_groups" -d "$home" -M -s "$shell" -c "$marker" \
+    useradd -u "$cand" -g "$cand" -G "$all_groups" -d "$home" -M -s "$shell" -c "$marker" \
         -e "$expire" -p '*' "$account" || rc=$?
     case $rc in
         0) created=1; uid=$cand ;;
-        4) ;; # UID taken meanwhile by someone who does not use our lock: try the next
+        4) groupdel "$account"; group_made=0 ;;
         *) fail "useradd $account failed (exit $rc)" ;;
     esac
 done
 printf '%s\n' "$next" >"$state/next-uid.tmp"
 chmod 0600 "$state/next-uid.tmp"
 mv -f "$state/next-uid.tmp" "$state/next-uid"
-gid=$(id -g "$account")
+gid=$uid
 
 # The key, written while only root can reach the home (no process of this person runs, so
 # nothing can swap a path under us); symlinks left in .ssh are replaced, never followed.
@@ -272,6 +286,8 @@ if entry=$(getent passwd "$account"); then
     done
     if command -v crontab >/dev/null; then crontab -r -u "$account" >/dev/null 2>&1 || true; fi
     userdel "$account" || fail "userdel $account failed"
+    # userdel removes the private group itself only when USERGROUPS_ENAB is yes.
+    if getent group "$account" >/dev/null; then groupdel "$account" || true; fi
     echo "removed=$account"
 else
     rm -f "/etc/sudoers.d/jitgate-$account"
