@@ -30,7 +30,7 @@ pub enum SshClientError {
         reason: String,
     },
     #[error(
-        "SSH target {target} presented host key {presented}, but {expected} is pinned in the \
+        "SSH target {target} presented host {presented}, but {expected} is pinned in the \
          config: refusing to connect (if the target's key really changed, update host_key)"
     )]
     HostKeyMismatch {
