@@ -605,3 +605,46 @@ fn a_non_root_admin_provisions_through_sudo() {
     });
     drop(admin);
 }
+
+#[test]
+fn uids_are_not_reused_while_files_they_own_remain() {
+    let Some(env) = env() else { return };
+    // Two UIDs only, so the counter wraps within the test.
+    let (lo, _) = env.sshd.uid_range;
+    let target = SshTarget {
+        uid_range: (lo, lo + 1),
+        ..env.target.clone()
+    };
+    let prov = LinuxProvisioner::new(target, env.sshd.instance_id.clone()).unwrap();
+    let leftover = format!("/tmp/jitgate-uid-test-{}", common::random_word(8));
+    rt().block_on(async {
+        let alice = person("alice", "ops");
+        let grant = || env.grant(&alice, "web-ops");
+        let mint = || async { prov.mint(LeaseId::random(), &grant(), &alice).await };
+
+        let a = mint().await.unwrap();
+        assert_eq!(a.uid, lo);
+        // A file outside the home outlives the account, owned by its UID.
+        let out = env.run_as(&a, &format!("touch {leftover}")).await;
+        assert_eq!(out.status, 0, "{out:?}");
+        prov.drop_lease(&a).await.unwrap();
+        let b = mint().await.unwrap();
+        assert_eq!(b.uid, lo + 1);
+        prov.drop_lease(&b).await.unwrap();
+
+        // Wrapped: `lo` still owns the leftover, so it is skipped.
+        let c = mint().await.unwrap();
+        assert_eq!(c.uid, lo + 1, "a UID whose files remain was reused");
+        let err = mint().await.expect_err("no UID is free");
+        assert!(err.to_string().contains("no free UID left"), "{err}");
+        assert_eq!(env.sshd.own_accounts(), vec![c.user.clone()]);
+        prov.drop_lease(&c).await.unwrap();
+
+        // Once the file is gone, the UID is free again.
+        fs::remove_file(&leftover).unwrap();
+        let d = mint().await.unwrap();
+        assert_eq!(d.uid, lo);
+        prov.drop_lease(&d).await.unwrap();
+    });
+    let _ = fs::remove_file(&leftover);
+}

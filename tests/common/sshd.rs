@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{free_port, random_word, unavailable};
@@ -27,7 +28,7 @@ pub struct Sshd {
     pub state_dir: PathBuf,
     /// The instance id the test's provisioner should use; the cleanup goes by it.
     pub instance_id: String,
-    /// A slice of the default range, different per test (most of the time).
+    /// A 100-UID slice of the default range, different for each test of one binary.
     pub uid_range: (u32, u32),
     pub dir: PathBuf,
     child: Option<Child>,
@@ -125,15 +126,20 @@ impl Sshd {
             .spawn()
             .unwrap();
 
-        let slice = u32::from_str_radix(&word[..4], 16).unwrap() % 90;
-        let base = 200_000 + slice * 1000;
+        // Tests of one binary run at once: each gets its own 100-UID slice of the default
+        // range (a random start, then consecutive), so their counters do not collide.
+        static NEXT_SLICE: AtomicU32 = AtomicU32::new(u32::MAX);
+        let start = u32::from_str_radix(&word[..4], 16).unwrap() % 1000;
+        let _ = NEXT_SLICE.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
+        let slice = NEXT_SLICE.fetch_add(1, Ordering::SeqCst) % 1000;
+        let base = 200_000 + slice * 100;
         let mut sshd = Sshd {
             port,
             host_key_line,
             admin_key,
             state_dir: PathBuf::from(format!("/var/lib/jitgate-test-{word}")),
             instance_id: format!("test-{word}"),
-            uid_range: (base, base + 999),
+            uid_range: (base, base + 99),
             dir,
             child: Some(child),
         };
