@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system packages jitgate's tests and demo drive (real PostgreSQL, psql).
+# Installs the system packages jitgate's tests and demo drive (real PostgreSQL, psql, OpenSSH
+# sshd/ssh/scp/sftp, rsync, and sudo for the sudo grant).
 # As root it installs what is missing with apt-get; otherwise it prints the one command to run.
 set -euo pipefail
 
@@ -7,6 +8,11 @@ missing=()
 have_pg_server() { compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; }
 have_pg_server || missing+=(postgresql)
 command -v psql >/dev/null || missing+=(postgresql-client)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v ssh >/dev/null || missing+=(openssh-client)
+[ -x /usr/lib/openssh/sftp-server ] || missing+=(openssh-sftp-server)
+command -v rsync >/dev/null || missing+=(rsync)
+[ -x /usr/sbin/visudo ] || missing+=(sudo)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
@@ -25,4 +31,13 @@ if command -v pg_ctlcluster >/dev/null; then
         [ -d "$conf" ] || continue
         pg_ctlcluster "$(basename "$(dirname "$conf")")" "$(basename "$conf")" stop 2>/dev/null || true
     done
+fi
+# openssh-server may start (and enable) a system sshd; the tests start their own on free ports.
+if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
+    if command -v systemctl >/dev/null; then
+        systemctl disable --now ssh.service >/dev/null 2>&1 || true
+    fi
+    if command -v service >/dev/null; then
+        service ssh stop >/dev/null 2>&1 || true
+    fi
 fi

@@ -11,6 +11,9 @@ use crate::secret::Secret;
 
 /// Prefix of every marker; an account whose comment does not start with it is never touched.
 pub const MARKER_PREFIX: &str = "jitgate:managed";
+/// The same for Linux accounts, whose comment (GECOS) cannot hold a `:` (the passwd field
+/// separator) or a newline.
+pub const GECOS_MARKER_PREFIX: &str = "jitgate-managed";
 
 /// Random identifier of one lease (16 hex digits), written into the account's marker and logs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -69,7 +72,50 @@ impl Marker {
 
     /// Parses a marker; `None` for anything that is not exactly ours.
     pub fn parse(comment: &str) -> Option<Marker> {
-        let rest = comment.strip_prefix(MARKER_PREFIX)?.strip_prefix(' ')?;
+        Self::parse_with(MARKER_PREFIX, comment)
+    }
+
+    /// The marker of a Linux account, for its GECOS field:
+    /// `jitgate-managed instance=gw-1 lease=0123456789abcdef expires=1764400000 grant=..`.
+    /// No `:`, `,` or newline can appear in it; the user name is left out (the account
+    /// name carries its sanitised form).
+    pub fn render_gecos(
+        instance: &str,
+        lease: &LeaseId,
+        expires_at: SystemTime,
+        grant: &str,
+    ) -> String {
+        let secs = expires_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        // Instance ids and grant names are validated to plain characters already; this keeps
+        // the field parseable whatever they become.
+        let plain = |text: &str| -> String {
+            text.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        };
+        format!(
+            "{GECOS_MARKER_PREFIX} instance={} lease={lease} expires={secs} grant={}",
+            plain(instance),
+            plain(grant)
+        )
+    }
+
+    /// Parses a GECOS marker; `None` for anything that is not exactly ours.
+    pub fn parse_gecos(comment: &str) -> Option<Marker> {
+        Self::parse_with(GECOS_MARKER_PREFIX, comment)
+    }
+
+    fn parse_with(prefix: &str, comment: &str) -> Option<Marker> {
+        let rest = comment.strip_prefix(prefix)?.strip_prefix(' ')?;
         let mut words = rest.splitn(4, ' ');
         let instance = words.next()?.strip_prefix("instance=")?;
         let lease = words.next()?.strip_prefix("lease=")?;
@@ -112,6 +158,18 @@ pub fn record_for_leak_tests(credential: &Secret<String>) {
 #[cfg(not(debug_assertions))]
 pub fn record_for_leak_tests(_: &Secret<String>) {}
 
+/// [`record_for_leak_tests`] for a credential that is not a `Secret<String>` (an SSH private
+/// key's PEM). The file is one credential per line, so line breaks are removed: a PEM is
+/// recorded as its base64 body on one line, without the BEGIN/END lines.
+pub fn record_text_for_leak_tests(credential: &str) {
+    let one_line: String = credential
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .map(str::trim)
+        .collect();
+    record_for_leak_tests(&Secret::new(one_line));
+}
+
 /// Lowercase letters and digits, for account name suffixes.
 pub fn random_suffix(len: usize) -> String {
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -144,6 +202,30 @@ mod tests {
             Marker::parse("jitgate:managed instance=x lease=zz expires=1"),
             None
         );
+    }
+
+    #[test]
+    fn gecos_marker_round_trips_without_colons() {
+        let id = LeaseId::random();
+        let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let text = Marker::render_gecos("gw-1", &id, at, "web:ops,x\ny");
+        assert!(!text.contains([':', ',', '\n']), "{text}");
+        assert_eq!(
+            text,
+            format!(
+                "jitgate-managed instance=gw-1 lease={id} expires=1800000000 grant=web_ops_x_y"
+            )
+        );
+        let m = Marker::parse_gecos(&text).unwrap();
+        assert_eq!(m.instance, "gw-1");
+        assert_eq!(m.lease, id.as_str());
+        assert_eq!(m.expires_at, at);
+        // The two kinds of marker are not interchangeable.
+        assert_eq!(Marker::parse(&text), None);
+        let pg = Marker::render("gw-1", &id, at, "g", "u");
+        assert_eq!(Marker::parse_gecos(&pg), None);
+        assert_eq!(Marker::parse_gecos("Alice Smith,,,"), None);
+        assert_eq!(Marker::parse_gecos(""), None);
     }
 
     #[test]

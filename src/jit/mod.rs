@@ -3,7 +3,9 @@
 //! itself, so a reaper can clean up after a crash without any state of the gateway's own.
 
 pub mod lease;
+pub mod linux;
 pub mod postgres;
 pub mod reaper;
 
 pub use lease::{LeaseId, PgLease};
+pub use linux::LinuxLease;

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use super::lease::LeaseId;
+use super::lease::{LeaseId, Marker};
+use super::linux::{LinuxError, LinuxProvisioner, ManagedAccount};
 use super::postgres::{ManagedRole, PgProvisioner};
 
 /// Another instance's accounts are only reaped this long after their lease expired, so clocks
@@ -47,17 +48,35 @@ impl LiveLeases {
     }
 }
 
-/// Whether a managed role should go: ours without a live session, or anyone's long expired.
-pub fn should_reap(
-    role: &ManagedRole,
+/// An account found on a target with a jitgate marker (a Postgres role, a Linux user).
+pub trait Managed {
+    fn marker(&self) -> &Marker;
+}
+
+impl Managed for ManagedRole {
+    fn marker(&self) -> &Marker {
+        &self.marker
+    }
+}
+
+impl Managed for ManagedAccount {
+    fn marker(&self) -> &Marker {
+        &self.marker
+    }
+}
+
+/// Whether a managed account should go: ours without a live session, or anyone's long expired.
+pub fn should_reap<A: Managed>(
+    account: &A,
     instance_id: &str,
-    is_live: impl Fn(&ManagedRole) -> bool,
+    is_live: impl Fn(&A) -> bool,
     now: SystemTime,
 ) -> bool {
-    if role.marker.instance == instance_id {
-        !is_live(role)
+    let marker = account.marker();
+    if marker.instance == instance_id {
+        !is_live(account)
     } else {
-        role.marker.expires_at + FOREIGN_GRACE < now
+        marker.expires_at + FOREIGN_GRACE < now
     }
 }
 
@@ -87,6 +106,33 @@ pub async fn reap_postgres(
             Err(e) => {
                 tracing::error!(target_name = %provisioner.target().name, role = %role.role, error = %e, "reaping failed");
                 report.failed.push(role.role);
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// One pass over one SSH target: removes (processes, account, home lock) every managed Linux
+/// account that should go. Accounts outside group `jitgate` are never listed, so never touched.
+pub async fn reap_linux(
+    provisioner: &LinuxProvisioner,
+    instance_id: &str,
+    is_live: impl Fn(&ManagedAccount) -> bool,
+) -> Result<ReapReport, LinuxError> {
+    let now = SystemTime::now();
+    let mut report = ReapReport::default();
+    for account in provisioner.managed_accounts().await? {
+        if !should_reap(&account, instance_id, &is_live, now) {
+            continue;
+        }
+        match provisioner.reap_account(&account).await {
+            Ok(()) => {
+                tracing::info!(target_name = %provisioner.target().name, account = %account.name, lease = %account.marker.lease, "reaped account without a live session");
+                report.dropped.push(account.name);
+            }
+            Err(e) => {
+                tracing::error!(target_name = %provisioner.target().name, account = %account.name, error = %e, "reaping failed");
+                report.failed.push(account.name);
             }
         }
     }
@@ -145,5 +191,26 @@ mod tests {
             live,
             now
         ));
+    }
+
+    #[test]
+    fn linux_accounts_follow_the_same_rule() {
+        let now = SystemTime::now();
+        let account = |instance: &str, expires_at| ManagedAccount {
+            name: "jit-alice-abcd1234".into(),
+            uid: 200_000,
+            home: "/var/lib/jitgate/home/alice".into(),
+            marker: Marker {
+                instance: instance.into(),
+                lease: "cccccccccccccccc".into(),
+                expires_at,
+            },
+            has_processes: false,
+        };
+        let live = |a: &ManagedAccount| a.has_processes;
+        assert!(should_reap(&account("gw-1", now), "gw-1", live, now));
+        assert!(!should_reap(&account("gw-2", now), "gw-1", live, now));
+        let long_ago = now - FOREIGN_GRACE - Duration::from_secs(1);
+        assert!(should_reap(&account("gw-2", long_ago), "gw-1", live, now));
     }
 }

@@ -30,7 +30,7 @@ pub enum SshClientError {
         reason: String,
     },
     #[error(
-        "SSH target {target} presented host key {presented}, but {expected} is pinned in the \
+        "SSH target {target} presented host {presented}, but {expected} is pinned in the \
          config: refusing to connect (if the target's key really changed, update host_key)"
     )]
     HostKeyMismatch {
@@ -44,7 +44,11 @@ pub enum SshClientError {
     AuthRejected { target: String, user: String },
     #[error("SSH connection to target {target} failed: {reason}")]
     Protocol { target: String, reason: String },
+    /// No channel could be opened (the connection is gone): the command has not run.
     /// `exec` does not know the target's name: callers say which target it was.
+    #[error("cannot open an SSH channel: {reason}")]
+    ChannelOpen { reason: String },
+    /// The command may or may not have run.
     #[error("running a command over SSH failed: {reason}")]
     Exec { reason: String },
 }
@@ -53,7 +57,9 @@ impl SshClientError {
     /// Worth retrying later (the target may come back), as opposed to a refusal that repeats.
     pub fn is_transient(&self) -> bool {
         match self {
-            SshClientError::Unreachable { .. } | SshClientError::Protocol { .. } => true,
+            SshClientError::Unreachable { .. }
+            | SshClientError::Protocol { .. }
+            | SshClientError::ChannelOpen { .. } => true,
             SshClientError::HostKeyMismatch { .. }
             | SshClientError::PinnedKey { .. }
             | SshClientError::AuthRejected { .. }
@@ -254,10 +260,13 @@ pub async fn exec(
     stdin: Option<&[u8]>,
 ) -> Result<ExecOutput, SshClientError> {
     let fail = |reason: String| SshClientError::Exec { reason };
-    let mut channel = handle
-        .channel_open_session()
-        .await
-        .map_err(|e| fail(format!("cannot open a session channel: {e}")))?;
+    let mut channel =
+        handle
+            .channel_open_session()
+            .await
+            .map_err(|e| SshClientError::ChannelOpen {
+                reason: e.to_string(),
+            })?;
     channel
         .exec(true, command)
         .await

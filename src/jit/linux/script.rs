@@ -1,0 +1,437 @@
+//! The provisioning scripts `jit::linux` runs on a target: one POSIX `sh` script per operation,
+//! sent on stdin to `sh -s` (so no value shows in the target's process list or sudo log).
+//!
+//! Each script is a header of `name='value'` assignments, every value escaped by
+//! [`shell_quote`], followed by a constant body that only ever uses those variables. The whole
+//! body is one `{ … } </dev/null` group: the shell parses it completely before running it, and
+//! no command in it can read (eat) the rest of the script from stdin.
+
+use std::fmt::Write as _;
+
+/// Exit status of the removal script when the account is not this lease's (outside group
+/// `jitgate`, another marker, another UID): nothing was changed.
+pub(crate) const NOT_OURS: u32 = 3;
+
+/// `value` as one single-quoted shell word: `'…'`, with each `'` written as `'\''`. Inside
+/// single quotes the shell interprets nothing (POSIX.1-2017 XCU 2.2.2), so the word is `value`
+/// byte for byte. NUL cannot be part of a shell word (nor a C string) and is dropped.
+pub fn shell_quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        match c {
+            '\'' => out.push_str("'\\''"),
+            '\0' => {}
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Variables for a script header, in order.
+#[derive(Default)]
+pub(crate) struct Vars(Vec<(&'static str, String)>);
+
+impl Vars {
+    pub(crate) fn set(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.0.push((name, value.into()));
+        self
+    }
+
+    /// The complete script: the assignments, then `body`.
+    pub(crate) fn script(&self, body: &str) -> String {
+        let mut out = String::from("# jitgate provisioning script\n");
+        for (name, value) in &self.0 {
+            // Writing to a String cannot fail.
+            let _ = writeln!(out, "{name}={}", shell_quote(value));
+        }
+        out.push_str(body);
+        out
+    }
+}
+
+/// Shared start of every body: strict mode, no globbing, a known PATH, `fail`.
+const PRELUDE: &str = r#"{
+set -euf
+umask 022
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+fail() { echo "jitgate: $*" >&2; exit 1; }
+"#;
+
+/// Creates a JIT account. Needs: state, account, person, home_mode, uid_lo, uid_hi, groups
+/// (comma-separated, may be empty), expire (YYYY-MM-DD), marker, pubkey, sudo (0/1).
+/// Prints `uid=`, `home=`, `home_mode=` and maybe `note=` lines. On any failure everything it
+/// did is undone (EXIT trap), so a failed mint leaves nothing behind.
+pub(crate) const MINT: &str = r#"
+# sshd's StrictModes refuses a home below a directory that is not root-owned or is group- or
+# world-writable: check every existing ancestor of the state directory.
+d=$(dirname "$state")
+while :; do
+    if [ -e "$d" ]; then
+        [ -d "$d" ] || fail "$d is not a directory"
+        [ "$(stat -L -c %u "$d")" = 0 ] || fail "$d is not owned by root (sshd StrictModes would refuse homes below it)"
+        mode=$(stat -L -c %a "$d")
+        case $mode in *[2367]?|*[2367]) fail "$d is group- or world-writable (mode $mode); sshd StrictModes would refuse homes below it" ;; esac
+    fi
+    [ "$d" = / ] && break
+    d=$(dirname "$d")
+done
+for d in "$state" "$state/home" "$state/tmp-home"; do
+    [ -L "$d" ] && fail "$d is a symbolic link"
+    mkdir -p "$d"
+    chown 0:0 "$d"
+    chmod 0711 "$d"
+done
+
+exec 9>>"$state/lock"
+chmod 0600 "$state/lock"
+flock -w 60 9 || fail "timed out after 60s waiting for $state/lock"
+
+created=0
+group_made=0
+home_made=
+lent=
+sudoers=
+sudoers_tmp=
+uid=
+undo() {
+    set +e
+    [ -z "$sudoers_tmp" ] || rm -f "$sudoers_tmp"
+    [ -z "$sudoers" ] || rm -f "$sudoers"
+    if [ "$created" = 1 ]; then
+        pkill -KILL -u "$account"
+        userdel "$account"
+    fi
+    if [ "$group_made" = 1 ] && getent group "$account" >/dev/null; then
+        groupdel "$account"
+    fi
+    if [ -n "$lent" ]; then
+        find "$lent" -xdev \( -uid "$uid" -o -gid "$uid" \) -exec chown -h 0:0 {} +
+        chown 0:0 "$lent"
+        chmod 0700 "$lent"
+    fi
+    [ -z "$home_made" ] || rm -rf "$home_made"
+}
+trap 'rc=$?; if [ "$rc" != 0 ]; then undo; fi; exit "$rc"' EXIT
+
+groupadd -f jitgate
+if [ -n "$groups" ]; then
+    IFS=,
+    for g in $groups; do
+        getent group "$g" >/dev/null || fail "group $g (given by the policy) does not exist on the target"
+    done
+    IFS=' '
+fi
+if [ "$sudo" = 1 ]; then
+    command -v visudo >/dev/null || fail "the grant allows sudo but visudo (sudo) is not installed on the target"
+    [ -d /etc/sudoers.d ] || fail "the grant allows sudo but /etc/sudoers.d does not exist on the target"
+fi
+getent passwd "$account" >/dev/null && fail "account $account exists already"
+getent group "$account" >/dev/null && fail "group $account exists already"
+if [ -x /bin/bash ]; then shell=/bin/bash; else shell=/bin/sh; fi
+
+note=
+if [ "$home_mode" = persistent ]; then
+    home="$state/home/$person"
+    if [ -L "$home" ] || { [ -e "$home" ] && [ ! -d "$home" ]; }; then
+        fail "$home is not a directory"
+    fi
+    if [ -d "$home" ]; then
+        owner=$(stat -c %u "$home")
+        # Root-owned: locked away, free to lend. Owned by an existing account: lent to
+        # another connection of this person right now. Owned by a UID that no longer exists:
+        # left by a crash; lent anew below.
+        if [ "$owner" != 0 ] && holder=$(getent passwd "$owner"); then
+            note="persistent home $home is in use by ${holder%%:*} (another connection of the same person); this connection gets an ephemeral home"
+            home_mode=ephemeral
+        fi
+    else
+        mkdir -m 0700 "$home"
+    fi
+fi
+if [ "$home_mode" = ephemeral ]; then
+    home="$state/tmp-home/$account"
+    mkdir -m 0700 "$home"
+    home_made=$home
+fi
+
+# UIDs: a counter walks the range once before any UID is used twice; after it has wrapped, a
+# UID is taken only if nothing under the homes, /tmp, /var/tmp or /dev/shm is owned by it.
+owns_files() {
+    for where in "$state/home" "$state/tmp-home" /tmp /var/tmp /dev/shm; do
+        [ -d "$where" ] || continue
+        if [ -n "$(find "$where" -xdev \( -uid "$1" -o -gid "$1" \) -print 2>/dev/null | head -n 1)" ]; then
+            return 0
+        fi
+    done
+    return 1
+}
+next=$(cat "$state/next-uid" 2>/dev/null || true)
+case $next in ''|*[!0-9]*) next=$uid_lo ;; esac
+if [ "$next" -lt "$uid_lo" ] || [ "$next" -gt "$uid_hi" ]; then next=$uid_lo; fi
+span=$((uid_hi - uid_lo + 1))
+tries=0
+all_groups=jitgate${groups:+,$groups}
+while [ "$created" = 0 ]; do
+    [ "$tries" -lt "$span" ] || fail "no free UID left in $uid_lo-$uid_hi"
+    tries=$((tries + 1))
+    cand=$next
+    if [ "$next" -ge "$uid_hi" ]; then
+        next=$uid_lo
+        : >"$state/uid-wrapped"
+    else
+        next=$((next + 1))
+    fi
+    getent passwd "$cand" >/dev/null && continue
+    getent group "$cand" >/dev/null && continue
+    if [ -e "$state/uid-wrapped" ] && owns_files "$cand"; then continue; fi
+    # The private group gets GID = UID: `useradd -U` would take a GID from the system's
+    # ordinary range, which is reused freely, and hand the group's files to a later group.
+    # Exit status 4 is "ID taken" (by someone who does not use our lock): try the next.
+    rc=0
+    groupadd -g "$cand" "$account" || rc=$?
+    case $rc in
+        0) group_made=1 ;;
+        4) continue ;;
+        *) fail "groupadd $account failed (exit $rc)" ;;
+    esac
+    # Password field `*`: no password login, but not locked (`!`), which sshd without PAM
+    # refuses even for key logins.
+    rc=0
+    useradd -u "$cand" -g "$cand" -G "$all_groups" -d "$home" -M -s "$shell" -c "$marker" \
+        -e "$expire" -p '*' "$account" || rc=$?
+    case $rc in
+        0) created=1; uid=$cand ;;
+        4) groupdel "$account"; group_made=0 ;;
+        *) fail "useradd $account failed (exit $rc)" ;;
+    esac
+done
+printf '%s\n' "$next" >"$state/next-uid.tmp"
+chmod 0600 "$state/next-uid.tmp"
+mv -f "$state/next-uid.tmp" "$state/next-uid"
+gid=$uid
+
+# The key, written while only root can reach the home (no process of this person runs, so
+# nothing can swap a path under us); symlinks left in .ssh are replaced, never followed.
+if [ -L "$home/.ssh" ] || { [ -e "$home/.ssh" ] && [ ! -d "$home/.ssh" ]; }; then
+    rm -f "$home/.ssh"
+fi
+mkdir -p "$home/.ssh"
+chmod 0700 "$home/.ssh"
+rm -f "$home/.ssh/authorized_keys" "$home/.ssh/authorized_keys2"
+printf '%s\n' "$pubkey" >"$home/.ssh/authorized_keys"
+chmod 0600 "$home/.ssh/authorized_keys"
+
+# Lend the home. Hard-linked files (link count > 1) are left alone: chown would also give
+# away whatever other name they have.
+[ "$home_mode" = persistent ] && lent=$home
+find "$home" -xdev \( -type d -o -links 1 \) -exec chown -h "$uid:$gid" {} +
+chmod 0700 "$home"
+
+if [ "$sudo" = 1 ]; then
+    # sudo skips files in sudoers.d whose name contains a `.`: the temporary one is inert.
+    sudoers="/etc/sudoers.d/jitgate-$account"
+    sudoers_tmp="/etc/sudoers.d/.jitgate-$account.tmp"
+    printf '%s ALL=(ALL) NOPASSWD:ALL\n' "$account" >"$sudoers_tmp"
+    chmod 0440 "$sudoers_tmp"
+    visudo -cf "$sudoers_tmp" >/dev/null || fail "the sudoers file for $account does not pass visudo -cf"
+    mv -f "$sudoers_tmp" "$sudoers"
+    sudoers_tmp=
+fi
+
+trap - EXIT
+echo "uid=$uid"
+echo "home=$home"
+echo "home_mode=$home_mode"
+[ -z "$note" ] || echo "note=$note"
+} </dev/null
+"#;
+
+/// Removes a JIT account. Needs: state, account, uid, home, home_kind
+/// (persistent | ephemeral | other), instance, lease. Refuses (exit [`NOT_OURS`]) an account
+/// outside group `jitgate`, without this lease's marker, or with another UID. An account that
+/// is already gone is success (its sudoers file and home are still cleaned up).
+pub(crate) const REMOVE: &str = r#"
+if [ -d "$state" ] && [ ! -L "$state" ]; then
+    exec 9>>"$state/lock"
+    flock -w 60 9 || fail "timed out after 60s waiting for $state/lock"
+fi
+not_ours() { echo "jitgate: $account $*; left untouched" >&2; exit 3; }
+
+if entry=$(getent passwd "$account"); then
+    found_uid=$(printf '%s\n' "$entry" | cut -d: -f3)
+    gecos=$(printf '%s\n' "$entry" | cut -d: -f5)
+    members=$(getent group jitgate | cut -d: -f4 || true)
+    case ",$members," in *",$account,"*) ;; *) not_ours "is not a member of group jitgate" ;; esac
+    case $gecos in
+        "jitgate-managed instance=$instance lease=$lease "*) ;;
+        *) not_ours "does not carry the marker of lease $lease" ;;
+    esac
+    [ "$found_uid" = "$uid" ] || not_ours "has UID $found_uid, not $uid"
+
+    # No new sudo, no new login (`!` in the password field and an expiry date in the past),
+    # then kill until nothing runs as the account. Nothing inside the home is touched while
+    # its processes live: they could swap a path for a symlink.
+    rm -f "/etc/sudoers.d/jitgate-$account"
+    usermod -L -e 1970-01-02 "$account" >/dev/null 2>&1 || true
+    i=0
+    while pgrep -u "$uid" >/dev/null || pgrep -U "$uid" >/dev/null; do
+        pkill -KILL -u "$uid" || true
+        pkill -KILL -U "$uid" || true
+        i=$((i + 1))
+        [ "$i" -le 50 ] || fail "processes of $account survive SIGKILL after 5s"
+        sleep 0.1
+    done
+    if command -v crontab >/dev/null; then crontab -r -u "$account" >/dev/null 2>&1 || true; fi
+    userdel "$account" || fail "userdel $account failed"
+    # userdel removes the private group itself only when USERGROUPS_ENAB is yes.
+    if getent group "$account" >/dev/null; then groupdel "$account" || true; fi
+    echo "removed=$account"
+else
+    rm -f "/etc/sudoers.d/jitgate-$account"
+    echo "gone=$account"
+fi
+
+case $home_kind in
+    persistent)
+        if [ -d "$home" ] && [ ! -L "$home" ]; then
+            if [ -d "$home/.ssh" ] && [ ! -L "$home/.ssh" ]; then
+                rm -f "$home/.ssh/authorized_keys" "$home/.ssh/authorized_keys2"
+            fi
+            # Lock it away: root-owned 0700, no set-id bit on anything the account made.
+            find "$home" -xdev \( -uid "$uid" -o -gid "$uid" \) -exec chown -h 0:0 {} +
+            find "$home" -xdev -type f -perm /6000 -exec chmod ug-s {} +
+            chown 0:0 "$home"
+            chmod 0700 "$home"
+        fi
+        ;;
+    ephemeral)
+        rm -rf "$home"
+        ;;
+    other) ;;
+esac
+} </dev/null
+"#;
+
+/// Lists the members of group `jitgate`: one line `<1 if it has processes, else 0>:<passwd
+/// entry>` each.
+pub(crate) const LIST: &str = r#"
+members=$(getent group jitgate | cut -d: -f4 || true)
+IFS=,
+for m in $members; do
+    if entry=$(getent passwd "$m"); then
+        uid=$(printf '%s\n' "$entry" | cut -d: -f3)
+        if pgrep -u "$uid" >/dev/null; then busy=1; else busy=0; fi
+        printf '%s:%s\n' "$busy" "$entry"
+    fi
+done
+} </dev/null
+"#;
+
+/// The full text of a script: header, prelude, body.
+pub(crate) fn build(vars: &Vars, body: &str) -> String {
+    vars.script(&format!("{PRELUDE}{body}"))
+}
+
+/// `key=value` lines of a script's output.
+pub(crate) fn output_value<'a>(stdout: &'a str, key: &str) -> Option<&'a str> {
+    stdout.lines().find_map(|line| {
+        line.strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix('='))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    /// Runs `sh -c 'printf %s <quoted>'` and returns what the shell made of the word.
+    fn through_sh(value: &str) -> Vec<u8> {
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("printf %s {}", shell_quote(value)))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run /bin/sh");
+        assert!(out.status.success(), "{out:?}");
+        out.stdout
+    }
+
+    #[test]
+    fn quoting_is_exact_for_hostile_values() {
+        assert_eq!(shell_quote("abc"), "'abc'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a'b"), "'a'\\''b'");
+        for value in [
+            "a'; rm -rf / #",
+            "$(touch /tmp/jitgate-pwned)",
+            "`id`",
+            "\"double\" and 'single'",
+            "back\\slash\\",
+            "new\nline",
+            "tab\tand * glob ? [x]",
+            "'''",
+            "~root",
+            "-n",
+            "é ü 中文",
+            "${HOME} $PATH !! %s",
+        ] {
+            assert_eq!(through_sh(value), value.as_bytes(), "{value:?}");
+        }
+        assert_eq!(shell_quote("a\0b"), "'ab'");
+    }
+
+    #[test]
+    fn header_assigns_quoted_values() {
+        let vars = Vars::default()
+            .set("account", "jit-a-1")
+            .set("marker", "x'; reboot; '");
+        let script = build(&vars, "echo \"$account|$marker\"\n}\n");
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run /bin/sh");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "jit-a-1|x'; reboot; '\n"
+        );
+    }
+
+    #[test]
+    fn scripts_parse() {
+        // `sh -n` reads without running: every body is syntactically valid POSIX sh.
+        for (name, body) in [("mint", MINT), ("remove", REMOVE), ("list", LIST)] {
+            let script = build(&Vars::default().set("state", "/nonexistent"), body);
+            let out = Command::new("/bin/sh")
+                .arg("-n")
+                .arg("-c")
+                .arg(&script)
+                .output()
+                .expect("run /bin/sh");
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    #[test]
+    fn output_values() {
+        let out = "uid=200001\nhome=/var/lib/jitgate/home/alice\nnote=a=b\n";
+        assert_eq!(output_value(out, "uid"), Some("200001"));
+        assert_eq!(
+            output_value(out, "home"),
+            Some("/var/lib/jitgate/home/alice")
+        );
+        assert_eq!(output_value(out, "note"), Some("a=b"));
+        assert_eq!(output_value(out, "home_mode"), None);
+    }
+}
