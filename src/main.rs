@@ -175,16 +175,49 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Tunnel { target, gateway, cert, key, ca, reason } => {
-            let opts = jitgate::ssh::tunnel::TunnelOptions { gateway, cert, key, ca, target, reason };
+        Command::Tunnel {
+            target,
+            gateway,
+            cert,
+            key,
+            ca,
+            reason,
+        } => {
+            let opts = jitgate::ssh::tunnel::TunnelOptions {
+                gateway,
+                cert,
+                key,
+                ca,
+                target,
+                reason,
+            };
             if let Err(e) = runtime()?.block_on(jitgate::ssh::tunnel::run(opts)) {
                 // One line for ssh to show on stderr; exit non-zero so ssh reports failure.
                 eprintln!("jitgate: {e}");
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::SshConfig { hosts, gateway, cert, key, ca, user, known_hosts } => {
-            print!("{}", ssh_config_block(&hosts, &gateway, &cert, &key, &ca, user.as_deref(), &known_hosts)?);
+        Command::SshConfig {
+            hosts,
+            gateway,
+            cert,
+            key,
+            ca,
+            user,
+            known_hosts,
+        } => {
+            print!(
+                "{}",
+                ssh_config_block(
+                    &hosts,
+                    &gateway,
+                    &cert,
+                    &key,
+                    &ca,
+                    user.as_deref(),
+                    &known_hosts
+                )?
+            );
         }
         Command::Certs(CertsCommand::Init { dir, hosts, force }) => {
             let written = jitgate::certs::init(&jitgate::certs::InitOptions { dir, hosts, force })?;
@@ -273,7 +306,16 @@ fn ssh_config_block(
     known_hosts: &str,
 ) -> anyhow::Result<String> {
     let exe = std::env::current_exe().context("finding the jitgate binary")?;
-    let alias: String = gateway.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
+    let alias: String = gateway
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
     let mut block = format!(
         "# jitgate: ssh to these hosts goes through the bastion at {gateway}, as your client certificate.\n\
          Host {hosts}\n\

@@ -13,12 +13,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Target};
+use crate::jit::linux::{LinuxError, LinuxProvisioner};
 use crate::jit::postgres::PgProvisioner;
-use crate::jit::reaper::{reap_postgres, LiveLeases};
+use crate::jit::reaper::{reap_linux, reap_postgres, LiveLeases};
 use crate::pg::cancel::CancelRegistry;
 use crate::pg::session::PgContext;
 use crate::pg::startup::ALPN_POSTGRESQL;
 use crate::policy::{PolicyError, PolicySet};
+use crate::ssh::hostkey::{load_or_create_host_key, HostKeyError};
+use crate::ssh::session::{russh_config, SshContext};
 use crate::tls::{ServerTls, ServerTlsFiles, TlsError};
 
 /// How long shutdown waits for sessions to end and their accounts to be dropped.
@@ -35,8 +38,12 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("no listener configured: set listen.postgres in the config")]
+    #[error("no listener configured: set listen.postgres and/or listen.ssh in the config")]
     NoListener,
+    #[error("SSH target: {0}")]
+    SshTarget(#[from] LinuxError),
+    #[error("SSH host key: {0}")]
+    HostKey(#[from] HostKeyError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
 }
@@ -86,14 +93,17 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     )?);
 
     let mut targets = HashMap::new();
+    let mut ssh_targets = HashMap::new();
     for (name, target) in &config.targets {
         match target {
             Target::Postgres(t) => {
                 let provisioner = PgProvisioner::new(t.clone(), config.instance_id.clone());
                 targets.insert(name.clone(), (Arc::new(t.clone()), provisioner));
             }
-            // SSH targets are served by the SSH listener
-            Target::Ssh(_) => {}
+            Target::Ssh(t) => {
+                let provisioner = LinuxProvisioner::new(t.clone(), config.instance_id.clone())?;
+                ssh_targets.insert(name.clone(), (Arc::new(t.clone()), provisioner));
+            }
         }
     }
 
@@ -101,53 +111,86 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let live = LiveLeases::default();
     let sessions = TaskTracker::new();
     let policy_view = policies.clone();
+    let current_policies: Arc<dyn Fn() -> Arc<PolicySet> + Send + Sync> =
+        Arc::new(move || policy_view.current());
     let ctx = Arc::new(PgContext {
         instance_id: config.instance_id.clone(),
         trust_domain: config.trust_domain.clone(),
         handshake_timeout: config.handshake_timeout,
         tls,
-        policies: Arc::new(move || policy_view.current()),
+        policies: current_policies.clone(),
         targets,
         cancels: CancelRegistry::default(),
         live: live.clone(),
         shutdown: shutdown.clone(),
     });
+    let ssh_ctx = match config.listen.ssh {
+        Some(_) => {
+            let host_key = load_or_create_host_key(&config.ssh_host_key)?;
+            let ssh_tls = Arc::new(ServerTls::load(
+                ServerTlsFiles {
+                    ca: config.tls.ca.clone(),
+                    cert: config.tls.cert.clone(),
+                    key: config.tls.key.clone(),
+                    crl: config.tls.crl.clone(),
+                },
+                Vec::new(),
+            )?);
+            Some(Arc::new(SshContext {
+                trust_domain: config.trust_domain.clone(),
+                handshake_timeout: config.handshake_timeout,
+                tls: ssh_tls,
+                policies: current_policies.clone(),
+                targets: ssh_targets,
+                russh: Arc::new(russh_config(host_key)),
+                live: live.clone(),
+                shutdown: shutdown.clone(),
+            }))
+        }
+        None => None,
+    };
 
     // Leftovers of a crashed run of this instance go before anyone connects.
-    reap_all(&ctx).await;
+    reap_all(&ctx, ssh_ctx.as_deref()).await;
     let reaper = tokio::spawn(reap_loop(
         ctx.clone(),
+        ssh_ctx.clone(),
         config.reap_interval,
         shutdown.clone(),
     ));
 
-    let addr = config.listen.postgres.ok_or(ServeError::NoListener)?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: addr.to_string(),
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| ServeError::Listen {
-        addr: addr.to_string(),
-        source,
-    })?;
-    tracing::info!(postgres = %local, instance = %config.instance_id, "jitgate listening");
+    if config.listen.postgres.is_none() && config.listen.ssh.is_none() {
+        return Err(ServeError::NoListener);
+    }
+    let pg_listener = bind(config.listen.postgres).await?;
+    let ssh_listener = bind(config.listen.ssh).await?;
+    for (kind, listener) in [("postgres", &pg_listener), ("ssh", &ssh_listener)] {
+        if let Some(listener) = listener {
+            let local = listener.local_addr().map_err(|source| ServeError::Listen {
+                addr: kind.into(),
+                source,
+            })?;
+            tracing::info!(protocol = kind, addr = %local, instance = %config.instance_id, "jitgate listening");
+        }
+    }
 
     let mut hangup = signal(SignalKind::hangup()).map_err(ServeError::Signal)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = accept(&pg_listener) => match accepted {
                 Ok((tcp, peer)) => {
                     sessions.spawn(crate::pg::session::handle(tcp, peer, ctx.clone()));
                 }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(e) => accept_failed(e).await,
+            },
+            accepted = accept(&ssh_listener) => match (accepted, &ssh_ctx) {
+                (Ok((tcp, peer)), Some(ssh_ctx)) => {
+                    sessions.spawn(crate::ssh::session::handle(tcp, peer, ssh_ctx.clone()));
                 }
+                (Ok(_), None) => {}
+                (Err(e), _) => accept_failed(e).await,
             },
             _ = hangup.recv() => match policies.reload() {
                 Ok(n) => tracing::info!(grants = n, "policies reloaded"),
@@ -162,7 +205,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         sessions = live.len(),
         "shutting down: ending sessions and dropping their accounts"
     );
-    drop(listener);
+    drop(pg_listener);
+    drop(ssh_listener);
     shutdown.cancel();
     sessions.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait())
@@ -178,29 +222,76 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     Ok(())
 }
 
-async fn reap_loop(ctx: Arc<PgContext>, every: Duration, shutdown: CancellationToken) {
+async fn bind(addr: Option<std::net::SocketAddr>) -> Result<Option<TcpListener>, ServeError> {
+    match addr {
+        None => Ok(None),
+        Some(addr) => {
+            TcpListener::bind(addr)
+                .await
+                .map(Some)
+                .map_err(|source| ServeError::Listen {
+                    addr: addr.to_string(),
+                    source,
+                })
+        }
+    }
+}
+
+/// Accepts on a listener that may not be configured (then it never yields).
+async fn accept(
+    listener: &Option<TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_failed(e: std::io::Error) {
+    // EMFILE and friends: back off instead of spinning.
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+async fn reap_loop(
+    ctx: Arc<PgContext>,
+    ssh: Option<Arc<SshContext>>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => reap_all(&ctx).await,
+            _ = tokio::time::sleep(every) => reap_all(&ctx, ssh.as_deref()).await,
             _ = shutdown.cancelled() => return,
         }
     }
 }
 
-async fn reap_all(ctx: &PgContext) {
+async fn reap_all(ctx: &PgContext, ssh: Option<&SshContext>) {
     for (name, (_, provisioner)) in &ctx.targets {
-        match reap_postgres(provisioner, &ctx.instance_id, |role| {
+        let report = reap_postgres(provisioner, &ctx.instance_id, |role| {
             ctx.live.contains(&role.marker.lease)
         })
-        .await
-        {
-            Ok(report) if report.failed.is_empty() => {
-                tracing::debug!(target_name = %name, dropped = report.dropped.len(), "reaper pass")
-            }
-            Ok(report) => {
-                tracing::error!(target_name = %name, failed = ?report.failed, "reaper could not drop some accounts")
-            }
-            Err(e) => tracing::error!(target_name = %name, error = %e, "reaper pass failed"),
+        .await;
+        log_reap(name, report.map_err(|e| e.to_string()));
+    }
+    for (name, (_, provisioner)) in ssh.map(|s| &s.targets).into_iter().flatten() {
+        let report = reap_linux(provisioner, &ctx.instance_id, |account| {
+            ctx.live.contains(&account.marker.lease)
+        })
+        .await;
+        log_reap(name, report.map_err(|e| e.to_string()));
+    }
+}
+
+fn log_reap(target: &str, report: Result<crate::jit::reaper::ReapReport, String>) {
+    match report {
+        Ok(report) if report.failed.is_empty() => {
+            tracing::debug!(target_name = %target, dropped = report.dropped.len(), "reaper pass")
         }
+        Ok(report) => {
+            tracing::error!(target_name = %target, failed = ?report.failed, "reaper could not drop some accounts")
+        }
+        Err(e) => tracing::error!(target_name = %target, error = %e, "reaper pass failed"),
     }
 }

@@ -21,7 +21,10 @@ struct PendingReplies(Arc<Mutex<VecDeque<oneshot::Sender<bool>>>>);
 
 impl PendingReplies {
     fn push(&self, tx: oneshot::Sender<bool>) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push_back(tx);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(tx);
     }
 
     fn fail_all(&self) {
@@ -110,16 +113,29 @@ pub fn splice_session(
         while let Some(msg) = upstream_read.wait().await {
             let sent = match msg {
                 ChannelMsg::Data { data } => client_write.data_bytes(data).await.is_ok(),
-                ChannelMsg::ExtendedData { data, ext } => client_write.extended_data_bytes(ext, data).await.is_ok(),
+                ChannelMsg::ExtendedData { data, ext } => {
+                    client_write.extended_data_bytes(ext, data).await.is_ok()
+                }
                 ChannelMsg::Eof => client_write.eof().await.is_ok(),
                 ChannelMsg::ExitStatus { exit_status } => {
                     outcome.exit_status = Some(exit_status);
                     client_write.exit_status(exit_status).await.is_ok()
                 }
-                ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag } => {
+                ChannelMsg::ExitSignal {
+                    signal_name,
+                    core_dumped,
+                    error_message,
+                    lang_tag,
+                } => {
                     outcome.exit_signal = Some(format!("{signal_name:?}"));
                     client_handle
-                        .exit_signal_request(client_id, signal_name, core_dumped, error_message, lang_tag)
+                        .exit_signal_request(
+                            client_id,
+                            signal_name,
+                            core_dumped,
+                            error_message,
+                            lang_tag,
+                        )
                         .await
                         .is_ok()
                 }
@@ -143,7 +159,10 @@ pub fn splice_session(
         on_end(outcome);
     });
 
-    SplicedChannel { upstream: upstream_write, pending }
+    SplicedChannel {
+        upstream: upstream_write,
+        pending,
+    }
 }
 
 /// Splices a direct-tcpip channel (ssh -L) as a byte stream until either side closes.

@@ -50,9 +50,16 @@ pub fn hello(reason: Option<&str>) -> String {
 
 /// The reason in a tunnel's opening line (`None` when empty).
 pub fn parse_hello(line: &str) -> Result<Option<String>, PreambleError> {
-    let rest = line.strip_prefix(MAGIC).and_then(|r| r.strip_prefix(" reason=")).ok_or(PreambleError::NotOurs)?;
+    let rest = line
+        .strip_prefix(MAGIC)
+        .and_then(|r| r.strip_prefix(" reason="))
+        .ok_or(PreambleError::NotOurs)?;
     let reason = percent_decode(rest).ok_or(PreambleError::NotOurs)?;
-    Ok(if reason.trim().is_empty() { None } else { Some(reason) })
+    Ok(if reason.trim().is_empty() {
+        None
+    } else {
+        Some(reason)
+    })
 }
 
 pub fn ok() -> String {
@@ -61,7 +68,10 @@ pub fn ok() -> String {
 
 /// An error line; newlines in the message are flattened so it stays one line.
 pub fn error(message: &str) -> String {
-    let flat: String = message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let flat: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     format!("{MAGIC} ERROR {flat}\n")
 }
 
@@ -117,7 +127,14 @@ mod tests {
             let line = hello(Some(reason));
             assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
             let parsed = parse_hello(line.trim_end()).unwrap();
-            assert_eq!(parsed.as_deref(), if reason.is_empty() { None } else { Some(reason) });
+            assert_eq!(
+                parsed.as_deref(),
+                if reason.is_empty() {
+                    None
+                } else {
+                    Some(reason)
+                }
+            );
         }
         assert!(parse_hello("SSH-2.0-OpenSSH_9.2").is_err());
         assert!(parse_hello("JITGATE/1 reason=%4").is_err());
@@ -140,7 +157,13 @@ mod tests {
         assert_eq!(read_line(&mut input).await.unwrap(), "JITGATE/1 OK");
         assert_eq!(input, b"SSH-2.0-rest");
         let long = vec![b'a'; MAX_LINE + 10];
-        assert!(matches!(read_line(&mut &long[..]).await, Err(PreambleError::TooLong)));
-        assert!(matches!(read_line(&mut &b"no newline"[..]).await, Err(PreambleError::Closed)));
+        assert!(matches!(
+            read_line(&mut &long[..]).await,
+            Err(PreambleError::TooLong)
+        ));
+        assert!(matches!(
+            read_line(&mut &b"no newline"[..]).await,
+            Err(PreambleError::Closed)
+        ));
     }
 }

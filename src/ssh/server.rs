@@ -77,12 +77,19 @@ impl BastionHandler {
     async fn open(&mut self, grant: Grant) -> Result<(), String> {
         let id = LeaseId::random();
         self.live.insert(&id);
-        let lease = match self.provisioner.mint(id.clone(), &grant, &self.identity).await {
+        let lease = match self
+            .provisioner
+            .mint(id.clone(), &grant, &self.identity)
+            .await
+        {
             Ok(lease) => Arc::new(lease),
             Err(e) => {
                 self.live.remove(&id);
                 tracing::error!(target_name = %self.target.name, user = %self.identity.user, error = %e, "mint failed");
-                return Err(format!("jitgate could not create your account on {}: {e}", self.target.name));
+                return Err(format!(
+                    "jitgate could not create your account on {}: {e}",
+                    self.target.name
+                ));
             }
         };
         tracing::info!(
@@ -91,7 +98,11 @@ impl BastionHandler {
             serial = %self.identity.serial, reason = grant.reason().unwrap_or(""), "account created"
         );
         // Whatever happens next, the session's end drops this account.
-        let slot = LiveAccount { lease: Some(lease.clone()), upstream: None, grant: Some(grant.name().to_string()) };
+        let slot = LiveAccount {
+            lease: Some(lease.clone()),
+            upstream: None,
+            grant: Some(grant.name().to_string()),
+        };
         *self.account.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
 
         let upstream = super::client::connect_pinned(&self.target, &lease.user, lease.key.expose())
@@ -101,7 +112,12 @@ impl BastionHandler {
                 format!("jitgate could not log in to {}: {e}", self.target.name)
             })?;
         let upstream = Arc::new(upstream);
-        if let Some(live) = self.account.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(live) = self
+            .account
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
             live.upstream = Some(upstream.clone());
         }
         self.upstream = Some(upstream);
@@ -171,7 +187,9 @@ impl Handler for BastionHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(upstream) = &self.upstream else {
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         };
         match upstream.channel_open_session().await {
@@ -202,16 +220,25 @@ impl Handler for BastionHandler {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let allowed = u16::try_from(port_to_connect)
-            .ok()
-            .is_some_and(|port| self.grant.as_ref().is_some_and(|g| g.forward_allowed(host_to_connect, port)));
+        let allowed = u16::try_from(port_to_connect).ok().is_some_and(|port| {
+            self.grant
+                .as_ref()
+                .is_some_and(|g| g.forward_allowed(host_to_connect, port))
+        });
         tracing::info!(event = "ssh.port_forward", user = %self.identity.user, target_name = %self.target.name, destination = %format!("{host_to_connect}:{port_to_connect}"), allowed, "direct-tcpip requested");
         let Some(upstream) = self.upstream.as_ref().filter(|_| allowed) else {
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         };
         match upstream
-            .channel_open_direct_tcpip(host_to_connect, port_to_connect, originator_address, originator_port)
+            .channel_open_direct_tcpip(
+                host_to_connect,
+                port_to_connect,
+                originator_address,
+                originator_port,
+            )
             .await
         {
             Ok(up) => {
@@ -226,7 +253,11 @@ impl Handler for BastionHandler {
         Ok(())
     }
 
-    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
         Ok(())
     }
@@ -247,7 +278,10 @@ impl Handler for BastionHandler {
             Some(ch) => {
                 let (term, modes) = (term.to_string(), modes.to_vec());
                 ch.request(move |up| async move {
-                    up.request_pty(true, &term, col_width, row_height, pix_width, pix_height, &modes).await
+                    up.request_pty(
+                        true, &term, col_width, row_height, pix_width, pix_height, &modes,
+                    )
+                    .await
                 })
                 .await
             }
@@ -266,43 +300,63 @@ impl Handler for BastionHandler {
         let ok = match self.channel(channel) {
             Some(ch) => {
                 let (name, value) = (variable_name.to_string(), variable_value.to_string());
-                ch.request(move |up| async move { up.set_env(true, name, value).await }).await
+                ch.request(move |up| async move { up.set_env(true, name, value).await })
+                    .await
             }
             None => false,
         };
         reply(session, channel, ok)
     }
 
-    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         tracing::info!(event = "ssh.shell", user = %self.identity.user, target_name = %self.target.name, "shell");
         let ok = match self.channel(channel) {
-            Some(ch) => ch.request(|up| async move { up.request_shell(true).await }).await,
+            Some(ch) => {
+                ch.request(|up| async move { up.request_shell(true).await })
+                    .await
+            }
             None => false,
         };
         reply(session, channel, ok)
     }
 
-    async fn exec_request(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data).into_owned();
         let allowed = self.sftp_allowed() || !is_scp(&command);
         tracing::info!(event = "ssh.exec", user = %self.identity.user, target_name = %self.target.name, command = %command, allowed, "exec");
         let ok = match self.channel(channel).filter(|_| allowed) {
             Some(ch) => {
                 let data = data.to_vec();
-                ch.request(move |up| async move { up.exec(true, data).await }).await
+                ch.request(move |up| async move { up.exec(true, data).await })
+                    .await
             }
             None => false,
         };
         reply(session, channel, ok)
     }
 
-    async fn subsystem_request(&mut self, channel: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let allowed = name != "sftp" || self.sftp_allowed();
         tracing::info!(event = "ssh.subsystem", user = %self.identity.user, target_name = %self.target.name, subsystem = %name, allowed, "subsystem");
         let ok = match self.channel(channel).filter(|_| allowed) {
             Some(ch) => {
                 let name = name.to_string();
-                ch.request(move |up| async move { up.request_subsystem(true, name).await }).await
+                ch.request(move |up| async move { up.request_subsystem(true, name).await })
+                    .await
             }
             None => false,
         };
@@ -319,12 +373,20 @@ impl Handler for BastionHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(ch) = self.channel(channel) {
-            let _ = ch.upstream().window_change(col_width, row_height, pix_width, pix_height).await;
+            let _ = ch
+                .upstream()
+                .window_change(col_width, row_height, pix_width, pix_height)
+                .await;
         }
         Ok(())
     }
 
-    async fn signal(&mut self, channel: ChannelId, signal: Sig, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
         if let Some(ch) = self.channel(channel) {
             let _ = ch.upstream().signal(signal).await;
         }
@@ -345,13 +407,21 @@ impl Handler for BastionHandler {
     }
 
     /// Agent forwarding is refused: the user's keys must not reach the target.
-    async fn agent_request(&mut self, _channel: ChannelId, _session: &mut Session) -> Result<bool, Self::Error> {
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         Ok(false)
     }
 
     /// Remote forwarding (`ssh -R`) is refused: the target must not open ports back to the client.
-    async fn tcpip_forward(&mut self, _address: &str, _port: &mut u32, _session: &mut Session) -> Result<bool, Self::Error> {
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         Ok(false)
     }
 }
-

@@ -76,10 +76,18 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
         Ok(Err(AdmitError::Refused(reason))) => {
             return tracing::info!(event = "access.denied", client = %peer, reason = %reason, "bastion connection refused")
         }
-        Ok(Err(e)) => return tracing::info!(client = %peer, error = %e, "bastion connection closed before SSH"),
+        Ok(Err(e)) => {
+            return tracing::info!(client = %peer, error = %e, "bastion connection closed before SSH")
+        }
         Ok(Ok(admitted)) => admitted,
     };
-    let Admitted { stream, identity, target, provisioner, reason } = admitted;
+    let Admitted {
+        stream,
+        identity,
+        target,
+        provisioner,
+        reason,
+    } = admitted;
     let user = identity.user.clone();
     let account = AccountSlot::default();
     let handler = BastionHandler::new(
@@ -118,7 +126,13 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }
                 };
-                let _ = handle.disconnect(russh::Disconnect::ByApplication, why.to_string(), "en".to_string()).await;
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        why.to_string(),
+                        "en".to_string(),
+                    )
+                    .await;
                 let _ = tokio::time::timeout(Duration::from_secs(5), &mut running).await;
                 break;
             }
@@ -131,12 +145,18 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
         return;
     };
     if let Some(upstream) = live.upstream {
-        let _ = upstream.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+        let _ = upstream
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
     }
     if let Some(lease) = live.lease {
         match provisioner.drop_with_retry(&lease).await {
-            Ok(()) => tracing::info!(event = "jit.account.dropped", lease = %lease.id, account = %lease.user, target_name = %target.name, "account dropped"),
-            Err(e) => tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, account = %lease.user, target_name = %target.name, error = %e, "account NOT dropped; the reaper will retry"),
+            Ok(()) => {
+                tracing::info!(event = "jit.account.dropped", lease = %lease.id, account = %lease.user, target_name = %target.name, "account dropped")
+            }
+            Err(e) => {
+                tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, account = %lease.user, target_name = %target.name, error = %e, "account NOT dropped; the reaper will retry")
+            }
         }
         ctx.live.remove(&lease.id);
         tracing::info!(event = "session.end", lease = %lease.id, user = %user, target_name = %target.name, "session ended");
@@ -144,39 +164,77 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
 }
 
 async fn admit(tcp: TcpStream, ctx: &SshContext) -> Result<Admitted, AdmitError> {
-    let mut stream = ctx.tls.acceptor().accept(tcp).await.map_err(AdmitError::Tls)?;
+    let mut stream = ctx
+        .tls
+        .acceptor()
+        .accept(tcp)
+        .await
+        .map_err(AdmitError::Tls)?;
     let sni = stream.get_ref().1.server_name().map(str::to_string);
     let hello = preamble::read_line(&mut stream).await?;
     let reason = preamble::parse_hello(&hello)?;
 
-    let chain = stream.get_ref().1.peer_certificates().unwrap_or(&[]).to_vec();
+    let chain = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .unwrap_or(&[])
+        .to_vec();
     let identity = match chain.first() {
-        None => Err("jitgate requires a client certificate: pass --cert and --key to jitgate tunnel".to_string()),
+        None => Err(
+            "jitgate requires a client certificate: pass --cert and --key to jitgate tunnel"
+                .to_string(),
+        ),
         Some(leaf) => ctx
             .tls
             .verify_client(&chain)
             .map_err(|e| format!("client certificate rejected: {e}"))
-            .and_then(|()| Identity::from_der(leaf, &ctx.trust_domain).map_err(|e| format!("client certificate rejected: {e}"))),
+            .and_then(|()| {
+                Identity::from_der(leaf, &ctx.trust_domain)
+                    .map_err(|e| format!("client certificate rejected: {e}"))
+            }),
     };
     let identity = match identity {
         Ok(identity) => identity,
         Err(message) => return refuse(stream, message).await,
     };
     let Some(name) = sni else {
-        return refuse(stream, "no target name was sent (jitgate tunnel sends it as TLS SNI)".into()).await;
+        return refuse(
+            stream,
+            "no target name was sent (jitgate tunnel sends it as TLS SNI)".into(),
+        )
+        .await;
     };
     let Some((target, provisioner)) = ctx.targets.get(&name) else {
-        return refuse(stream, format!("jitgate has no SSH target named \"{name}\"")).await;
+        return refuse(
+            stream,
+            format!("jitgate has no SSH target named \"{name}\""),
+        )
+        .await;
     };
     // Refuse early when nothing at all would let this person in; which grant applies is
     // decided by the SSH user name, inside SSH.
-    let request = AccessRequest { identity: &identity, target: &name, requested: &identity.user, reason: reason.as_deref() };
+    let request = AccessRequest {
+        identity: &identity,
+        target: &name,
+        requested: &identity.user,
+        reason: reason.as_deref(),
+    };
     if let Err(denial @ Denial::NoGrant { .. }) = policy::evaluate(&(ctx.policies)(), &request) {
         return refuse(stream, denial.to_string()).await;
     }
-    stream.write_all(preamble::ok().as_bytes()).await.map_err(AdmitError::Tls)?;
+    stream
+        .write_all(preamble::ok().as_bytes())
+        .await
+        .map_err(AdmitError::Tls)?;
     stream.flush().await.map_err(AdmitError::Tls)?;
-    Ok(Admitted { stream, identity, target: target.clone(), provisioner: provisioner.clone(), reason })
+    Ok(Admitted {
+        stream,
+        identity,
+        target: target.clone(),
+        provisioner: provisioner.clone(),
+        reason,
+    })
 }
 
 async fn refuse(mut stream: ClientStream, message: String) -> Result<Admitted, AdmitError> {

@@ -51,20 +51,28 @@ pub enum TunnelError {
 
 fn split_host_port(gateway: &str) -> Option<(String, u16)> {
     let (host, port) = gateway.rsplit_once(':')?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     Some((host.to_string(), port.parse().ok()?))
 }
 
 /// Runs the tunnel until either side closes.
 pub async fn run(opts: TunnelOptions) -> Result<(), TunnelError> {
-    let (host, port) = split_host_port(&opts.gateway).ok_or_else(|| TunnelError::BadGateway(opts.gateway.clone()))?;
-    let gateway_name = ServerName::try_from(host.clone()).map_err(|_| TunnelError::BadGateway(opts.gateway.clone()))?;
+    let (host, port) = split_host_port(&opts.gateway)
+        .ok_or_else(|| TunnelError::BadGateway(opts.gateway.clone()))?;
+    let gateway_name = ServerName::try_from(host.clone())
+        .map_err(|_| TunnelError::BadGateway(opts.gateway.clone()))?;
     let sni = match ServerName::try_from(opts.target.clone()) {
         Ok(name @ ServerName::DnsName(_)) => name,
         _ => return Err(TunnelError::BadTarget(opts.target.clone())),
     };
     let config = crate::tls::tunnel_client_config(&opts.ca, &opts.cert, &opts.key, gateway_name)?;
-    let unreachable = |reason: String| TunnelError::Unreachable { addr: opts.gateway.clone(), reason };
+    let unreachable = |reason: String| TunnelError::Unreachable {
+        addr: opts.gateway.clone(),
+        reason,
+    };
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)))
         .await
         .map_err(|_| unreachable("connect timed out".into()))?
@@ -75,7 +83,8 @@ pub async fn run(opts: TunnelOptions) -> Result<(), TunnelError> {
         .await
         .map_err(|e| TunnelError::Tls(e.to_string()))?;
 
-    tls.write_all(preamble::hello(opts.reason.as_deref()).as_bytes()).await?;
+    tls.write_all(preamble::hello(opts.reason.as_deref()).as_bytes())
+        .await?;
     tls.flush().await?;
     let answer = tokio::time::timeout(ANSWER_TIMEOUT, preamble::read_line(&mut tls))
         .await
@@ -117,9 +126,15 @@ mod tests {
 
     #[test]
     fn gateway_addresses_parse() {
-        assert_eq!(split_host_port("127.0.0.1:2222"), Some(("127.0.0.1".into(), 2222)));
+        assert_eq!(
+            split_host_port("127.0.0.1:2222"),
+            Some(("127.0.0.1".into(), 2222))
+        );
         assert_eq!(split_host_port("[::1]:22"), Some(("::1".into(), 22)));
-        assert_eq!(split_host_port("gw.example.com:2222"), Some(("gw.example.com".into(), 2222)));
+        assert_eq!(
+            split_host_port("gw.example.com:2222"),
+            Some(("gw.example.com".into(), 2222))
+        );
         assert_eq!(split_host_port("nohost"), None);
         assert_eq!(split_host_port("h:notaport"), None);
     }

@@ -29,7 +29,7 @@ pub fn unavailable(what: &str) -> Option<std::convert::Infallible> {
     None
 }
 
-pub use jitgate::sandbox::which;
+pub use jitgate::sandbox::{random_word, which};
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -137,6 +137,8 @@ pub fn jitgate(args: &[&str]) -> String {
 pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// The SSH listener's port (listening only when started with an sshd).
+    pub ssh_port: u16,
     child: Option<Child>,
 }
 
@@ -161,6 +163,22 @@ grants:
 
 impl Gateway {
     pub fn start(pg: &Postgres, policy: &str) -> Gateway {
+        Gateway::start_with(Some(pg), None, policy)
+    }
+
+    /// A gateway with a Postgres target `orders` (when `pg` is given) and an SSH target
+    /// `web-1` plus an SSH listener (when `sshd` is given).
+    pub fn start_with(pg: Option<&Postgres>, sshd: Option<&sshd::Sshd>, policy: &str) -> Gateway {
+        Gateway::start_edited(pg, sshd, policy, |config| config)
+    }
+
+    /// `start_with`, with the generated jitgate.yaml passed through `edit` first.
+    pub fn start_edited(
+        pg: Option<&Postgres>,
+        sshd: Option<&sshd::Sshd>,
+        policy: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Gateway {
         let dir = tempfile::Builder::new()
             .prefix("jitgate-gw-")
             .tempdir()
@@ -170,22 +188,35 @@ impl Gateway {
         jitgate(&["certs", "init", "--dir", certs.to_str().unwrap()]);
         fs::create_dir(d.join("policies")).unwrap();
         fs::write(d.join("policies/test.yaml"), policy).unwrap();
-        let secret = d.join("admin-password");
-        fs::write(&secret, format!("{}\n", pg.admin_password)).unwrap();
-        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
         let port = free_port();
-        let config = format!(
-            "instance_id: test-gw\n\
+        let ssh_port = free_port();
+        let instance = sshd.map_or("test-gw".to_string(), |s| s.instance_id.clone());
+        let mut config = format!(
+            "instance_id: {instance}\n\
              tls:\n  ca: certs/ca.crt\n  cert: certs/server.crt\n  key: certs/server.key\n  crl: certs/crl.pem\n\
-             listen:\n  postgres: 127.0.0.1:{port}\n\
-             handshake_timeout: 3s\n\
-             targets:\n  orders:\n    postgres:\n      host: 127.0.0.1\n      port: {pgport}\n      databases: [orders, postgres]\n      tls: disable\n      admin:\n        user: {ADMIN_USER}\n        password_file: admin-password\n",
-            pgport = pg.port
+             listen:\n  postgres: 127.0.0.1:{port}\n"
         );
-        fs::write(d.join("jitgate.yaml"), config).unwrap();
+        if sshd.is_some() {
+            config.push_str(&format!("  ssh: 127.0.0.1:{ssh_port}\n"));
+        }
+        config.push_str("handshake_timeout: 3s\ntargets:\n");
+        if let Some(pg) = pg {
+            let secret = d.join("admin-password");
+            fs::write(&secret, format!("{}\n", pg.admin_password)).unwrap();
+            fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+            config.push_str(&format!(
+                "  orders:\n    postgres:\n      host: 127.0.0.1\n      port: {pgport}\n      databases: [orders, postgres]\n      tls: disable\n      admin:\n        user: {ADMIN_USER}\n        password_file: admin-password\n",
+                pgport = pg.port
+            ));
+        }
+        if let Some(sshd) = sshd {
+            config.push_str(&sshd.target_yaml("web-1"));
+        }
+        fs::write(d.join("jitgate.yaml"), edit(config)).unwrap();
         let mut gw = Gateway {
             dir,
             port,
+            ssh_port,
             child: None,
         };
         gw.spawn();

@@ -1,0 +1,695 @@
+//! The SSH journey end to end: real OpenSSH `ssh`, `scp`, `sftp` and `rsync` through
+//! `jitgate tunnel` and the real `jitgate` bastion, to a real sshd on loopback, where each
+//! connection runs as a fresh Linux account that is gone when the connection closes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::sshd::Sshd;
+use common::*;
+
+struct Env {
+    sshd: Sshd,
+    gw: Gateway,
+    cert: PathBuf,
+    key: PathBuf,
+    work: tempfile::TempDir,
+}
+
+fn policy(forward_port: u16) -> String {
+    format!(
+        r#"
+grants:
+  - name: web-ops
+    subjects: {{ groups: [ops] }}
+    targets: [web-1]
+    ssh:
+      port_forwards: ["127.0.0.1:{forward_port}"]
+      home: persistent
+  - name: web-scratch
+    subjects: {{ users: [eph] }}
+    targets: [web-1]
+    ssh: {{ home: ephemeral }}
+  - name: web-ticket
+    subjects: {{ users: [tess] }}
+    targets: [web-1]
+    require_reason: true
+"#
+    )
+}
+
+fn env_with(forward_port: u16) -> Option<Env> {
+    for bin in ["ssh", "scp", "sftp", "rsync"] {
+        if which(bin).is_none() {
+            unavailable(&format!(
+                "{bin} (apt-get install openssh-client openssh-sftp-server rsync)"
+            ))?;
+        }
+    }
+    let sshd = Sshd::start()?;
+    let gw = Gateway::start_with(None, Some(&sshd), &policy(forward_port));
+    let (cert, key) = gw.issue("alice", &["ops"]);
+    Some(Env {
+        sshd,
+        gw,
+        cert,
+        key,
+        work: tempfile::tempdir().unwrap(),
+    })
+}
+
+impl Env {
+    fn proxy(&self, cert: &Path, key: &Path, extra: &str) -> String {
+        format!(
+            "ProxyCommand={} tunnel --gateway 127.0.0.1:{} --cert {} --key {} --ca {} {extra} %h",
+            jitgate_bin().display(),
+            self.gw.ssh_port,
+            cert.display(),
+            key.display(),
+            self.gw.path("certs/ca.crt").display()
+        )
+    }
+
+    /// Options every OpenSSH tool here gets: no user config, the tunnel as ProxyCommand.
+    fn opts(&self, cert: &Path, key: &Path, extra: &str) -> Vec<String> {
+        [
+            "-F",
+            "/dev/null",
+            "-o",
+            &self.proxy(cert, key, extra),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn ssh_as(&self, cert: &Path, key: &Path, user: &str, args: &[&str]) -> Output {
+        Command::new("ssh")
+            .args(self.opts(cert, key, ""))
+            .arg(format!("{user}@web-1"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn ssh(&self, args: &[&str]) -> Output {
+        self.ssh_as(&self.cert, &self.key, "alice", args)
+    }
+
+    fn wait_no_accounts(&self) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let left = self.sshd.own_accounts();
+            if left.is_empty() || start.elapsed() > Duration::from_secs(15) {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn person_home(&self, person: &str) -> PathBuf {
+        self.sshd.state_dir.join("home").join(person)
+    }
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_string()
+}
+
+#[test]
+fn exec_keeps_streams_exit_codes_and_signals_apart() {
+    let Some(env) = env_with(1) else { return };
+    let o = env.ssh(&["id", "-un"]);
+    assert!(o.status.success(), "{}\n{}", err(&o), env.gw.log());
+    assert!(out(&o).starts_with("jit-alice-"), "{}", out(&o));
+
+    let o = env.ssh(&["echo out; echo err >&2; exit 7"]);
+    assert_eq!(o.status.code(), Some(7));
+    assert_eq!(out(&o), "out");
+    assert_eq!(err(&o), "err");
+
+    // A signal is reported as OpenSSH reports it for a direct connection.
+    let direct = Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-v",
+            "-i",
+        ])
+        .arg(&env.sshd.admin_key)
+        .args([
+            "-p",
+            &env.sshd.port.to_string(),
+            "root@127.0.0.1",
+            "kill -TERM $$",
+        ])
+        .output()
+        .unwrap();
+    let mut through = Command::new("ssh");
+    through
+        .args(env.opts(&env.cert, &env.key, ""))
+        .args(["-v", "alice@web-1", "kill -TERM $$"]);
+    let through = through.output().unwrap();
+    assert_eq!(through.status.code(), direct.status.code());
+    assert!(
+        err(&through).contains("rtype exit-signal"),
+        "{}",
+        err(&through)
+    );
+    assert!(
+        !err(&through).contains("rtype exit-status"),
+        "a signal is not an exit status"
+    );
+
+    // Each of those connections had its own account, and all are gone.
+    assert_eq!(
+        env.wait_no_accounts(),
+        Vec::<String>::new(),
+        "{}",
+        env.gw.log()
+    );
+    let members = Command::new("getent")
+        .args(["group", "jitgate"])
+        .output()
+        .unwrap();
+    let members = out(&members);
+    assert!(!members.contains(&env.sshd.instance_id), "{members}");
+}
+
+#[test]
+fn interactive_pty_and_window_resize() {
+    let Some(env) = env_with(1) else { return };
+    let Some(tmux) = which("tmux") else {
+        unavailable("tmux (apt-get install tmux)");
+        return;
+    };
+    let session = format!("jg{}", random_word(8));
+    let mut ssh = vec!["ssh".to_string(), "-tt".into()];
+    ssh.extend(env.opts(&env.cert, &env.key, ""));
+    ssh.push("alice@web-1".into());
+    let command: Vec<String> = ssh
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    let tmux_run = |args: &[&str]| {
+        let o = Command::new(&tmux).args(args).output().unwrap();
+        assert!(o.status.success(), "tmux {args:?}: {}", err(&o));
+        out(&o)
+    };
+    tmux_run(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &command.join(" "),
+    ]);
+    let screen = |want: &str| {
+        let start = Instant::now();
+        loop {
+            let pane = tmux_run(&["capture-pane", "-p", "-t", &session]);
+            if pane.contains(want) {
+                return pane;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "never saw {want:?} on:\n{pane}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    tmux_run(&["send-keys", "-t", &session, "echo typed-$((6*7))", "Enter"]);
+    screen("typed-42");
+    tmux_run(&["send-keys", "-t", &session, "stty size", "Enter"]);
+    screen("30 100");
+    tmux_run(&["resize-window", "-t", &session, "-x", "120", "-y", "40"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tmux_run(&["send-keys", "-t", &session, "clear; stty size", "Enter"]);
+    screen("40 120");
+    tmux_run(&["send-keys", "-t", &session, "exit", "Enter"]);
+    let _ = Command::new(&tmux)
+        .args(["kill-session", "-t", &session])
+        .output();
+    assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
+}
+
+fn sha256(path: &Path) -> String {
+    let o = Command::new("sha256sum").arg(path).output().unwrap();
+    out(&o).split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn scp_sftp_and_rsync_move_files_intact() {
+    let Some(env) = env_with(1) else { return };
+    let w = env.work.path();
+    let big = w.join("big.bin");
+    let o = Command::new("head")
+        .args(["-c", "52428800", "/dev/urandom"])
+        .output()
+        .unwrap();
+    fs::write(&big, &o.stdout).unwrap();
+    let mut scp = Command::new("scp");
+    scp.args(env.opts(&env.cert, &env.key, ""))
+        .arg(&big)
+        .arg("alice@web-1:/tmp/jitgate-big.bin");
+    let o = scp.output().unwrap();
+    assert!(o.status.success(), "scp up: {}\n{}", err(&o), env.gw.log());
+    let back = w.join("back.bin");
+    let mut scp = Command::new("scp");
+    scp.args(env.opts(&env.cert, &env.key, ""))
+        .arg("alice@web-1:/tmp/jitgate-big.bin")
+        .arg(&back);
+    let o = scp.output().unwrap();
+    assert!(o.status.success(), "scp down: {}", err(&o));
+    assert_eq!(sha256(&big), sha256(&back));
+    let _ = fs::remove_file("/tmp/jitgate-big.bin");
+
+    let batch = w.join("batch");
+    fs::write(w.join("note.txt"), "hello sftp\n").unwrap();
+    fs::write(
+        &batch,
+        format!(
+            "put {} note.txt\nls -l\nget note.txt {}\n",
+            w.join("note.txt").display(),
+            w.join("note-back.txt").display()
+        ),
+    )
+    .unwrap();
+    let mut sftp = Command::new("sftp");
+    sftp.args(env.opts(&env.cert, &env.key, ""))
+        .arg("-b")
+        .arg(&batch)
+        .arg("alice@web-1");
+    let o = sftp.output().unwrap();
+    assert!(o.status.success(), "sftp: {}", err(&o));
+    assert!(out(&o).contains("note.txt"));
+    assert_eq!(
+        fs::read_to_string(w.join("note-back.txt")).unwrap(),
+        "hello sftp\n"
+    );
+
+    let tree = w.join("tree");
+    fs::create_dir_all(tree.join("a/b")).unwrap();
+    for (i, f) in ["one", "a/two", "a/b/three"].iter().enumerate() {
+        fs::write(tree.join(f), format!("file {i}\n")).unwrap();
+    }
+    let ssh_cmd: Vec<String> = std::iter::once("ssh".to_string())
+        .chain(
+            env.opts(&env.cert, &env.key, "")
+                .into_iter()
+                .map(|a| format!("'{a}'")),
+        )
+        .collect();
+    let o = Command::new("rsync")
+        .args(["-a", "-e", &ssh_cmd.join(" ")])
+        .arg(format!("{}/", tree.display()))
+        .arg("alice@web-1:tree/")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "rsync: {}", err(&o));
+    let o = env.ssh(&["cat tree/a/b/three; find tree -type f | sort"]);
+    assert_eq!(out(&o), "file 2\ntree/a/b/three\ntree/a/two\ntree/one");
+    assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
+}
+
+/// A TCP echo server on loopback, for one connection at a time.
+fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn local_forwards_only_where_the_grant_allows() {
+    let allowed = echo_server();
+    let forbidden = echo_server();
+    let Some(env) = env_with(allowed) else { return };
+    let local = free_port();
+    let mut fwd = Command::new("ssh");
+    fwd.args(env.opts(&env.cert, &env.key, ""))
+        .args([
+            "-N",
+            "-L",
+            &format!("127.0.0.1:{local}:127.0.0.1:{allowed}"),
+            "alice@web-1",
+        ])
+        .stdin(Stdio::null());
+    let mut child = fwd.spawn().unwrap();
+    let start = Instant::now();
+    let mut conn = loop {
+        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", local)) {
+            break c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "forward never listened: {}",
+            env.gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"ping through jitgate").unwrap();
+    let mut buf = [0u8; 20];
+    conn.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping through jitgate");
+    drop(conn);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // -W opens the same kind of channel (direct-tcpip) and shows the refusal.
+    let mut w = Command::new("ssh");
+    w.args(env.opts(&env.cert, &env.key, ""))
+        .args(["-W", &format!("127.0.0.1:{forbidden}"), "alice@web-1"])
+        .stdin(Stdio::null());
+    let o = w.output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("administratively prohibited"),
+        "{}",
+        err(&o)
+    );
+    assert!(env.gw.log().contains("ssh.port_forward"));
+    assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
+}
+
+#[test]
+fn control_master_shares_one_account_until_exit() {
+    let Some(env) = env_with(1) else { return };
+    let control = env.work.path().join("cm");
+    let cm = |extra: &[&str]| {
+        let mut c = Command::new("ssh");
+        c.args(env.opts(&env.cert, &env.key, ""))
+            .args(["-o", &format!("ControlPath={}", control.display())])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let o = cm(&[
+        "-o",
+        "ControlMaster=yes",
+        "-o",
+        "ControlPersist=yes",
+        "-f",
+        "-N",
+        "alice@web-1",
+    ])
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "master: {}\n{}", err(&o), env.gw.log());
+    let runs: Vec<_> = (0..10)
+        .map(|i| {
+            cm(&["alice@web-1", &format!("echo {i} $(id -un)")])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut accounts = Vec::new();
+    for (i, run) in runs.into_iter().enumerate() {
+        let o = run.wait_with_output().unwrap();
+        assert!(o.status.success(), "run {i}: {}", err(&o));
+        let line = out(&o);
+        let (n, account) = line.split_once(' ').unwrap();
+        assert_eq!(n, i.to_string());
+        accounts.push(account.to_string());
+    }
+    accounts.dedup();
+    assert_eq!(accounts.len(), 1, "{accounts:?}");
+    assert_eq!(
+        env.sshd.own_accounts(),
+        accounts,
+        "the account stands while the master lives"
+    );
+    let o = cm(&["-O", "exit", "alice@web-1"]).output().unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
+}
+
+#[test]
+fn persistent_home_outlives_the_account_and_ephemeral_does_not() {
+    let Some(env) = env_with(1) else { return };
+    let f = env.work.path().join("keep.txt");
+    fs::write(&f, "kept across connections\n").unwrap();
+    let mut scp = Command::new("scp");
+    scp.args(env.opts(&env.cert, &env.key, ""))
+        .arg(&f)
+        .arg("alice@web-1:");
+    let o = scp.output().unwrap();
+    assert!(o.status.success(), "{}\n{}", err(&o), env.gw.log());
+    assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
+    let home = fs::metadata(env.person_home("alice")).unwrap();
+    assert_eq!(
+        (home.uid(), home.gid(), home.mode() & 0o7777),
+        (0, 0, 0o700),
+        "locked away between connections"
+    );
+    let o = env.ssh(&["cat keep.txt; id -un"]);
+    let text = out(&o);
+    assert!(
+        text.starts_with("kept across connections\njit-alice-"),
+        "{text}"
+    );
+
+    let (eph_crt, eph_key) = env.gw.issue("eph", &[]);
+    let o = env.ssh_as(&eph_crt, &eph_key, "eph", &["echo scratch > f; pwd"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let eph_home = PathBuf::from(out(&o));
+    assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
+    assert!(
+        !eph_home.exists(),
+        "ephemeral home {} should be gone",
+        eph_home.display()
+    );
+    let o = env.ssh_as(&eph_crt, &eph_key, "eph", &["cat f"]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn processes_go_with_the_account() {
+    let Some(env) = env_with(1) else { return };
+    let marker = format!(
+        "sleep 4{}",
+        &random_word(4)
+            .chars()
+            .filter(|c| c.is_ascii_digit())
+            .collect::<String>()
+    );
+    let o = env.ssh(&[&format!(
+        "id -u; (setsid nohup {marker}00 >/dev/null 2>&1 &) ; true"
+    )]);
+    assert!(o.status.success(), "{}", err(&o));
+    let uid = out(&o);
+    assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
+    let ps = Command::new("ps")
+        .args(["-eo", "uid=,args="])
+        .output()
+        .unwrap();
+    let left: Vec<String> = out(&ps)
+        .lines()
+        .filter(|l| l.trim_start().starts_with(&format!("{uid} ")))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "processes of uid {uid} survived: {left:?}");
+}
+
+#[test]
+fn refusals_reach_the_user_and_create_nothing() {
+    let Some(env) = env_with(1) else { return };
+    // A certificate from another CA.
+    let other = tempfile::tempdir().unwrap();
+    let dir = other.path().join("certs");
+    jitgate(&["certs", "init", "--dir", dir.to_str().unwrap()]);
+    jitgate(&[
+        "certs",
+        "issue",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--user",
+        "alice",
+        "--group",
+        "ops",
+    ]);
+    let o = env.ssh_as(
+        &dir.join("alice.crt"),
+        &dir.join("alice.key"),
+        "alice",
+        &["true"],
+    );
+    assert_eq!(o.status.code(), Some(255));
+    assert!(
+        err(&o).contains("client certificate rejected"),
+        "{}",
+        err(&o)
+    );
+
+    // No grant for this person.
+    let (crt, key) = env.gw.issue("mallory", &["sales"]);
+    let o = env.ssh_as(&crt, &key, "mallory", &["true"]);
+    assert!(
+        err(&o).contains("no policy grants mallory access to web-1"),
+        "{}",
+        err(&o)
+    );
+
+    // A grant that needs a reason, without and with one.
+    let (crt, key) = env.gw.issue("tess", &[]);
+    let o = env.ssh_as(&crt, &key, "tess", &["true"]);
+    assert!(!o.status.success());
+    assert!(err(&o).contains("requires a reason"), "{}", err(&o));
+    let o = Command::new("ssh")
+        .args(env.opts(&crt, &key, "--reason INC-77"))
+        .args(["tess@web-1", "id -un"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(env.gw.log().contains("INC-77"));
+
+    // A grant name that is not this person's.
+    let o = env.ssh_as(&env.cert, &env.key, "web-scratch", &["true"]);
+    assert!(err(&o).contains("does not apply"), "{}", err(&o));
+
+    // An unknown target.
+    let mut c = Command::new("ssh");
+    c.args(env.opts(&env.cert, &env.key, ""))
+        .args(["alice@web-9", "true"]);
+    let o = c.output().unwrap();
+    assert!(
+        err(&o).contains("no SSH target named \"web-9\""),
+        "{}",
+        err(&o)
+    );
+
+    // No certificate at all (a TLS client without one).
+    let line = no_certificate_answer(&env);
+    assert!(
+        line.contains("ERROR jitgate requires a client certificate"),
+        "{line}"
+    );
+
+    assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
+}
+
+fn no_certificate_answer(env: &Env) -> String {
+    let config = jitgate::tls::upstream_client_config(Some(&env.gw.path("certs/ca.crt"))).unwrap();
+    let port = env.gw.ssh_port;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            use tokio::io::AsyncWriteExt;
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            tls.write_all(jitgate::ssh::preamble::hello(None).as_bytes())
+                .await
+                .unwrap();
+            jitgate::ssh::preamble::read_line(&mut tls).await.unwrap()
+        })
+}
+
+#[test]
+fn wrong_pinned_host_key_is_a_refusal() {
+    let Some(sshd) = Sshd::start() else { return };
+    let other_key =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMsy6ZRjqCgYvP+9IcO1W6JZmUSjxmxUBmjMBHS0Aio6 other";
+    let gw = Gateway::start_edited(None, Some(&sshd), &policy(1), |config| {
+        config.replace(&sshd.host_key_line, other_key)
+    });
+    let (cert, key) = gw.issue("alice", &["ops"]);
+    let env = Env {
+        sshd,
+        gw,
+        cert,
+        key,
+        work: tempfile::tempdir().unwrap(),
+    };
+    let o = env.ssh(&["true"]);
+    assert_eq!(o.status.code(), Some(255));
+    assert!(err(&o).contains("host key"), "{}", err(&o));
+    assert!(
+        env.sshd.own_accounts().is_empty(),
+        "an account was created despite the wrong key"
+    );
+}
+
+#[test]
+fn ephemeral_key_never_leaves_the_gateway() {
+    let Some(env) = env_with(1) else { return };
+    let o = env.ssh(&["id -un; ls -la ~/.ssh; cat ~/.ssh/authorized_keys"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let seen = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
+    let keys = env.gw.minted_credentials();
+    assert!(
+        !keys.is_empty(),
+        "the gateway recorded no credential for the leak test"
+    );
+    let log = env.gw.log().replace(['\n', '\r'], "");
+    let seen_flat = seen.replace(['\n', '\r'], "");
+    for key in &keys {
+        assert!(key.len() > 40);
+        assert!(
+            !seen_flat.contains(key.as_str()),
+            "the client saw the private key"
+        );
+        assert!(
+            !log.contains(key.as_str()),
+            "the gateway log has the private key"
+        );
+    }
+}
