@@ -400,18 +400,40 @@ fn local_forwards_only_where_the_grant_allows() {
     let _ = child.kill();
     let _ = child.wait();
 
-    // -W opens the same kind of channel (direct-tcpip) and shows the refusal.
-    let mut w = Command::new("ssh");
-    w.args(env.opts(&env.cert, &env.key, ""))
-        .args(["-W", &format!("127.0.0.1:{forbidden}"), "alice@web-1"])
+    // A destination the grant does not list: ssh listens locally, but the gateway refuses
+    // the channel, so the connection is closed without a byte.
+    let local = free_port();
+    let mut fwd = Command::new("ssh");
+    fwd.args(env.opts(&env.cert, &env.key, ""))
+        .args([
+            "-N",
+            "-L",
+            &format!("127.0.0.1:{local}:127.0.0.1:{forbidden}"),
+            "alice@web-1",
+        ])
         .stdin(Stdio::null());
-    let o = w.output().unwrap();
-    assert!(!o.status.success());
-    assert!(
-        err(&o).contains("administratively prohibited"),
-        "{}",
-        err(&o)
-    );
+    let mut child = fwd.spawn().unwrap();
+    let start = Instant::now();
+    let mut conn = loop {
+        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", local)) {
+            break c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "forward never listened"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = conn.write_all(b"ping");
+    let mut reply = Vec::new();
+    let _ = conn.read_to_end(&mut reply);
+    assert!(reply.is_empty(), "a forbidden forward carried data");
+    let _ = child.kill();
+    let _ = child.wait();
+    let wanted = format!("destination=127.0.0.1:{forbidden} allowed=false");
+    assert!(env.gw.log().contains(&wanted), "{}", env.gw.log());
     assert!(env.gw.log().contains("ssh.port_forward"));
     assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
 }

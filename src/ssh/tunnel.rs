@@ -111,13 +111,23 @@ pub async fn run(opts: TunnelOptions) -> Result<(), TunnelError> {
     tokio::pin!(upload);
     tokio::pin!(download);
     tokio::select! {
-        result = &mut download => { result?; }
+        result = &mut download => ended(result)?,
         result = &mut upload => {
-            result?;
-            download.await?;
+            ended(result)?;
+            ended(download.await)?;
         }
     }
     Ok(())
+}
+
+/// The bastion ends the SSH session by closing the connection, without a TLS close_notify
+/// (russh owns the stream); that is the normal end of a session, not an error.
+fn ended(result: std::io::Result<u64>) -> std::io::Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

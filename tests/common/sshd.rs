@@ -129,7 +129,7 @@ impl Sshd {
         // Tests of one binary run at once: each gets its own 100-UID slice of the default
         // range (a random start, then consecutive), so their counters do not collide.
         static NEXT_SLICE: AtomicU32 = AtomicU32::new(u32::MAX);
-        let start = u32::from_str_radix(&word[..4], 16).unwrap() % 1000;
+        let start = u32::from_str_radix(&word[..4], 36).unwrap() % 1000;
         let _ = NEXT_SLICE.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
         let slice = NEXT_SLICE.fetch_add(1, Ordering::SeqCst) % 1000;
         let base = 200_000 + slice * 100;
