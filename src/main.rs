@@ -352,33 +352,41 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// One reaper pass over every target; true if some account could not be removed.
 async fn reap(config: jitgate::config::Config) -> anyhow::Result<bool> {
     use jitgate::config::Target;
+    use jitgate::jit::reaper::ReapReport;
     let mut failed = false;
     for target in config.targets.values() {
-        match target {
+        // No session of this process is live; an account still in use (a backend, a process)
+        // may belong to a gateway running with this instance id, so it stays.
+        let report: ReapReport = match target {
             Target::Postgres(t) => {
                 let provisioner = jitgate::jit::postgres::PgProvisioner::new(
                     t.clone(),
                     config.instance_id.clone(),
                 );
-                // No session of this process is live; a role with a backend may belong to a
-                // gateway still running with this instance id, so it stays.
                 let busy = provisioner.roles_with_backends().await?;
-                let report =
-                    jitgate::jit::reaper::reap_postgres(&provisioner, &config.instance_id, |r| {
-                        busy.contains(&r.role)
-                    })
-                    .await?;
-                for role in &report.dropped {
-                    println!("{}: dropped {role}", t.name);
-                }
-                for role in &report.failed {
-                    eprintln!("{}: could not drop {role}", t.name);
-                }
-                failed |= !report.failed.is_empty();
+                jitgate::jit::reaper::reap_postgres(&provisioner, &config.instance_id, |r| {
+                    busy.contains(&r.role)
+                })
+                .await?
             }
-            // SSH targets are served by the SSH listener
-            Target::Ssh(_) => {}
+            Target::Ssh(t) => {
+                let provisioner = jitgate::jit::linux::LinuxProvisioner::new(
+                    t.clone(),
+                    config.instance_id.clone(),
+                )?;
+                jitgate::jit::reaper::reap_linux(&provisioner, &config.instance_id, |a| {
+                    a.has_processes
+                })
+                .await?
+            }
+        };
+        for account in &report.dropped {
+            println!("{}: dropped {account}", target.name());
         }
+        for account in &report.failed {
+            eprintln!("{}: could not drop {account}", target.name());
+        }
+        failed |= !report.failed.is_empty();
     }
     Ok(failed)
 }
