@@ -13,17 +13,18 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /etc/jitgate --shell /usr/sbin/nologin jitgate \
-    && mkdir -p /etc/jitgate/certs /etc/jitgate/policies /var/lib/jitgate/audit \
+    && mkdir -p /etc/jitgate/certs /etc/jitgate/policies /etc/jitgate/state /var/lib/jitgate/audit \
     && chown -R jitgate:jitgate /etc/jitgate /var/lib/jitgate
 COPY --from=build /src/target/release/jitgate /usr/local/bin/jitgate
-COPY jitgate.yaml /etc/jitgate/jitgate.yaml
+COPY docker/jitgate.yaml /etc/jitgate/jitgate.yaml
 COPY policies /etc/jitgate/policies
 USER jitgate
 WORKDIR /etc/jitgate
-# Postgres listener, SSH bastion listener.
+# Postgres listener, SSH bastion (inside TLS, for jitgate tunnel).
 EXPOSE 6432 2222
-VOLUME ["/etc/jitgate/certs", "/etc/jitgate/policies", "/var/lib/jitgate/audit"]
-# The gateway is healthy while its config (and policies) still validate.
-HEALTHCHECK --interval=30s --timeout=5s CMD ["jitgate", "policy", "check", "/etc/jitgate/policies"]
+# Config, certificates (CA, server cert and key, CRL), policies, state (the bastion's SSH
+# host key), audit.
+VOLUME ["/etc/jitgate", "/etc/jitgate/certs", "/etc/jitgate/policies", "/etc/jitgate/state", "/var/lib/jitgate/audit"]
+HEALTHCHECK --interval=30s --timeout=5s CMD ["jitgate", "probe", "127.0.0.1:6432"]
 ENTRYPOINT ["jitgate"]
 CMD ["serve", "--config", "/etc/jitgate/jitgate.yaml"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages jitgate's tests and demo drive (real PostgreSQL, psql, OpenSSH
-# sshd/ssh/scp/sftp, rsync, and sudo for the sudo grant).
+# sshd/ssh/scp/sftp, rsync, sudo for the sudo grant, tmux for the interactive pty test).
 # As root it installs what is missing with apt-get; otherwise it prints the one command to run.
 set -euo pipefail
 
@@ -13,6 +13,7 @@ command -v ssh >/dev/null || missing+=(openssh-client)
 [ -x /usr/lib/openssh/sftp-server ] || missing+=(openssh-sftp-server)
 command -v rsync >/dev/null || missing+=(rsync)
 [ -x /usr/sbin/visudo ] || missing+=(sudo)
+command -v tmux >/dev/null || missing+=(tmux)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -71,6 +71,11 @@ enum Command {
     /// Validate policies and explain decisions.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Health check: exit 0 if something accepts TCP connections at ADDR (for HEALTHCHECK).
+    Probe {
+        /// host:port of a jitgate listener.
+        addr: String,
+    },
     /// Remove JIT accounts that have no live session (expired ones of any instance, and this
     /// instance's that have no backend on the target), then exit.
     Reap {
@@ -167,6 +172,16 @@ fn init_logging() {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Probe { addr } => {
+            use std::net::ToSocketAddrs;
+            let target = addr
+                .to_socket_addrs()
+                .with_context(|| format!("resolving {addr}"))?
+                .next();
+            let target = target.with_context(|| format!("{addr} resolves to no address"))?;
+            std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(3))
+                .with_context(|| format!("nothing accepts connections at {addr}"))?;
+        }
         Command::Serve { config } => {
             let config = jitgate::config::Config::load(&config)?;
             runtime()?.block_on(jitgate::server::serve(config))?;

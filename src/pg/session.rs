@@ -73,7 +73,8 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<PgContext>) {
         Ok(Err(FrontDoorError::Refused { code, message })) => {
             tracing::info!(event = "access.denied", client = %peer, sqlstate = code, reason = %message, "connection refused");
         }
-        Ok(Err(e)) => tracing::info!(client = %peer, error = %e, "connection closed before login"),
+        // Port probes and health checks land here: not worth an info line each.
+        Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "connection closed before login"),
         Ok(Ok(Arrival::Cancel(key))) => ctx.cancels.cancel(key).await,
         Ok(Ok(Arrival::Login(login))) => run_login(*login, peer, &ctx).await,
     }
