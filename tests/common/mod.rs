@@ -325,6 +325,14 @@ impl Gateway {
             .collect()
     }
 
+    /// The gateway process's resident memory in KiB (Linux /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
     /// Kills the gateway without letting it clean up (a crash).
     pub fn kill_hard(&mut self) {
         if let Some(mut child) = self.child.take() {
