@@ -573,3 +573,46 @@ fn shutdown_drops_live_accounts() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn target_trouble_is_reported_and_named() {
+    let Some(pg) = Postgres::start() else { return };
+    if which("psql").is_none() {
+        unavailable("psql");
+        return;
+    }
+    // The target's port has nothing listening.
+    let closed = free_port();
+    let gw = Gateway::start_edited(Some(&pg), None, DEFAULT_POLICY, |c| {
+        c.replace(&format!("port: {}", pg.port), &format!("port: {closed}"))
+    });
+    let (crt, key) = gw.issue("alice", &["dba"]);
+    let out = psql(&gw.conninfo("alice", Some((&crt, &key)), ""), "SELECT 1");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("cannot reach target orders (127.0.0.1:{closed})")),
+        "{}",
+        stderr(&out)
+    );
+    drop(gw);
+
+    // The target refuses the admin login (here: a role that does not exist): the user is told
+    // the gateway is misconfigured, the operator's log says why.
+    let gw = Gateway::start_edited(Some(&pg), None, DEFAULT_POLICY, |c| {
+        c.replace(&format!("user: {ADMIN_USER}"), "user: jitgate_nobody")
+    });
+    let (crt, key) = gw.issue("alice", &["dba"]);
+    let out = psql(&gw.conninfo("alice", Some((&crt, &key)), ""), "SELECT 1");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("its admin access is misconfigured"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        gw.log().contains("rejected jitgate's admin login"),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(pg.jit_roles(), Vec::<String>::new());
+}

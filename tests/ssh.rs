@@ -772,3 +772,30 @@ fn a_slow_client_holds_back_a_fast_upstream() {
     );
     assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
 }
+
+#[test]
+fn clients_that_skip_none_auth_get_in_with_any_key() {
+    let Some(env) = env_with(1) else { return };
+    let key = env.work.path().join("any_ed25519");
+    let o = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let mut ssh = Command::new("ssh");
+    ssh.args(env.opts(&env.cert, &env.key, ""))
+        .args([
+            "-o",
+            "PreferredAuthentications=publickey",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-i",
+        ])
+        .arg(&key)
+        .args(["alice@web-1", "id -un"]);
+    let o = ssh.output().unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).starts_with("jit-alice-"));
+    assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
+}

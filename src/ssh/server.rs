@@ -126,6 +126,19 @@ impl BastionHandler {
         Ok(())
     }
 
+    /// The policy decision for the SSH user name; refusals are told at `auth_succeeded`, where
+    /// a disconnect message can carry them.
+    fn decide(&mut self, user: &str) -> Auth {
+        let request = AccessRequest {
+            identity: &self.identity,
+            target: &self.target.name,
+            requested: user,
+            reason: self.reason.as_deref(),
+        };
+        self.decision = Some(policy::evaluate(&self.policies, &request));
+        Auth::Accept
+    }
+
     fn channel(&self, id: ChannelId) -> Option<&SplicedChannel> {
         self.channels.get(&id)
     }
@@ -155,14 +168,17 @@ impl Handler for BastionHandler {
     /// The person was authenticated by the TLS client certificate before SSH began; `none`
     /// is accepted only here, inside that verified TLS session. The SSH user name picks the grant.
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
-        let request = AccessRequest {
-            identity: &self.identity,
-            target: &self.target.name,
-            requested: user,
-            reason: self.reason.as_deref(),
-        };
-        self.decision = Some(policy::evaluate(&self.policies, &request));
-        Ok(Auth::Accept)
+        Ok(self.decide(user))
+    }
+
+    /// Clients that never try `none` (paramiko, some libraries) offer a key: any key is fine,
+    /// since it is not what authenticates the person; the certificate did.
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        _key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.decide(user))
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {

@@ -34,12 +34,15 @@ pub struct SshContext {
     pub shutdown: CancellationToken,
 }
 
-/// A russh server config for the bastion: our host key, `none` auth only (the TLS client
-/// certificate is the authentication), keepalives instead of an idle timeout.
+/// A russh server config for the bastion: our host key, `none` (and, for clients that never
+/// try it, any public key) — the TLS client certificate is the authentication — and
+/// keepalives instead of an idle timeout.
 pub fn russh_config(host_key: russh::keys::PrivateKey) -> russh::server::Config {
     russh::server::Config {
         server_id: russh::SshId::Standard("SSH-2.0-jitgate".into()),
-        methods: russh::MethodSet::from(&[russh::MethodKind::None][..]),
+        methods: russh::MethodSet::from(
+            &[russh::MethodKind::None, russh::MethodKind::PublicKey][..],
+        ),
         keys: vec![host_key],
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),
