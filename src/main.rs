@@ -29,18 +29,8 @@ enum Command {
     Tunnel {
         /// The target's name as in the gateway config (ssh's %h).
         target: String,
-        /// The gateway's SSH listener, host:port.
-        #[arg(long, env = "JITGATE_GATEWAY")]
-        gateway: String,
-        /// Your client certificate.
-        #[arg(long, env = "JITGATE_CERT")]
-        cert: PathBuf,
-        /// Its private key.
-        #[arg(long, env = "JITGATE_KEY")]
-        key: PathBuf,
-        /// The CA that signed the gateway's certificate.
-        #[arg(long, env = "JITGATE_CA")]
-        ca: PathBuf,
+        #[command(flatten)]
+        via: Bastion,
         /// Why you connect (ticket id), for grants that require a reason.
         #[arg(long, env = "JITGATE_REASON")]
         reason: Option<String>,
@@ -50,14 +40,8 @@ enum Command {
         /// Host names or patterns the block applies to (repeatable), e.g. --host web-1 --host 'db-*'.
         #[arg(long = "host", required = true)]
         hosts: Vec<String>,
-        #[arg(long, env = "JITGATE_GATEWAY")]
-        gateway: String,
-        #[arg(long, env = "JITGATE_CERT")]
-        cert: PathBuf,
-        #[arg(long, env = "JITGATE_KEY")]
-        key: PathBuf,
-        #[arg(long, env = "JITGATE_CA")]
-        ca: PathBuf,
+        #[command(flatten)]
+        via: Bastion,
         /// SSH user name to use (a grant name or your own name); default: ssh's own default.
         #[arg(long)]
         user: Option<String>,
@@ -82,6 +66,23 @@ enum Command {
         #[arg(long, short, default_value = "jitgate.yaml")]
         config: PathBuf,
     },
+}
+
+/// How to reach the bastion, and as whom.
+#[derive(clap::Args)]
+struct Bastion {
+    /// The gateway's SSH listener, host:port.
+    #[arg(long, env = "JITGATE_GATEWAY")]
+    gateway: String,
+    /// Your client certificate.
+    #[arg(long, env = "JITGATE_CERT")]
+    cert: PathBuf,
+    /// Its private key.
+    #[arg(long, env = "JITGATE_KEY")]
+    key: PathBuf,
+    /// The CA that signed the gateway's certificate.
+    #[arg(long, env = "JITGATE_CA")]
+    ca: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -195,17 +196,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Tunnel {
             target,
-            gateway,
-            cert,
-            key,
-            ca,
+            via,
             reason,
         } => {
             let opts = jitgate::ssh::tunnel::TunnelOptions {
-                gateway,
-                cert,
-                key,
-                ca,
+                gateway: via.gateway,
+                cert: via.cert,
+                key: via.key,
+                ca: via.ca,
                 target,
                 reason,
             };
@@ -217,24 +215,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::SshConfig {
             hosts,
-            gateway,
-            cert,
-            key,
-            ca,
+            via,
             user,
             known_hosts,
         } => {
             print!(
                 "{}",
-                ssh_config_block(
-                    &hosts,
-                    &gateway,
-                    &cert,
-                    &key,
-                    &ca,
-                    user.as_deref(),
-                    &known_hosts
-                )?
+                ssh_config_block(&hosts, &via, user.as_deref(), &known_hosts)?
             );
         }
         Command::Certs(CertsCommand::Init { dir, hosts, force }) => {
@@ -316,13 +303,16 @@ fn absolute(path: &std::path::Path) -> anyhow::Result<String> {
 
 fn ssh_config_block(
     hosts: &[String],
-    gateway: &str,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-    ca: &std::path::Path,
+    via: &Bastion,
     user: Option<&str>,
     known_hosts: &str,
 ) -> anyhow::Result<String> {
+    let Bastion {
+        gateway,
+        cert,
+        key,
+        ca,
+    } = via;
     let exe = std::env::current_exe().context("finding the jitgate binary")?;
     let alias: String = gateway
         .chars()

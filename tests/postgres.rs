@@ -497,29 +497,7 @@ fn crash_leaves_no_account_after_restart() {
     };
     let (crt, key) = gw.issue("alice", &["dba"]);
     let conninfo = gw.conninfo("alice", Some((&crt, &key)), "");
-    let mut long = Command::new(which("psql").unwrap())
-        .args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            &conninfo,
-            "-c",
-            "SELECT pg_sleep(60)",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while pg.jit_roles().is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "no role appeared: {}",
-            gw.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut long = long_session(&pg, &gw, &conninfo);
     gw.kill_hard();
     assert_eq!(
         pg.jit_roles().len(),
@@ -540,29 +518,7 @@ fn shutdown_drops_live_accounts() {
     };
     let (crt, key) = gw.issue("alice", &["dba"]);
     let conninfo = gw.conninfo("alice", Some((&crt, &key)), "");
-    let long = Command::new(which("psql").unwrap())
-        .args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            &conninfo,
-            "-c",
-            "SELECT pg_sleep(60)",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while pg.jit_roles().is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "no role appeared: {}",
-            gw.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let long = long_session(&pg, &gw, &conninfo);
     gw.stop();
     assert_eq!(pg.jit_roles(), Vec::<String>::new(), "{}", gw.log());
     let out = long.wait_with_output().unwrap();
@@ -615,4 +571,32 @@ fn target_trouble_is_reported_and_named() {
         gw.log()
     );
     assert_eq!(pg.jit_roles(), Vec::<String>::new());
+}
+
+/// A psql session busy for a minute, started and waited for until its role exists.
+fn long_session(pg: &Postgres, gw: &Gateway, conninfo: &str) -> std::process::Child {
+    let child = Command::new(which("psql").unwrap())
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            conninfo,
+            "-c",
+            "SELECT pg_sleep(60)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while pg.jit_roles().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no role appeared: {}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }

@@ -377,36 +377,45 @@ fn echo_server() -> u16 {
     port
 }
 
+impl Env {
+    /// `ssh -N -L <free port>:127.0.0.1:<dest>` through the bastion, and a connection to that
+    /// local port once ssh listens on it.
+    fn forward(&self, dest: u16) -> (std::process::Child, std::net::TcpStream) {
+        let local = free_port();
+        let mut fwd = Command::new("ssh");
+        fwd.args(self.opts(&self.cert, &self.key, ""))
+            .args([
+                "-N",
+                "-L",
+                &format!("127.0.0.1:{local}:127.0.0.1:{dest}"),
+                "alice@web-1",
+            ])
+            .stdin(Stdio::null());
+        let child = fwd.spawn().unwrap();
+        let start = Instant::now();
+        let conn = loop {
+            if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", local)) {
+                break c;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "forward never listened: {}",
+                self.gw.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        (child, conn)
+    }
+}
+
 #[test]
 fn local_forwards_only_where_the_grant_allows() {
     let allowed = echo_server();
     let forbidden = echo_server();
     let Some(env) = env_with(allowed) else { return };
-    let local = free_port();
-    let mut fwd = Command::new("ssh");
-    fwd.args(env.opts(&env.cert, &env.key, ""))
-        .args([
-            "-N",
-            "-L",
-            &format!("127.0.0.1:{local}:127.0.0.1:{allowed}"),
-            "alice@web-1",
-        ])
-        .stdin(Stdio::null());
-    let mut child = fwd.spawn().unwrap();
-    let start = Instant::now();
-    let mut conn = loop {
-        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", local)) {
-            break c;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "forward never listened: {}",
-            env.gw.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let (mut child, mut conn) = env.forward(allowed);
     conn.write_all(b"ping through jitgate").unwrap();
     let mut buf = [0u8; 20];
     conn.read_exact(&mut buf).unwrap();
@@ -417,30 +426,7 @@ fn local_forwards_only_where_the_grant_allows() {
 
     // A destination the grant does not list: ssh listens locally, but the gateway refuses
     // the channel, so the connection is closed without a byte.
-    let local = free_port();
-    let mut fwd = Command::new("ssh");
-    fwd.args(env.opts(&env.cert, &env.key, ""))
-        .args([
-            "-N",
-            "-L",
-            &format!("127.0.0.1:{local}:127.0.0.1:{forbidden}"),
-            "alice@web-1",
-        ])
-        .stdin(Stdio::null());
-    let mut child = fwd.spawn().unwrap();
-    let start = Instant::now();
-    let mut conn = loop {
-        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", local)) {
-            break c;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "forward never listened"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let (mut child, mut conn) = env.forward(forbidden);
     let _ = conn.write_all(b"ping");
     let mut reply = Vec::new();
     let _ = conn.read_to_end(&mut reply);

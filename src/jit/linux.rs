@@ -260,20 +260,8 @@ impl LinuxProvisioner {
 
     /// `drop_lease`, retried with backoff for about a minute while the target is unreachable.
     pub async fn drop_with_retry(&self, lease: &LinuxLease) -> Result<(), LinuxError> {
-        let mut delay = Duration::from_millis(200);
-        let mut waited = Duration::ZERO;
-        loop {
-            match self.drop_lease(lease).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_transient() && waited < Duration::from_secs(60) => {
-                    tracing::warn!(target_name = %self.target.name, account = %lease.user, error = %e, "drop failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    waited += delay;
-                    delay = (delay * 2).min(Duration::from_secs(15));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let what = format!("removing {} on {}", lease.user, self.target.name);
+        super::retry_transient(&what, LinuxError::is_transient, || self.drop_lease(lease)).await
     }
 
     /// Members of group `jitgate` whose comment carries a valid marker (any instance).

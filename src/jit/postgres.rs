@@ -185,20 +185,8 @@ impl PgProvisioner {
 
     /// `drop_lease`, retried with backoff for about a minute while the target is unreachable.
     pub async fn drop_with_retry(&self, lease: &PgLease) -> Result<(), JitError> {
-        let mut delay = Duration::from_millis(200);
-        let mut waited = Duration::ZERO;
-        loop {
-            match self.drop_lease(lease).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_transient() && waited < Duration::from_secs(60) => {
-                    tracing::warn!(target_name = %self.target.name, role = %lease.role, error = %e, "drop failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    waited += delay;
-                    delay = (delay * 2).min(Duration::from_secs(15));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let what = format!("dropping {} on {}", lease.role, self.target.name);
+        super::retry_transient(&what, JitError::is_transient, || self.drop_lease(lease)).await
     }
 
     /// Every role on the target carrying a jitgate marker (any instance).
@@ -393,20 +381,7 @@ async fn server_version(admin: &Client) -> Result<i32, tokio_postgres::Error> {
 pub fn role_name(user: &str) -> String {
     const SUFFIX: usize = 10;
     let budget = MAX_ROLE_NAME - "jit_".len() - 1 - SUFFIX;
-    let mut clean = String::new();
-    for c in user.chars() {
-        let c = if c.is_ascii_alphanumeric() {
-            c.to_ascii_lowercase()
-        } else {
-            '_'
-        };
-        if !(c == '_' && (clean.is_empty() || clean.ends_with('_'))) {
-            clean.push(c);
-        }
-    }
-    clean.truncate(budget);
-    let clean = clean.trim_end_matches('_');
-    let clean = if clean.is_empty() { "user" } else { clean };
+    let clean = super::sanitise_user(user, budget);
     format!("jit_{clean}_{}", random_suffix(SUFFIX))
 }
 

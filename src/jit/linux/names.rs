@@ -64,27 +64,8 @@ pub fn is_person_dir_name(name: &str) -> bool {
         })
 }
 
-/// Lowercase ASCII letters and digits kept, every other run of characters one `_`, no `_` at
-/// either end, at most `max` bytes; `user` if nothing is left.
 fn sanitise(user: &str, max: usize) -> String {
-    let mut clean = String::new();
-    for c in user.chars() {
-        let c = if c.is_ascii_alphanumeric() {
-            c.to_ascii_lowercase()
-        } else {
-            '_'
-        };
-        if !(c == '_' && (clean.is_empty() || clean.ends_with('_'))) {
-            clean.push(c);
-        }
-    }
-    clean.truncate(max);
-    let clean = clean.trim_end_matches('_');
-    if clean.is_empty() {
-        "user".to_string()
-    } else {
-        clean.to_string()
-    }
+    crate::jit::sanitise_user(user, max)
 }
 
 /// What a home directory is, judged by its path (as the removal script must treat it).
