@@ -785,3 +785,38 @@ fn clients_that_skip_none_auth_get_in_with_any_key() {
     assert!(out(&o).starts_with("jit-alice-"));
     assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
 }
+
+#[test]
+fn gateway_shutdown_ends_sessions_and_removes_accounts() {
+    let Some(mut env) = env_with(1) else { return };
+    let mut ssh = Command::new("ssh");
+    ssh.args(env.opts(&env.cert, &env.key, ""))
+        .args(["alice@web-1", "sleep 60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = ssh.spawn().unwrap();
+    let start = Instant::now();
+    while env.sshd.own_accounts().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no account appeared: {}",
+            env.gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    env.gw.stop();
+    assert_eq!(
+        env.sshd.own_accounts(),
+        Vec::<String>::new(),
+        "{}",
+        env.gw.log()
+    );
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(255));
+    assert!(
+        err(&o).contains("the gateway is shutting down"),
+        "{}",
+        err(&o)
+    );
+}
