@@ -106,6 +106,13 @@ pub enum DemoError {
     HostKey(#[from] HostKeyError),
     #[error("gateway: {0}")]
     Serve(ServeError),
+    #[error(
+        "stopped, but could not remove every account it created ({}); on this machine, \
+         `getent passwd | grep 'instance={INSTANCE_ID} '` lists the Linux ones (remove them with \
+         userdel); the PostgreSQL ones went with its throwaway cluster",
+        .0.join("; ")
+    )]
+    Leftovers(Vec<String>),
     #[error("interrupted during set-up; everything it had started is stopped again")]
     Interrupted,
     #[error("internal error: {0}")]
@@ -147,22 +154,20 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         _ = interrupt.recv() => (setup.await, true),
         _ = terminate.recv() => (setup.await, true),
     };
-    let mut sandbox = joined.map_err(|e| DemoError::Internal(format!("set-up task: {e}")))??;
+    let created = joined.map_err(|e| DemoError::Internal(format!("set-up task: {e}")))?;
     if interrupted {
-        sandbox.stop();
+        // Whatever it got to (a terminal's Ctrl-C also fails the initdb or psql it was
+        // running) is stopped by dropping it.
+        drop(created);
         return Err(DemoError::Interrupted);
     }
+    let mut sandbox = created?;
     let config = Config::load(&sandbox.config_path)?;
-    // The gateway's host key, made now rather than by the gateway, so that ssh can be told it
-    // (known_hosts) instead of being asked to trust it on first use.
-    let host_key = load_or_create_host_key(&config.ssh_host_key)?;
-    let host_key_line = host_key
-        .public_key()
-        .to_openssh()
-        .map_err(|e| DemoError::Internal(format!("encoding the host key: {e}")))?;
-    let known_hosts = dir.join("known_hosts");
-    fs::write(&known_hosts, format!("{SSH_TARGET} {host_key_line}\n"))
-        .map_err(io_err(format!("writing {}", known_hosts.display())))?;
+    let known_hosts = match sandbox.with_ssh() {
+        true => Some(write_known_hosts(&config, &dir)?),
+        false => None,
+    };
+    let instructions = Instructions::new(&sandbox, &opts, known_hosts.as_deref())?;
 
     let stop = CancellationToken::new();
     let (ready_tx, mut ready_rx) = tokio::sync::oneshot::channel::<Listening>();
@@ -176,8 +181,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
             listening = &mut ready_rx, if !announced => {
                 announced = true;
                 if listening.is_ok() {
-                    let text = Instructions::new(&sandbox, &opts, &known_hosts)?.to_string();
-                    println!("{text}");
+                    println!("{instructions}");
                 }
             }
             // serve_until sees these signals too once listening; before that, `stop` tells it.
@@ -186,13 +190,13 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         }
     };
 
-    let served = served.map_err(|e| DemoError::Internal(format!("gateway task: {e}")))?;
     // Sessions are over: anything of this instance still on a target is a leftover.
-    if announced {
-        final_reap(&config).await;
-    }
+    let leftovers = final_reap(&config).await;
     sandbox.stop();
-    match served {
+    if !leftovers.is_empty() {
+        return Err(DemoError::Leftovers(leftovers));
+    }
+    match served.map_err(|e| DemoError::Internal(format!("gateway task: {e}")))? {
         Ok(()) => {
             println!(
                 "jitgate demo stopped: every session ended, every account dropped, PostgreSQL{} \
@@ -219,6 +223,20 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         }
         Err(e) => Err(DemoError::Serve(e)),
     }
+}
+
+/// Makes the gateway's SSH host key now (rather than leaving it to the gateway) and writes
+/// `<dir>/known_hosts` naming it for the SSH target, so that ssh checks the key instead of
+/// asking to trust it on first use.
+fn write_known_hosts(config: &Config, dir: &Path) -> Result<PathBuf, DemoError> {
+    let host_key = load_or_create_host_key(&config.ssh_host_key)?;
+    let line = host_key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| DemoError::Internal(format!("encoding the host key: {e}")))?;
+    let known_hosts = dir.join("known_hosts");
+    write_file(&known_hosts, &format!("{SSH_TARGET} {line}\n"))?;
+    Ok(known_hosts)
 }
 
 /// What can be checked before anything is started: ports, packages.
@@ -274,8 +292,10 @@ fn missing_packages(with_ssh: bool) -> Vec<&'static str> {
 }
 
 /// One last pass over both targets after the gateway stopped: every account of this instance
-/// goes, whatever its state (a normal stop has left none).
-async fn final_reap(config: &Config) {
+/// goes, whatever its state (a normal stop has left none). What could not be removed, or
+/// checked, as `target: account` lines.
+async fn final_reap(config: &Config) -> Vec<String> {
+    let mut leftovers = Vec::new();
     for target in config.targets.values() {
         let report = match target {
             Target::Postgres(t) => {
@@ -292,15 +312,18 @@ async fn final_reap(config: &Config) {
             },
         };
         match report {
-            Ok(report) if report.failed.is_empty() => {}
             Ok(report) => {
-                tracing::error!(target_name = %target.name(), failed = ?report.failed, "could not drop these accounts")
+                for account in report.failed {
+                    leftovers.push(format!("{}: {account}", target.name()));
+                }
             }
             Err(e) => {
-                tracing::error!(target_name = %target.name(), error = %e, "final check for leftover accounts failed")
+                tracing::error!(target_name = %target.name(), error = %e, "final check for leftover accounts failed");
+                leftovers.push(format!("{}: (not checked: {e})", target.name()));
             }
         }
     }
+    leftovers
 }
 
 /// What the demo started and wrote; `stop` (or Drop) stops the targets.
@@ -359,7 +382,7 @@ impl Sandbox {
         if pg_dir != sandbox.pg_dir {
             std::os::unix::fs::symlink(&pg_dir, &sandbox.pg_dir)
                 .map_err(io_err(format!("linking {}", sandbox.pg_dir.display())))?;
-            tracing::info!(dir = %pg_dir.display(), "PostgreSQL's files are outside the sandbox (the postgres user cannot reach it, or its path is too long for a socket); linked as postgres/");
+            tracing::info!(dir = %pg_dir.display(), "PostgreSQL's files are outside the sandbox (the postgres user cannot reach it, or its path is too long or too odd for a socket); linked as postgres/");
         }
         let pg = ThrowawayPostgres::start(&pg_dir, free_port()?)?;
         tracing::info!(port = pg.port, log = %sandbox.pg_dir.join("postgres.log").display(), "PostgreSQL started (database orders, roles orders_read and orders_write)");
@@ -511,8 +534,16 @@ fn prepare_dir(dir: &Path) -> Result<fs::File, DemoError> {
         }
         let path = entry.path();
         let removed = match entry.file_type() {
-            // Not followed: a link (postgres/ → elsewhere) goes, what it points to stays.
             Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
+            Ok(t) if t.is_symlink() => {
+                // postgres/ → a previous run's cluster outside the sandbox goes with its link;
+                // a link to anything else is not followed.
+                if let Some(outside) = previous_postgres_dir(&path) {
+                    fs::remove_dir_all(&outside)
+                        .map_err(io_err(format!("removing {}", outside.display())))?;
+                }
+                fs::remove_file(&path)
+            }
             _ => fs::remove_file(&path),
         };
         removed.map_err(io_err(format!("removing {}", path.display())))?;
@@ -528,20 +559,45 @@ fn prepare_dir(dir: &Path) -> Result<fs::File, DemoError> {
     Ok(marker)
 }
 
-/// `<dir>/postgres`, unless the postgres user (when root) cannot reach it or its socket path
-/// would be too long: then a fresh directory under /tmp.
+const OUTSIDE_PG_PREFIX: &str = "jitgate-demo-postgres-";
+
+/// Where a sandbox's `postgres` link points, when that is a cluster directory the demo made
+/// under the temp dir (see `postgres_dir`).
+fn previous_postgres_dir(link: &Path) -> Option<PathBuf> {
+    if link.file_name()? != "postgres" {
+        return None;
+    }
+    let target = fs::read_link(link).ok()?;
+    let ours = target.parent() == Some(std::env::temp_dir().as_path())
+        && target
+            .file_name()?
+            .to_str()?
+            .strip_prefix(OUTSIDE_PG_PREFIX)
+            .is_some_and(|word| {
+                !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric())
+            });
+    (ours && target.is_dir()).then_some(target)
+}
+
+/// `<dir>/postgres`, unless the postgres user (when root) cannot reach it, or its socket path
+/// would be too long, or it has characters that postgresql.conf would need quoted: then a
+/// fresh directory under /tmp.
 fn postgres_dir(dir: &Path) -> Result<PathBuf, DemoError> {
     let inside = dir.join("postgres");
+    let plain = inside.to_str().is_some_and(|p| {
+        p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
+    });
     let reachable = !is_root()
         || Command::new("runuser")
             .args(["-u", "postgres", "--", "test", "-x"])
             .arg(dir)
             .status()
             .is_ok_and(|s| s.success());
-    if reachable && inside.as_os_str().len() <= SOCKET_DIR_MAX {
+    if reachable && plain && inside.as_os_str().len() <= SOCKET_DIR_MAX {
         return Ok(inside);
     }
-    Ok(std::env::temp_dir().join(format!("jitgate-demo-postgres-{}", random_word(10))))
+    Ok(std::env::temp_dir().join(format!("{OUTSIDE_PG_PREFIX}{}", random_word(10))))
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), DemoError> {
@@ -594,6 +650,28 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, vec![std::ffi::OsString::from(MARKER)]);
+    }
+
+    #[test]
+    fn only_the_demos_own_cluster_outside_goes_with_its_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sandbox");
+        let _ = prepare_dir(&dir).unwrap();
+        let ours = std::env::temp_dir().join(format!("{OUTSIDE_PG_PREFIX}{}", random_word(10)));
+        fs::create_dir(&ours).unwrap();
+        std::os::unix::fs::symlink(&ours, dir.join("postgres")).unwrap();
+        let other = tmp.path().join("elsewhere");
+        fs::create_dir(&other).unwrap();
+        std::os::unix::fs::symlink(&other, dir.join("link")).unwrap();
+        assert_eq!(previous_postgres_dir(&dir.join("link")), None);
+        assert_eq!(
+            previous_postgres_dir(&dir.join("postgres")),
+            Some(ours.clone())
+        );
+        drop(prepare_dir(&dir).unwrap());
+        assert!(!ours.exists());
+        assert!(other.exists());
+        assert!(!dir.join("link").exists());
     }
 
     #[test]

@@ -400,21 +400,23 @@ fn demo_works_as_printed_twice_and_leaves_nothing_behind() {
         .unwrap();
     let sandbox = work.path().join("sandbox");
 
-    // First run: the temp dir is 0700, which the postgres user cannot enter, so the cluster
-    // lives under /tmp, linked from the sandbox.
+    // First run: the sandbox is below a directory the postgres user cannot enter (as under
+    // /root), so the cluster lives under /tmp, linked from the sandbox.
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o700)).unwrap();
     one_run(work.path(), &sandbox, 1);
     let outside = fs::read_link(sandbox.join("postgres")).unwrap();
     assert!(!outside.starts_with(&sandbox), "{}", outside.display());
 
-    // Second run, same sandbox, now reachable: the cluster is inside it; the old link went,
-    // what it pointed to (the first run's logs) stayed.
+    assert!(outside.join("postgres.log").is_file());
+
+    // Second run, same sandbox, now reachable: the cluster is inside it; the first run's
+    // went with its link.
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
     one_run(work.path(), &sandbox, 2);
     assert!(fs::symlink_metadata(sandbox.join("postgres"))
         .unwrap()
         .is_dir());
-    assert!(outside.join("postgres.log").is_file());
-    fs::remove_dir_all(&outside).unwrap();
+    assert!(!outside.exists(), "{} left", outside.display());
 }
 
 #[test]

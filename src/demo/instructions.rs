@@ -26,7 +26,7 @@ impl Instructions {
     pub fn new(
         sandbox: &Sandbox,
         opts: &DemoOptions,
-        known_hosts: &Path,
+        known_hosts: Option<&Path>,
     ) -> Result<Instructions, DemoError> {
         let certs = &sandbox.certs;
         let cert_file = |name: &str| certs.join(name).display().to_string();
@@ -47,30 +47,33 @@ impl Instructions {
             }
             line
         };
-        let ssh = if sandbox.with_ssh() {
+        let ssh = if let Some(known_hosts) = known_hosts {
             let exe = std::env::current_exe()
                 .map_err(|e| DemoError::Internal(format!("finding the jitgate binary: {e}")))?;
-            // ssh runs ProxyCommand with /bin/sh: its words are quoted for that shell, and the
-            // whole option once more for the shell the line is pasted into.
+            // ssh expands %-tokens in both options and runs ProxyCommand with /bin/sh: its
+            // words are quoted for that shell, the known_hosts path for ssh's own tokenizer,
+            // and each whole option once more for the shell the line is pasted into.
+            let word = |path: &str| sh_quote(path).replace('%', "%%");
             let proxy = format!(
                 "ProxyCommand={exe} tunnel --gateway 127.0.0.1:{port} --cert {crt} --key {key} --ca {ca} {SSH_TARGET}",
-                exe = sh_quote(&exe.display().to_string()),
+                exe = word(&exe.display().to_string()),
                 port = opts.ssh_port,
-                crt = sh_quote(&cert_file("alice.crt")),
-                key = sh_quote(&cert_file("alice.key")),
-                ca = sh_quote(&cert_file("ca.crt")),
+                crt = word(&cert_file("alice.crt")),
+                key = word(&cert_file("alice.key")),
+                ca = word(&cert_file("ca.crt")),
             );
+            let known = ssh_quote(&known_hosts.display().to_string().replace('%', "%%"));
             Some(format!(
                 "ssh -o {} -o {} alice@{SSH_TARGET}",
                 sh_quote(&proxy),
-                sh_quote(&format!("UserKnownHostsFile={}", known_hosts.display())),
+                sh_quote(&format!("UserKnownHostsFile={known}")),
             ))
         } else {
             None
         };
         Ok(Instructions {
             pg_port: opts.pg_port,
-            ssh_port: sandbox.with_ssh().then_some(opts.ssh_port),
+            ssh_port: known_hosts.map(|_| opts.ssh_port),
             os_user: os_user(),
             certs: certs.display().to_string(),
             alice: psql(
@@ -171,6 +174,16 @@ pub fn sh_quote(word: &str) -> String {
     }
 }
 
+/// One word for ssh's option tokenizer (OpenSSH `argv_split`: whitespace separates words,
+/// several files may be given): double-quoted, with `\` and `"` escaped, when needed.
+fn ssh_quote(word: &str) -> String {
+    if !word.is_empty() && !word.contains(|c: char| c.is_whitespace() || "'\"\\#".contains(c)) {
+        word.to_string()
+    } else {
+        format!("\"{}\"", word.replace('\\', r"\\").replace('"', "\\\""))
+    }
+}
+
 /// A value in a libpq connection string: quoted (`'…'`, with `\'` and `\\`) when it has
 /// spaces, quotes or backslashes (PostgreSQL docs, 34.1.1.1 "Keyword/Value Connection Strings").
 fn libpq_value(value: &str) -> String {
@@ -208,6 +221,13 @@ mod tests {
             assert_eq!(through_sh(&sh_quote(word)), word);
         }
         assert_eq!(sh_quote("/tmp/x/alice.key"), "/tmp/x/alice.key");
+    }
+
+    #[test]
+    fn ssh_option_words_are_double_quoted_only_when_needed() {
+        assert_eq!(ssh_quote("/tmp/x/known_hosts"), "/tmp/x/known_hosts");
+        assert_eq!(ssh_quote("/tmp/a b/k"), r#""/tmp/a b/k""#);
+        assert_eq!(ssh_quote(r#"/it's "q"\x"#), r#""/it's \"q\"\\x""#);
     }
 
     #[test]
