@@ -24,9 +24,13 @@ enum Command {
         #[arg(long, short, default_value = "jitgate.yaml")]
         config: PathBuf,
     },
-    /// Try jitgate on this machine: starts a throwaway PostgreSQL and (as root) sshd, issues
-    /// certificates for alice and bob, runs the gateway in the foreground and prints commands
-    /// to paste. Ctrl-C ends every session, drops every account and stops the targets.
+    /// Try jitgate on this machine: throwaway targets, certificates, the gateway in the foreground.
+    ///
+    /// Starts a throwaway PostgreSQL and (as root) a loopback sshd as targets, issues
+    /// certificates for alice (group dba) and bob (group analyst), writes a config and policies
+    /// into DIR, runs the gateway in the foreground and prints commands to paste. Ctrl-C (or
+    /// SIGTERM) ends every session, drops every account it created and stops the targets; DIR
+    /// stays, for its logs. Without root there is no SSH target (it creates Linux users).
     Demo {
         /// Sandbox directory for certificates, config, policies and logs; emptied first if it
         /// is a previous demo's (never another directory).

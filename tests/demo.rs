@@ -203,7 +203,7 @@ fn port_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// The first value of `key:` in the demo's jitgate.yaml at each occurrence.
+/// Every value of `key:` in the demo's jitgate.yaml, in order.
 fn yaml_values(config: &str, key: &str) -> Vec<String> {
     config
         .lines()
