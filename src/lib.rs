@@ -17,6 +17,8 @@
 //! pg::cancel    route CancelRequests by the gateway's own keys
 //! server     accept loops, reloads and shutdown
 //! certs      `jitgate certs init|issue|revoke` (rcgen)
+//! sandbox    throwaway PostgreSQL and sshd targets (for `demo` and the tests)
+//! demo       `jitgate demo`: sandbox + certificates + config + the gateway, in the foreground
 //! ```
 //!
 //! Vocabulary: **client** = the user's side, **upstream** = the target; **grant** = a policy
@@ -24,6 +26,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod demo;
 pub mod identity;
 pub mod jit;
 pub mod pg;

@@ -1,4 +1,4 @@
-//! The `jitgate` command line: `serve`, `tunnel`, `ssh-config`, `certs`, `policy`, `reap`.
+//! The `jitgate` command line: `serve`, `demo`, `tunnel`, `ssh-config`, `certs`, `policy`, `reap`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +23,25 @@ enum Command {
         /// Gateway config file.
         #[arg(long, short, default_value = "jitgate.yaml")]
         config: PathBuf,
+    },
+    /// Try jitgate on this machine: throwaway targets, certificates, the gateway in the foreground.
+    ///
+    /// Starts a throwaway PostgreSQL and (as root) a loopback sshd as targets, issues
+    /// certificates for alice (group dba) and bob (group analyst), writes a config and policies
+    /// into DIR, runs the gateway in the foreground and prints commands to paste. Ctrl-C (or
+    /// SIGTERM) ends every session, drops every account it created and stops the targets; DIR
+    /// stays, for its logs. Without root there is no SSH target (it creates Linux users).
+    Demo {
+        /// Sandbox directory for certificates, config, policies and logs; emptied first if it
+        /// is a previous demo's (never another directory).
+        #[arg(long, default_value = "./jitgate-demo")]
+        dir: PathBuf,
+        /// The gateway's PostgreSQL listener port on 127.0.0.1.
+        #[arg(long, default_value_t = 6432)]
+        pg_port: u16,
+        /// The gateway's SSH listener port on 127.0.0.1.
+        #[arg(long, default_value_t = 2222)]
+        ssh_port: u16,
     },
     /// Connect stdin/stdout to an SSH target through the jitgate bastion; for ssh's ProxyCommand:
     /// `ssh -o ProxyCommand='jitgate tunnel --gateway GW:2222 --cert alice.crt --key alice.key --ca ca.crt %h' alice@web-1`
@@ -186,6 +205,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => {
             let config = jitgate::config::Config::load(&config)?;
             runtime()?.block_on(jitgate::server::serve(config))?;
+        }
+        Command::Demo {
+            dir,
+            pg_port,
+            ssh_port,
+        } => {
+            let opts = jitgate::demo::DemoOptions {
+                dir,
+                pg_port,
+                ssh_port,
+            };
+            if let Err(e) = runtime()?.block_on(jitgate::demo::run(opts)) {
+                eprintln!("jitgate: {e}");
+                return Ok(ExitCode::from(match e {
+                    jitgate::demo::DemoError::Interrupted => 130,
+                    _ => 1,
+                }));
+            }
         }
         Command::Reap { config } => {
             let config = jitgate::config::Config::load(&config)?;

@@ -79,7 +79,26 @@ impl PolicyStore {
     }
 }
 
+/// The addresses the gateway listens on, handed to `serve_until`'s `on_listening`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    pub postgres: Option<std::net::SocketAddr>,
+    pub ssh: Option<std::net::SocketAddr>,
+}
+
+/// Runs the gateway until SIGINT or SIGTERM (see the module doc).
 pub async fn serve(config: Config) -> Result<(), ServeError> {
+    serve_until(config, CancellationToken::new(), |_| {}).await
+}
+
+/// `serve`, which also stops (the same way) when `stop` is cancelled, and calls `on_listening`
+/// once both listeners are bound and the signal handlers installed — from then on a signal or
+/// `stop` is never missed. For embedding the gateway (`jitgate demo`).
+pub async fn serve_until(
+    config: Config,
+    stop: CancellationToken,
+    on_listening: impl FnOnce(Listening),
+) -> Result<(), ServeError> {
     let policies = PolicyStore::load(&config.policy_dir)?;
     tracing::info!(grants = policies.current().len(), dir = %config.policy_dir.display(), "policies loaded");
     let tls = Arc::new(ServerTls::load(
@@ -177,6 +196,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let mut hangup = signal(SignalKind::hangup()).map_err(ServeError::Signal)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
+    let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+    on_listening(Listening {
+        postgres: local(&pg_listener),
+        ssh: local(&ssh_listener),
+    });
     loop {
         tokio::select! {
             accepted = accept(&pg_listener) => match accepted {
@@ -198,6 +222,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             },
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            _ = stop.cancelled() => break,
         }
     }
 

@@ -2,6 +2,7 @@
 //! sshd, each in a directory of its own on a loopback port, stopped when dropped.
 
 pub mod postgres;
+pub mod sshd;
 
 use std::path::PathBuf;
 use std::process::Command;
