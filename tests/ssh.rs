@@ -467,7 +467,7 @@ fn control_master_shares_one_account_until_exit() {
     assert!(o.status.success(), "master: {}\n{}", err(&o), env.gw.log());
     let runs: Vec<_> = (0..10)
         .map(|i| {
-            cm(&["alice@web-1", &format!("echo {i} $(id -un)")])
+            cm(&["-v", "alice@web-1", &format!("echo {i} $(id -un)")])
                 .spawn()
                 .unwrap()
         })
@@ -475,7 +475,13 @@ fn control_master_shares_one_account_until_exit() {
     let mut accounts = Vec::new();
     for (i, run) in runs.into_iter().enumerate() {
         let o = run.wait_with_output().unwrap();
-        assert!(o.status.success(), "run {i}: {}", err(&o));
+        assert!(
+            o.status.success(),
+            "run {i}: {:?} {}\n{}",
+            o.status,
+            out(&o),
+            err(&o)
+        );
         let line = out(&o);
         let (n, account) = line.split_once(' ').unwrap();
         assert_eq!(n, i.to_string());

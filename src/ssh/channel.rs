@@ -110,16 +110,25 @@ pub fn splice_session(
     let answers = pending.clone();
     tokio::spawn(async move {
         let mut outcome = ChannelOutcome::default();
+        // The target's EOF is passed on only once its exit status (or the close) is there: a
+        // client that has sent its own EOF may close the channel as soon as it sees ours —
+        // OpenSSH's ControlMaster does — and an exit status sent after that is lost. sshd
+        // sends EOF and exit status close together, so holding EOF back costs a client nothing.
+        let mut eof_held = false;
         while let Some(msg) = upstream_read.wait().await {
             let sent = match msg {
                 ChannelMsg::Data { data } => client_write.data_bytes(data).await.is_ok(),
                 ChannelMsg::ExtendedData { data, ext } => {
                     client_write.extended_data_bytes(ext, data).await.is_ok()
                 }
-                ChannelMsg::Eof => client_write.eof().await.is_ok(),
+                ChannelMsg::Eof => {
+                    eof_held = true;
+                    true
+                }
                 ChannelMsg::ExitStatus { exit_status } => {
                     outcome.exit_status = Some(exit_status);
                     client_write.exit_status(exit_status).await.is_ok()
+                        && release_eof(&client_write, &mut eof_held).await
                 }
                 ChannelMsg::ExitSignal {
                     signal_name,
@@ -138,6 +147,7 @@ pub fn splice_session(
                         )
                         .await
                         .is_ok()
+                        && release_eof(&client_write, &mut eof_held).await
                 }
                 ChannelMsg::Success => {
                     answers.answer(true);
@@ -155,6 +165,7 @@ pub fn splice_session(
             }
         }
         answers.fail_all();
+        release_eof(&client_write, &mut eof_held).await;
         let _ = client_write.close().await;
         on_end(outcome);
     });
@@ -163,6 +174,11 @@ pub fn splice_session(
         upstream: upstream_write,
         pending,
     }
+}
+
+/// Sends an EOF held back by the pump, if any; false if the client side is gone.
+async fn release_eof(client: &ChannelWriteHalf<server::Msg>, held: &mut bool) -> bool {
+    !std::mem::take(held) || client.eof().await.is_ok()
 }
 
 /// Splices a direct-tcpip channel (ssh -L) as a byte stream until either side closes.
