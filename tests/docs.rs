@@ -205,3 +205,68 @@ fn mistakes_get_one_line_errors() {
         String::from_utf8_lossy(&out.stderr).starts_with("error: unexpected argument '--bogus'")
     );
 }
+
+/// The `jitgate certs|policy|ssh-config` lines of the README, run as written (certificates
+/// first, in a scratch directory with the shipped policies; `>> ~/.ssh/config` becomes a file
+/// there).
+#[test]
+fn readme_certs_policy_and_ssh_config_commands_run_as_written() {
+    let readme = fs::read_to_string(repo("README.md")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(repo("policies"))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut commands = Vec::new();
+    let mut in_shell = false;
+    for line in readme.lines().map(str::trim) {
+        if line.starts_with("```") {
+            in_shell = line == "```sh";
+            continue;
+        }
+        let Some(rest) = line.strip_prefix("jitgate ") else {
+            continue;
+        };
+        if !in_shell
+            || !["certs ", "policy ", "ssh-config "]
+                .iter()
+                .any(|p| rest.starts_with(p))
+        {
+            continue;
+        }
+        commands.push(
+            rest.split(" # ")
+                .next()
+                .unwrap()
+                .replace("~/.ssh/config", "ssh_config"),
+        );
+    }
+    // The README explains ssh before certificates; the certificates have to exist first.
+    commands.sort_by_key(|c| !c.starts_with("certs "));
+    let mut ran = 0;
+    for command in commands {
+        let script = format!("'{}' {command}", jitgate_bin().display());
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README: `jitgate {command}` failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ran += 1;
+    }
+    assert!(ran >= 8, "only {ran} README commands found");
+    let block = fs::read_to_string(dir.path().join("ssh_config")).unwrap();
+    assert!(
+        block.contains("Host web-1 web-*") && block.contains("ProxyCommand"),
+        "{block}"
+    );
+    assert!(dir.path().join("bob-certs/bob.crt").exists());
+}

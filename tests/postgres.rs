@@ -600,3 +600,37 @@ fn long_session(pg: &Postgres, gw: &Gateway, conninfo: &str) -> std::process::Ch
     }
     child
 }
+
+/// The README's second way to connect: libpq's environment variables, no connection string.
+#[test]
+fn libpq_environment_variables_work_as_the_readme_says() {
+    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else {
+        return;
+    };
+    let (crt, key) = gw.issue("alice", &["dba"]);
+    let out = Command::new(which("psql").unwrap())
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", gw.path("certs/ca.crt"))
+        .env("PGSSLCERT", &crt)
+        .env("PGSSLKEY", &key)
+        .env_remove("PGPASSWORD")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &gw.port.to_string(),
+            "-d",
+            "orders",
+            "-U",
+            "alice",
+        ])
+        .args(["-c", "SELECT current_user"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("jit_alice_"), "{}", stdout(&out));
+    assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new());
+}
