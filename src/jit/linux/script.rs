@@ -259,6 +259,29 @@ if [ -d "$state" ] && [ ! -L "$state" ]; then
     flock -w 60 9 || fail "timed out after 60s waiting for $state/lock"
 fi
 not_ours() { echo "jitgate: $account $*; left untouched" >&2; exit 3; }
+# Locks a persistent home away (root-owned 0700, no set-id bit on anything the account made)
+# or removes an ephemeral one. Runs once the account's processes are gone and before the
+# account is deleted, so that "the account is gone" always means "its home is locked".
+release_home() {
+    case $home_kind in
+        persistent)
+            if [ -d "$home" ] && [ ! -L "$home" ]; then
+                if [ -d "$home/.ssh" ] && [ ! -L "$home/.ssh" ]; then
+                    rm -f "$home/.ssh/authorized_keys" "$home/.ssh/authorized_keys2"
+                fi
+                find "$home" -xdev \( -uid "$uid" -o -gid "$uid" \) -exec chown -h 0:0 {} +
+                find "$home" -xdev -type f -perm /6000 -exec chmod ug-s {} +
+                chown 0:0 "$home"
+                chmod 0700 "$home"
+            fi
+            ;;
+        ephemeral)
+            rm -rf "$home"
+            ;;
+        other) ;;
+    esac
+}
+
 
 if entry=$(getent passwd "$account"); then
     found_uid=$(printf '%s\n' "$entry" | cut -d: -f3)
@@ -285,33 +308,18 @@ if entry=$(getent passwd "$account"); then
         sleep 0.1
     done
     if command -v crontab >/dev/null; then crontab -r -u "$account" >/dev/null 2>&1 || true; fi
+    release_home
     userdel "$account" || fail "userdel $account failed"
     # userdel removes the private group itself only when USERGROUPS_ENAB is yes.
     if getent group "$account" >/dev/null; then groupdel "$account" || true; fi
     echo "removed=$account"
 else
+    # Gone already (an earlier removal stopped half-way): finish the home all the same.
     rm -f "/etc/sudoers.d/jitgate-$account"
+    release_home
     echo "gone=$account"
 fi
 
-case $home_kind in
-    persistent)
-        if [ -d "$home" ] && [ ! -L "$home" ]; then
-            if [ -d "$home/.ssh" ] && [ ! -L "$home/.ssh" ]; then
-                rm -f "$home/.ssh/authorized_keys" "$home/.ssh/authorized_keys2"
-            fi
-            # Lock it away: root-owned 0700, no set-id bit on anything the account made.
-            find "$home" -xdev \( -uid "$uid" -o -gid "$uid" \) -exec chown -h 0:0 {} +
-            find "$home" -xdev -type f -perm /6000 -exec chmod ug-s {} +
-            chown 0:0 "$home"
-            chmod 0700 "$home"
-        fi
-        ;;
-    ephemeral)
-        rm -rf "$home"
-        ;;
-    other) ;;
-esac
 } </dev/null
 "#;
 
