@@ -24,6 +24,9 @@ pub enum End {
         to_upstream: u64,
         to_client: u64,
     },
+    /// The client closed its TCP connection without a TLS close_notify — libpq does this after
+    /// Terminate, so it is an ordinary end, not an error.
+    ClientHungUp,
     Failed(std::io::Error),
     /// The lease reached `max_session`.
     Expired,
@@ -66,6 +69,7 @@ fn closed(result: std::io::Result<(u64, u64)>) -> End {
             to_upstream,
             to_client,
         },
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => End::ClientHungUp,
         Err(e) => End::Failed(e),
     }
 }
