@@ -238,7 +238,7 @@ impl LinuxProvisioner {
         if let Some(note) = output_value(&stdout, "note") {
             tracing::warn!(target_name = %self.target.name, account = %account, lease = %id, "{note}");
         }
-        tracing::info!(target_name = %self.target.name, account = %account, uid, home = %home, home_mode = %home_mode, lease = %id, grant = grant.name(), "JIT account created");
+        tracing::debug!(target_name = %self.target.name, account = %account, uid, home = %home, home_mode = %home_mode, lease = %id, grant = grant.name(), "JIT account created");
         Ok(LinuxLease {
             id,
             user: account,
@@ -319,7 +319,7 @@ impl LinuxProvisioner {
         }
         let stdout = out.stdout_text();
         if output_value(&stdout, "removed").is_some() {
-            tracing::info!(target_name = %self.target.name, account, lease, home_kind = kind.as_str(), "JIT account removed");
+            tracing::debug!(target_name = %self.target.name, account, lease, home_kind = kind.as_str(), "JIT account removed");
         } else {
             tracing::info!(target_name = %self.target.name, account, lease, "JIT account was already gone");
         }
