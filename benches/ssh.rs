@@ -1,8 +1,9 @@
-//! SSH direct vs through jitgate, in one run, reported as ratios: connection setup (every
-//! jitgate connection creates and removes a Linux account), bulk download and upload, and
-//! channel setup over a ControlMaster (the splice without account creation). Times are printed,
-//! never asserted; what is checked is that every byte arrives and that no JIT account outlives
-//! the run. How to run it, last numbers: README.md.
+//! SSH direct (as root with the admin key, and as a plain local user) vs through jitgate, in
+//! one run, reported as ratios: connection setup (every jitgate connection creates and removes
+//! a Linux account), bulk download and upload, and channel setup over a ControlMaster (the
+//! splice without account creation), plus where the CPU goes. Times are printed, never
+//! asserted; what is checked is that every byte arrives and that no JIT account outlives the
+//! run. How to run it, last numbers: README.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -12,24 +13,25 @@ mod common;
 use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::sshd::Sshd;
-use common::{jitgate_bin, which, Gateway};
+use common::{jitgate_bin, random_word, which, Gateway};
 
 /// Sequential `ssh HOST true`, each a new connection (and, through jitgate, a new account).
-const SETUP_RUNS: usize = 3;
+const SETUP_RUNS: usize = 20;
 /// `head -c` on the target, read from ssh's stdout.
-const DOWNLOAD_BYTES: u64 = 16 << 20;
-/// The file `scp` uploads (random bytes: nothing on the path compresses anyway).
-const UPLOAD_BYTES: u64 = 16 << 20;
+const DOWNLOAD_BYTES: u64 = 512 << 20;
+/// The file `scp` uploads (random bytes; nothing on either path compresses).
+const UPLOAD_BYTES: u64 = 256 << 20;
 const BULK_RUNS: usize = 3;
 /// Sequential `ssh -o ControlPath=… HOST true` over one ControlMaster connection.
-const MUX_RUNS: usize = 300;
+const MUX_RUNS: usize = 50;
 
 /// alice (group ops) may log in to web-1 with the defaults: persistent home, sftp/scp allowed.
 const POLICY: &str = "
@@ -39,7 +41,8 @@ grants:
     targets: [web-1]
 ";
 
-/// What both paths get: no user config, no host key prompts, never a password prompt.
+/// What every path gets: no user config, no host key prompts, never a password prompt, and
+/// OpenSSH's default algorithms.
 const COMMON_OPTS: &[&str] = &[
     "-F",
     "/dev/null",
@@ -59,9 +62,49 @@ struct Route {
     opts: Vec<String>,
     /// `user@host`, for ssh; scp gets `user@host:path`.
     dest: String,
+    jitgate: bool,
 }
 
 impl Route {
+    fn direct(name: &'static str, sshd: &Sshd, user: &str) -> Route {
+        let mut opts: Vec<String> = COMMON_OPTS.iter().map(|s| s.to_string()).collect();
+        opts.extend([
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            format!("IdentityFile={}", sshd.admin_key.display()),
+            "-o".into(),
+            format!("Port={}", sshd.port),
+        ]);
+        Route {
+            name,
+            opts,
+            dest: format!("{user}@127.0.0.1"),
+            jitgate: false,
+        }
+    }
+
+    fn through(gw: &Gateway, cert: &Path, key: &Path) -> Route {
+        let mut opts: Vec<String> = COMMON_OPTS.iter().map(|s| s.to_string()).collect();
+        opts.extend([
+            "-o".into(),
+            format!(
+                "ProxyCommand={} tunnel --gateway 127.0.0.1:{} --cert {} --key {} --ca {} %h",
+                jitgate_bin().display(),
+                gw.ssh_port,
+                cert.display(),
+                key.display(),
+                gw.path("certs/ca.crt").display()
+            ),
+        ]);
+        Route {
+            name: "jitgate",
+            opts,
+            dest: "alice@web-1".into(),
+            jitgate: true,
+        }
+    }
+
     fn ssh(&self, extra: &[&str]) -> Command {
         let mut cmd = Command::new("ssh");
         cmd.args(&self.opts)
@@ -69,10 +112,6 @@ impl Route {
             .env_remove("SSH_AUTH_SOCK")
             .stdin(Stdio::null());
         cmd
-    }
-
-    fn is_jitgate(&self) -> bool {
-        self.name == "jitgate"
     }
 }
 
@@ -100,8 +139,8 @@ fn main() -> ExitCode {
         println!("benches/ssh.rs: skipped, needs root (jitgate creates Linux users through sshd)");
         return ExitCode::SUCCESS;
     }
-    // sshd and the gateway are stopped (and leftover accounts removed) by their Drop impls when
-    // `run` returns, after the check that decides the exit code.
+    // The bench user, the gateway and sshd are stopped or removed (leftover JIT accounts too) by
+    // their Drop impls when `run` returns, after the check that decides the exit code.
     if run() {
         ExitCode::SUCCESS
     } else {
@@ -124,52 +163,17 @@ fn run() -> bool {
     };
     let gw = Gateway::start_with(None, Some(&sshd), POLICY);
     let (cert, key) = gw.issue("alice", &["ops"]);
+    let user = BenchUser::create(&sshd);
     let work = tempfile::Builder::new()
         .prefix("jitgate-bench-ssh-")
         .tempdir()
         .unwrap();
-
-    let mut direct = COMMON_OPTS
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>();
-    direct.extend([
-        "-o".into(),
-        "IdentitiesOnly=yes".into(),
-        "-o".into(),
-        format!("IdentityFile={}", sshd.admin_key.display()),
-        "-o".into(),
-        format!("Port={}", sshd.port),
-    ]);
-    let mut through = COMMON_OPTS
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>();
-    through.extend([
-        "-o".into(),
-        format!(
-            "ProxyCommand={} tunnel --gateway 127.0.0.1:{} --cert {} --key {} --ca {} %h",
-            jitgate_bin().display(),
-            gw.ssh_port,
-            cert.display(),
-            key.display(),
-            gw.path("certs/ca.crt").display()
-        ),
-    ]);
     let routes = [
-        Route {
-            name: "direct",
-            opts: direct,
-            dest: "root@127.0.0.1".into(),
-        },
-        Route {
-            name: "jitgate",
-            opts: through,
-            dest: "alice@web-1".into(),
-        },
+        Route::direct("root", &sshd, "root"),
+        Route::direct("user", &sshd, &user.name),
+        Route::through(&gw, &cert, &key),
     ];
     let probe = CpuProbe::new(&gw, &sshd);
-    std::env::set_var("DEBUG_GW_LOG", gw.path("gateway.log"));
 
     let date = time::OffsetDateTime::now_utc().date();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -183,68 +187,82 @@ fn run() -> bool {
     println!();
     println!("jitgate SSH benchmark, {date}, {cpus} CPUs ({model})");
     println!(
-        "{}, load average at start: {}",
+        "{}; load average at start: {}",
         String::from_utf8_lossy(&openssh.stderr).trim(),
         loadavg()
     );
     println!("jitgate binary: {}", jitgate_bin().display());
-    println!("  direct   ssh -> sshd on 127.0.0.1, as root with the admin key (publickey)");
+    println!("  root     ssh -> sshd on 127.0.0.1 as root with the admin key: the direct path");
     println!(
-        "  jitgate  ssh -> ProxyCommand `jitgate tunnel` (TLS 1.3, client certificate) -> jitgate:"
+        "  user     the same, as {} (bash, empty home), with the same key",
+        user.name
     );
-    println!("           russh server (auth none), JIT account created over the admin connection,");
-    println!("           russh client logs in with an ephemeral key -> sshd; channels spliced");
+    println!(
+        "  jitgate  ssh -> ProxyCommand `jitgate tunnel` (TLS, client certificate) -> jitgate"
+    );
+    println!(
+        "           (russh server, auth none; a JIT account created over the admin connection;"
+    );
+    println!("           russh client with an ephemeral key) -> sshd; channels spliced");
     println!("All on 127.0.0.1; ssh, the tunnel, jitgate and sshd share the machine.");
     // One untimed connection per route: warms up, and shows what ssh negotiated.
     for route in &routes {
         let out = route.ssh(&["-v", &route.dest, "true"]).output().unwrap();
         check("ssh -v true", &out, route.name);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let kex = |dir: &str| {
+        let negotiated = |what: &str| {
             stderr
                 .lines()
-                .find_map(|l| l.split_once(&format!("kex: {dir} cipher: ")))
+                .find_map(|l| l.split_once(what))
                 .map_or("?".to_string(), |(_, rest)| rest.to_string())
         };
-        let hop = if route.is_jitgate() {
+        let hop = if route.jitgate {
             " (ssh <-> jitgate)"
         } else {
             ""
         };
         println!(
-            "  {:<8} negotiated{hop}: {}",
+            "  {:<8} negotiated{hop}: kex {}, {}",
             route.name,
-            kex("client->server")
+            negotiated("kex: algorithm: "),
+            negotiated("kex: client->server cipher: ")
         );
     }
-    println!("  jitgate -> sshd: russh's default order, chacha20-poly1305@openssh.com first");
-    wait_no_accounts(&sshd);
+    println!("  jitgate -> sshd: russh's default order: the first of mlkem768x25519-sha256,");
+    println!("           curve25519-sha256 that sshd has; chacha20-poly1305@openssh.com");
+    settle(&gw, &sshd);
     println!();
 
-    // 1. Connection setup.
+    // 1. Connection setup: back to back, then each after the previous account is gone.
     let mut setup = Vec::new();
-    let mut jit_phases = None;
+    let mut phases = Vec::new();
     for route in &routes {
         let log_before = gw.log().len();
-        let before = probe.snapshot();
+        let window = probe.start();
+        let runs: Vec<_> = (0..SETUP_RUNS).map(|_| connect_once(route)).collect();
+        // The removal of the last account belongs to this block's CPU.
+        settle(&gw, &sshd);
+        let cpu = window.stop();
+        if route.jitgate {
+            let log = strip_ansi(gw.log().get(log_before..).unwrap_or_default());
+            phases.push(("back to back", Phases::from_log(&log, &runs)));
+        }
+        setup.push((runs.iter().map(|r| r.1).collect::<Vec<_>>(), cpu));
+    }
+    let mut settled = Vec::new();
+    for route in &routes {
+        let log_before = gw.log().len();
         let mut runs = Vec::new();
         for _ in 0..SETUP_RUNS {
-            let started = SystemTime::now();
-            let start = Instant::now();
-            let out = route.ssh(&[&route.dest, "true"]).output().unwrap();
-            let elapsed = start.elapsed();
-            check("ssh true", &out, route.name);
-            runs.push((started, elapsed));
+            settle(&gw, &sshd);
+            runs.push(connect_once(route));
         }
-        // The drop of the last account belongs to this block's CPU.
-        if route.is_jitgate() {
-            wait_no_accounts(&sshd);
+        settle(&gw, &sshd);
+        if route.jitgate {
             let log = strip_ansi(gw.log().get(log_before..).unwrap_or_default());
-            jit_phases = Some(Phases::from_log(&log, &runs));
+            phases.push(("settled", Phases::from_log(&log, &runs)));
         }
-        let cpu = probe.since(&before, None);
-        let wall: Vec<Duration> = runs.iter().map(|r| r.1).collect();
-        setup.push((wall, cpu));
+        settled.push(runs.iter().map(|r| r.1).collect::<Vec<_>>());
     }
 
     // 2. and 3. Bulk, the routes interleaved run by run.
@@ -253,18 +271,18 @@ fn run() -> bool {
     let mut file = fs::File::create(&upload_file).unwrap();
     std::io::copy(&mut urandom, &mut file).unwrap();
     drop(file);
-    let mut download = vec![Vec::new(), Vec::new()];
-    let mut upload = vec![Vec::new(), Vec::new()];
+    let mut download: Vec<Vec<Bulk>> = routes.iter().map(|_| Vec::new()).collect();
+    let mut upload: Vec<Vec<Bulk>> = routes.iter().map(|_| Vec::new()).collect();
     for _ in 0..BULK_RUNS {
         for (route, runs) in routes.iter().zip(&mut download) {
             runs.push(download_once(route, &probe));
-            wait_no_accounts(&sshd);
+            settle(&gw, &sshd);
         }
     }
     for _ in 0..BULK_RUNS {
         for (route, runs) in routes.iter().zip(&mut upload) {
             runs.push(upload_once(route, &upload_file, &probe));
-            wait_no_accounts(&sshd);
+            settle(&gw, &sshd);
         }
     }
 
@@ -272,76 +290,89 @@ fn run() -> bool {
     let mut mux = Vec::new();
     for route in &routes {
         mux.push(multiplexed(route, work.path(), &sshd, &probe));
-        wait_no_accounts(&sshd);
+        settle(&gw, &sshd);
     }
 
     let table = Table;
     table.header(&routes);
-    println!("connection setup: {SETUP_RUNS} x `ssh HOST true`, sequential");
+    println!("connection setup: {SETUP_RUNS} x `ssh HOST true`, sequential, back to back");
     table.row("  mean (ms)", setup.iter().map(|(w, _)| ms(mean(w))), 1);
     table.row("  median (ms)", setup.iter().map(|(w, _)| ms(median(w))), 1);
-    if let Some(p) = &jit_phases {
-        p.print();
+    println!("connection setup: the same, each after the previous JIT account is gone");
+    table.row("  mean (ms)", settled.iter().map(|w| ms(mean(w))), 1);
+    table.row("  median (ms)", settled.iter().map(|w| ms(median(w))), 1);
+    for (what, p) in &phases {
+        p.print(what);
     }
     println!(
         "bulk download: `ssh HOST 'head -c {DOWNLOAD_BYTES} /dev/zero'`, stdout read and counted, median of {BULK_RUNS}"
     );
+    let median_of =
+        |runs: &[Bulk], f: fn(&Bulk) -> Duration| median(&runs.iter().map(f).collect::<Vec<_>>());
     table.row(
         "  MB/s, first byte to EOF",
-        download.iter().map(|r| {
-            mb_per_s(
-                DOWNLOAD_BYTES,
-                median(&r.iter().map(|b| b.data).collect::<Vec<_>>()),
-            )
-        }),
+        download
+            .iter()
+            .map(|r| mb_per_s(DOWNLOAD_BYTES, median_of(r, |b| b.data))),
         0,
     );
     table.row(
         "  MB/s, wall time incl. login",
-        download.iter().map(|r| {
-            mb_per_s(
-                DOWNLOAD_BYTES,
-                median(&r.iter().map(|b| b.wall).collect::<Vec<_>>()),
-            )
-        }),
+        download
+            .iter()
+            .map(|r| mb_per_s(DOWNLOAD_BYTES, median_of(r, |b| b.wall))),
         0,
     );
     println!(
         "bulk upload: `scp` of a {} MiB random file to the target's /tmp, median of {BULK_RUNS}",
         UPLOAD_BYTES >> 20
     );
-    let setup_median: Vec<Duration> = setup.iter().map(|(w, _)| median(w)).collect();
     table.row(
         "  MB/s, wall time incl. login",
-        upload.iter().map(|r| {
+        upload
+            .iter()
+            .map(|r| mb_per_s(UPLOAD_BYTES, median_of(r, |b| b.wall))),
+        0,
+    );
+    // The settled connection setup is what an upload pays before its first byte.
+    table.row(
+        "  MB/s, wall minus settled setup",
+        upload.iter().zip(&settled).map(|(r, s)| {
             mb_per_s(
                 UPLOAD_BYTES,
-                median(&r.iter().map(|b| b.wall).collect::<Vec<_>>()),
+                median_of(r, |b| b.wall).saturating_sub(median(s)),
             )
         }),
         0,
     );
-    table.row(
-        "  MB/s, wall minus median setup",
-        upload.iter().zip(&setup_median).map(|(r, s)| {
-            let wall = median(&r.iter().map(|b| b.wall).collect::<Vec<_>>());
-            mb_per_s(UPLOAD_BYTES, wall.saturating_sub(*s))
-        }),
-        0,
-    );
     println!("multiplexed: {MUX_RUNS} x `ssh -o ControlPath=... HOST true` over one ControlMaster");
-    table.row("  mean (ms)", mux.iter().map(|(w, _)| ms(mean(w))), 2);
-    table.row("  median (ms)", mux.iter().map(|(w, _)| ms(median(w))), 2);
+    table.row("  mean (ms)", mux.iter().map(|m| ms(mean(&m.runs))), 2);
+    table.row("  median (ms)", mux.iter().map(|m| ms(median(&m.runs))), 2);
+    println!(
+        "  root's shell start (mux root - mux user): {:.1} ms; jitgate's account scripts pay it too",
+        ms(median(&mux[0].runs)) - ms(median(&mux[1].runs))
+    );
+    println!("  (admin exec `/bin/sh -s` as root), twice per connection");
+    for (route, m) in routes.iter().zip(&mux) {
+        if !m.failed.is_empty() {
+            println!(
+                "  {}: {} of {MUX_RUNS} commands failed (left out above): {}",
+                route.name,
+                m.failed.len(),
+                m.failed.join("; ")
+            );
+        }
+    }
 
     println!();
-    println!("CPU seconds per connection / run / command, from /proc (utime+stime, reaped children included):");
-    println!("  client = ssh or scp (and its ssh), tunnel = `jitgate tunnel` (sampled every 10 ms, a lower");
-    println!("  bound, part of client's), gateway = `jitgate serve`, sshd = sshd and all it runs (incl. the");
     println!(
-        "  account scripts), bench = this process (reading stdout). busy = total / wall, in cores."
+        "CPU seconds per connection / run / command, from /proc (utime+stime, reaped children"
     );
+    println!("included). client = ssh or scp with its ssh and tunnel; tunnel = `jitgate tunnel`, sampled");
+    println!("every 10 ms (a lower bound; part of client); gateway = `jitgate serve`; sshd = sshd and all");
+    println!("it runs, account scripts included; bench = this process reading stdout. busy = total / wall.");
     println!(
-        "{:<26}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}{:>7}",
+        "{:<20}{:>8}{:>8}{:>8}{:>8}{:>8}{:>8}{:>8}{:>7}",
         "", "wall", "client", "tunnel", "gateway", "sshd", "bench", "total", "busy"
     );
     for (route, (wall, cpu)) in routes.iter().zip(&setup) {
@@ -365,18 +396,16 @@ fn run() -> bool {
             &Cpu::mean(runs),
         );
     }
-    for (route, (wall, cpu)) in routes.iter().zip(&mux) {
+    for (route, m) in routes.iter().zip(&mux) {
         print_cpu(
             &format!("mux       {}", route.name),
-            mean(wall),
-            &cpu.per(MUX_RUNS),
+            mean(&m.runs),
+            &m.cpu.per(m.runs.len()),
         );
     }
     println!();
 
-    let left = wait_no_accounts(&sshd);
-    let _ = fs::write("/tmp/ssh-bench-gw.log", gw.log());
-    let _ = fs::write("/tmp/ssh-bench-sshd.log", sshd.log());
+    let left = settle(&gw, &sshd);
     let log = strip_ansi(&gw.log());
     let count = |event: &str| log.lines().filter(|l| l.contains(event)).count();
     let (created, dropped) = (count("jit.account.created"), count("jit.account.dropped"));
@@ -393,6 +422,91 @@ fn run() -> bool {
     left.is_empty()
 }
 
+/// A plain local account for the `user` column: bash with no rc files and an empty home, like a
+/// JIT account, so that the shell's start costs the same on both sides (root's ~/.bashrc may
+/// do a lot). It logs in with the admin key. Removed on drop.
+struct BenchUser {
+    name: String,
+    home: PathBuf,
+    keys: PathBuf,
+}
+
+impl BenchUser {
+    fn create(sshd: &Sshd) -> BenchUser {
+        let name = format!("jgbench-{}", random_word(8));
+        let home = sshd.dir.join(format!("home-{name}"));
+        // Password `*`: no password login, but not locked, which sshd without PAM refuses.
+        let out = Command::new("useradd")
+            .args([
+                "-M",
+                "-s",
+                "/bin/bash",
+                "-p",
+                "*",
+                "-c",
+                "jitgate benches/ssh.rs",
+            ])
+            .arg("-d")
+            .arg(&home)
+            .arg(&name)
+            .output()
+            .unwrap();
+        check("useradd", &out, "the bench user");
+        let user = BenchUser {
+            keys: sshd.dir.join("authorized_keys").join(&name),
+            name,
+            home,
+        };
+        fs::create_dir(&user.home).unwrap();
+        fs::set_permissions(&user.home, fs::Permissions::from_mode(0o700)).unwrap();
+        let public = fs::read_to_string(sshd.admin_key.with_extension("pub")).unwrap();
+        fs::write(&user.keys, public).unwrap();
+        fs::set_permissions(&user.keys, fs::Permissions::from_mode(0o600)).unwrap();
+        // sshd reads authorized_keys with the user's privileges.
+        let owner = format!("{0}:{0}", user.name);
+        let out = Command::new("chown")
+            .arg(&owner)
+            .arg(&user.home)
+            .arg(&user.keys)
+            .output()
+            .unwrap();
+        check("chown", &out, "the bench user");
+        user
+    }
+}
+
+impl Drop for BenchUser {
+    fn drop(&mut self) {
+        // userdel refuses while a process (even a zombie) of the user exists.
+        for _ in 0..100 {
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-u", &self.name])
+                .status();
+            let removed = Command::new("userdel")
+                .arg(&self.name)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if removed {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = fs::remove_file(&self.keys);
+        let _ = fs::remove_dir_all(&self.home);
+    }
+}
+
+/// One `ssh HOST true`: when it started and how long it took.
+fn connect_once(route: &Route) -> (SystemTime, Duration) {
+    let started = SystemTime::now();
+    let start = Instant::now();
+    let out = route.ssh(&[&route.dest, "true"]).output().unwrap();
+    let elapsed = start.elapsed();
+    check("ssh true", &out, route.name);
+    (started, elapsed)
+}
+
 /// One bulk run: wall time from spawn to exit, data time from the first byte to EOF (for
 /// uploads, the same as wall), and the CPU it cost.
 struct Bulk {
@@ -402,7 +516,7 @@ struct Bulk {
 }
 
 fn download_once(route: &Route, probe: &CpuProbe) -> Bulk {
-    let before = probe.snapshot();
+    let window = probe.start();
     let start = Instant::now();
     let mut child = route
         .ssh(&[&route.dest, &format!("head -c {DOWNLOAD_BYTES} /dev/zero")])
@@ -410,7 +524,6 @@ fn download_once(route: &Route, probe: &CpuProbe) -> Bulk {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let sampler = TunnelSampler::start(child.id());
     let mut stdout = child.stdout.take().unwrap();
     let mut buf = vec![0u8; 256 * 1024];
     let mut bytes = 0u64;
@@ -426,22 +539,22 @@ fn download_once(route: &Route, probe: &CpuProbe) -> Bulk {
     let end = Instant::now();
     let out = child.wait_with_output().unwrap();
     let wall = start.elapsed();
+    let cpu = window.stop();
     check("ssh head -c", &out, route.name);
     assert_eq!(bytes, DOWNLOAD_BYTES, "bytes downloaded via {}", route.name);
-    let tunnel = sampler.stop();
     Bulk {
         wall,
         data: end - first.unwrap_or(end),
-        cpu: probe.since(&before, Some(tunnel)),
+        cpu,
     }
 }
 
 fn upload_once(route: &Route, file: &Path, probe: &CpuProbe) -> Bulk {
     let remote = format!("/tmp/jitgate-bench-upload-{}.bin", route.name);
     let _ = fs::remove_file(&remote);
-    let before = probe.snapshot();
+    let window = probe.start();
     let start = Instant::now();
-    let child = Command::new("scp")
+    let out = Command::new("scp")
         .args(&route.opts)
         .arg(file)
         .arg(format!("{}:{remote}", route.dest))
@@ -449,12 +562,10 @@ fn upload_once(route: &Route, file: &Path, probe: &CpuProbe) -> Bulk {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .output()
         .unwrap();
-    let sampler = TunnelSampler::start(child.id());
-    let out = child.wait_with_output().unwrap();
     let wall = start.elapsed();
-    let tunnel = sampler.stop();
+    let cpu = window.stop();
     check("scp", &out, route.name);
     // The target is this machine: the file must be there, whole.
     let size = fs::metadata(&remote).map(|m| m.len()).unwrap_or(0);
@@ -463,15 +574,24 @@ fn upload_once(route: &Route, file: &Path, probe: &CpuProbe) -> Bulk {
     Bulk {
         wall,
         data: wall,
-        cpu: probe.since(&before, Some(tunnel)),
+        cpu,
     }
 }
 
-/// A ControlMaster connection, then `MUX_RUNS` sequential `ssh HOST true` over it. Returns
-/// each command's wall time and the CPU of the loop (the master and its tunnel included).
-fn multiplexed(route: &Route, dir: &Path, sshd: &Sshd, probe: &CpuProbe) -> (Vec<Duration>, Cpu) {
+/// The commands run over one ControlMaster: wall times of those that succeeded, a note for
+/// each that failed, and the CPU of the whole loop (the master and its tunnel included).
+struct Mux {
+    runs: Vec<Duration>,
+    failed: Vec<String>,
+    cpu: Cpu,
+}
+
+/// A ControlMaster connection, then `MUX_RUNS` sequential `ssh HOST true` over it.
+fn multiplexed(route: &Route, dir: &Path, sshd: &Sshd, probe: &CpuProbe) -> Mux {
     let control = dir.join(format!("cm-{}", route.name));
     let control_path = format!("ControlPath={}", control.display());
+    // With ControlPersist, ssh sends the ProxyCommand's stderr to /dev/null, so the master
+    // does not hold these pipes open once it is in the background.
     let out = route
         .ssh(&[
             "-o",
@@ -480,9 +600,6 @@ fn multiplexed(route: &Route, dir: &Path, sshd: &Sshd, probe: &CpuProbe) -> (Vec
             "ControlPersist=yes",
             "-o",
             &control_path,
-            "-vvv",
-            "-E",
-            &format!("/tmp/master-{}.log", route.name),
             "-f",
             "-N",
             &route.dest,
@@ -506,50 +623,36 @@ fn multiplexed(route: &Route, dir: &Path, sshd: &Sshd, probe: &CpuProbe) -> (Vec
                 String::from_utf8_lossy(&out.stderr)
             )
         });
-    let one = |route: &Route| {
+    let one = || {
         let start = Instant::now();
         let out = route
-            .ssh(&["-vvv", "-o", &control_path, &route.dest, "true"])
+            .ssh(&["-o", &control_path, &route.dest, "true"])
             .output()
             .unwrap();
-        let elapsed = start.elapsed();
-        if !out.status.success() {
-            eprintln!(
-                "DEBUG failing client stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        if !out.status.success() {
-            let v = route
-                .ssh(&["-v", "-o", &control_path, &route.dest, "true"])
-                .output()
-                .unwrap();
-            let tail = |s: String| {
-                s.lines()
-                    .rev()
-                    .take(40)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            };
-            eprintln!(
-                "DEBUG retry: {}\n{}",
-                v.status,
-                String::from_utf8_lossy(&v.stderr)
-            );
-            eprintln!("DEBUG gateway log:\n{}", tail(_gw_log()));
-            eprintln!("DEBUG sshd log:\n{}", tail(sshd.log()));
-        }
-        check("ssh true over the master", &out, route.name);
-        elapsed
+        (start.elapsed(), out)
     };
-    one(route);
+    let _ = one();
     let logins = sshd_logins(sshd);
-    let before = probe.snapshot_with(Some(master));
-    let runs: Vec<Duration> = (0..MUX_RUNS).map(|_| one(route)).collect();
-    let cpu = probe.since_with(&before, Some(master), None);
+    let window = probe.start_with(Some(master));
+    let mut mux = Mux {
+        runs: Vec::new(),
+        failed: Vec::new(),
+        cpu: Cpu::default(),
+    };
+    for i in 0..MUX_RUNS {
+        let (elapsed, out) = one();
+        if out.status.success() {
+            mux.runs.push(elapsed);
+        } else {
+            mux.failed.push(format!(
+                "#{i} {} after {:.1} ms {:?}",
+                out.status,
+                ms(elapsed),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    mux.cpu = window.stop();
     // Every command went over the master: sshd saw no new login.
     assert_eq!(
         sshd_logins(sshd),
@@ -562,12 +665,7 @@ fn multiplexed(route: &Route, dir: &Path, sshd: &Sshd, probe: &CpuProbe) -> (Vec
         .output()
         .unwrap();
     check("ssh -O exit", &out, route.name);
-    (runs, cpu)
-}
-
-fn _gw_log() -> String {
-    let dir = std::env::var("DEBUG_GW_LOG").unwrap_or_default();
-    fs::read_to_string(dir).unwrap_or_default()
+    mux
 }
 
 fn sshd_logins(sshd: &Sshd) -> usize {
@@ -577,14 +675,21 @@ fn sshd_logins(sshd: &Sshd) -> usize {
         .count()
 }
 
-fn wait_no_accounts(sshd: &Sshd) -> Vec<String> {
+/// Waits (up to 15 s) until no JIT account exists and the gateway logged the removal of every
+/// account it created (the script goes on briefly after `userdel`, holding the target's
+/// lock); returns the accounts left.
+fn settle(gw: &Gateway, sshd: &Sshd) -> Vec<String> {
     let start = Instant::now();
     loop {
         let left = sshd.own_accounts();
-        if left.is_empty() || start.elapsed() > Duration::from_secs(15) {
+        let log = gw.log();
+        let count = |event: &str| log.lines().filter(|l| l.contains(event)).count();
+        let done = count("jit.account.created")
+            <= count("jit.account.dropped") + count("jit.account.drop_failed");
+        if (left.is_empty() && done) || start.elapsed() > Duration::from_secs(15) {
             return left;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -654,15 +759,15 @@ impl Phases {
         p
     }
 
-    fn print(&self) {
+    fn print(&self, what: &str) {
         let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
         println!(
-            "  jitgate, mean ms over {} connections (gateway log): spawn -> account created {:.1},",
+            "  jitgate {what}, mean ms over {} (gateway log): spawn -> account created {:.1} -> upstream",
             self.to_created.len(),
             avg(&self.to_created)
         );
         println!(
-            "    -> upstream login done {:.1}, -> ssh exited {:.1}; account dropped {:.1} after ssh exited",
+            "    login done {:.1} -> ssh exited {:.1}; account dropped {:.1} after ssh exited",
             avg(&self.to_login),
             avg(&self.to_exit),
             avg(&self.to_dropped)
@@ -726,25 +831,29 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-/// Two measured columns and their ratio.
+/// The measured columns, then jitgate against each direct one.
 struct Table;
 
 impl Table {
     fn header(&self, routes: &[Route]) {
-        print!("{:<36}", "");
+        print!("{:<34}", "");
         for r in routes {
-            print!("{:>11}", r.name);
+            print!("{:>10}", r.name);
         }
-        println!("{:>11}", "jg/direct");
+        println!("{:>10}{:>10}", "jg/root", "jg/user");
     }
 
     fn row(&self, label: &str, values: impl Iterator<Item = f64>, decimals: usize) {
         let values: Vec<f64> = values.collect();
-        print!("{label:<36}");
+        print!("{label:<34}");
         for v in &values {
-            print!("{v:>11.decimals$}");
+            print!("{v:>10.decimals$}");
         }
-        println!("{:>11.2}", values[1] / values[0]);
+        println!(
+            "{:>10.2}{:>10.2}",
+            values[2] / values[0],
+            values[2] / values[1]
+        );
     }
 }
 
@@ -811,7 +920,7 @@ impl Cpu {
 fn print_cpu(label: &str, wall: Duration, cpu: &Cpu) {
     let wall = wall.as_secs_f64();
     println!(
-        "{label:<26}{wall:>9.3}{:>9.3}{:>9.3}{:>9.3}{:>9.3}{:>9.3}{:>9.3}{:>7.2}",
+        "{label:<20}{wall:>8.3}{:>8.3}{:>8.3}{:>8.3}{:>8.3}{:>8.3}{:>8.3}{:>7.2}",
         cpu.client,
         cpu.tunnel,
         cpu.gateway,
@@ -822,87 +931,165 @@ fn print_cpu(label: &str, wall: Duration, cpu: &Cpu) {
     );
 }
 
-/// utime+stime of a process and of its reaped children, in clock ticks.
-#[derive(Clone, Copy)]
+/// What /proc/PID/stat says about a process's CPU, in clock ticks.
+#[derive(Clone)]
 struct ProcCpu {
+    comm: String,
     ppid: u32,
+    /// utime + stime.
     own: u64,
+    /// cutime + cstime: children it has reaped.
     children: u64,
 }
 
-fn proc_stat(pid: u32) -> Option<(String, ProcCpu)> {
+impl ProcCpu {
+    fn total(&self) -> u64 {
+        self.own + self.children
+    }
+}
+
+fn proc_stat(pid: u32) -> Option<ProcCpu> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (head, rest) = stat.rsplit_once(')')?;
     let comm = head.split_once('(')?.1.to_string();
     // Fields after the command: state (3) ppid (4) … utime (14) stime (15) cutime (16) cstime (17).
     let f: Vec<&str> = rest.split_whitespace().collect();
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
-    Some((
+    Some(ProcCpu {
         comm,
-        ProcCpu {
-            ppid: num(1)? as u32,
-            own: num(11)? + num(12)?,
-            children: num(13)? + num(14)?,
-        },
-    ))
+        ppid: u32::try_from(num(1)?).ok()?,
+        own: num(11)? + num(12)?,
+        children: num(13)? + num(14)?,
+    })
 }
 
-fn all_procs() -> HashMap<u32, ProcCpu> {
-    fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| Some((pid, proc_stat(pid)?.1)))
-        .collect()
-}
-
-/// Everything a live process tree has spent: each live member's own time plus what its reaped
-/// children spent. The difference of two of these is what the tree spent in between.
-fn tree_ticks(procs: &HashMap<u32, ProcCpu>, root: u32) -> u64 {
-    let mut total = 0;
+/// Live descendants of `root` (not `root` itself), from /proc/PID/task/TID/children, leaving
+/// out the subtrees of `skip`.
+fn descendants(root: u32, skip: &[u32]) -> Vec<u32> {
+    let mut found = Vec::new();
     let mut todo = vec![root];
     while let Some(pid) = todo.pop() {
-        if let Some(p) = procs.get(&pid) {
-            total += p.own + p.children;
-            todo.extend(procs.iter().filter(|(_, c)| c.ppid == pid).map(|(c, _)| *c));
+        let tasks = fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten();
+        for task in tasks.filter_map(|t| t.ok()) {
+            let children = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+                .filter(|c| !skip.contains(c))
+            {
+                found.push(child);
+                todo.push(child);
+            }
         }
     }
-    total
+    found
 }
 
-/// Finds the gateway and the sshd listener by their config files and measures, between two
-/// snapshots, what the client processes (reaped children of this one), the gateway, sshd and
-/// this process spent.
+/// The CPU a process tree spends, followed by sampling. Its live members' own time plus what
+/// they reaped is a counter that only grows while children are reaped inside the tree; a
+/// process whose parent exits first is reparented to init and its time would leave the
+/// counter (sshd's monitor does this to the unprivileged child of a non-root login), so such
+/// orphans are caught while they are still visible and added back.
+struct Tree {
+    root: u32,
+    skip: Vec<u32>,
+    /// Count the root's own time (not for this process: its own time is `bench`).
+    root_own: bool,
+    members: HashMap<u32, ProcCpu>,
+    orphans: HashMap<u32, u64>,
+    start: u64,
+    /// `jitgate tunnel` processes: own time at first and last sight.
+    tunnels: HashMap<u32, (u64, u64)>,
+    first: bool,
+}
+
+impl Tree {
+    fn new(root: u32, skip: Vec<u32>, root_own: bool) -> Tree {
+        let mut tree = Tree {
+            root,
+            skip,
+            root_own,
+            members: HashMap::new(),
+            orphans: HashMap::new(),
+            start: 0,
+            tunnels: HashMap::new(),
+            first: true,
+        };
+        tree.start = tree.sample();
+        tree.first = false;
+        tree
+    }
+
+    /// Refreshes the members; returns the counter.
+    fn sample(&mut self) -> u64 {
+        let mut members = HashMap::new();
+        let mut counter = 0;
+        if let Some(root) = proc_stat(self.root) {
+            counter += root.children + if self.root_own { root.own } else { 0 };
+        }
+        for pid in descendants(self.root, &self.skip) {
+            if let Some(p) = proc_stat(pid) {
+                counter += p.total();
+                if p.comm == "jitgate" {
+                    let first = if self.first { p.own } else { 0 };
+                    let entry = self.tunnels.entry(pid).or_insert((first, p.own));
+                    entry.1 = entry.1.max(p.own);
+                }
+                members.insert(pid, p);
+            }
+        }
+        let gone: Vec<u32> = self
+            .members
+            .keys()
+            .chain(self.orphans.keys())
+            .filter(|pid| !members.contains_key(pid))
+            .copied()
+            .collect();
+        for pid in gone {
+            if let Some(p) = proc_stat(pid).filter(|p| p.ppid == 1) {
+                if !self.first {
+                    self.orphans.insert(pid, p.total());
+                }
+            }
+        }
+        self.members = members;
+        counter
+    }
+
+    /// Ticks spent since `new`; and the tunnels' share.
+    fn spent(&mut self) -> (u64, u64) {
+        let now = self.sample();
+        let orphans: u64 = self.orphans.values().sum();
+        let tunnel = self.tunnels.values().map(|(a, b)| b - a).sum();
+        ((now + orphans).saturating_sub(self.start), tunnel)
+    }
+}
+
+/// Finds the gateway and the sshd listener by their config files; measures, between `start`
+/// and `CpuWindow::stop`, what the client processes (this process's children but those two),
+/// the gateway, sshd's tree and this process's own threads spent.
 struct CpuProbe {
     gateway: u32,
     sshd: u32,
     tick: f64,
 }
 
-struct Snapshot {
-    bench_own: u64,
-    bench_children: u64,
-    gateway: u64,
-    sshd: u64,
-    master: u64,
-    master_tunnel: u64,
-}
-
 impl CpuProbe {
     fn new(gw: &Gateway, sshd: &Sshd) -> CpuProbe {
         let find = |needle: &Path| {
             let needle = needle.to_string_lossy().into_owned();
-            fs::read_dir("/proc")
-                .unwrap()
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-                .filter(|pid| *pid != std::process::id())
+            let me = std::process::id();
+            descendants(me, &[])
+                .into_iter()
                 .find(|pid| {
                     fs::read(format!("/proc/{pid}/cmdline"))
                         .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
                 })
-                .unwrap_or_else(|| panic!("no process with {needle} on its command line"))
+                .unwrap_or_else(|| panic!("no child process with {needle} on its command line"))
         };
-        let ticks = Command::new("getconf")
+        let tick = Command::new("getconf")
             .arg("CLK_TCK")
             .output()
             .ok()
@@ -916,110 +1103,66 @@ impl CpuProbe {
         CpuProbe {
             gateway: find(&gw.path("jitgate.yaml")),
             sshd: find(&sshd.dir.join("sshd_config")),
-            tick: ticks,
+            tick,
         }
     }
 
-    fn snapshot(&self) -> Snapshot {
-        self.snapshot_with(None)
+    fn start(&self) -> CpuWindow {
+        self.start_with(None)
     }
 
-    fn snapshot_with(&self, master: Option<u32>) -> Snapshot {
-        let procs = all_procs();
-        let me = procs
-            .get(&std::process::id())
-            .copied()
-            .expect("own /proc stat");
-        Snapshot {
-            bench_own: me.own,
-            bench_children: me.children,
-            gateway: tree_ticks(&procs, self.gateway),
-            sshd: tree_ticks(&procs, self.sshd),
-            master: master.map_or(0, |m| tree_ticks(&procs, m)),
-            master_tunnel: master.map_or(0, |m| {
-                descendants(m)
-                    .into_iter()
-                    .filter_map(proc_stat)
-                    .filter(|(comm, _)| comm == "jitgate")
-                    .map(|(_, cpu)| cpu.own)
-                    .sum()
-            }),
+    /// `master`: a ControlMaster (not our child), counted as client with its tunnel.
+    fn start_with(&self, master: Option<u32>) -> CpuWindow {
+        let me = std::process::id();
+        let (gateway, sshd, tick) = (self.gateway, self.sshd, self.tick);
+        let own = |pid: u32| proc_stat(pid).map_or(0, |p| p.total());
+        let bench_start = proc_stat(me).map_or(0, |p| p.own);
+        let gateway_start = own(gateway);
+        let mut trees = vec![Tree::new(me, vec![gateway, sshd], false)];
+        if let Some(m) = master {
+            trees.push(Tree::new(m, Vec::new(), true));
         }
-    }
-
-    fn since(&self, before: &Snapshot, tunnel: Option<u64>) -> Cpu {
-        self.since_with(before, None, tunnel)
-    }
-
-    /// `master`: a ControlMaster (not our child) whose tree counts as client; its tunnel is
-    /// measured exactly, being alive at both snapshots. `tunnel`: ticks a `TunnelSampler` saw.
-    fn since_with(&self, before: &Snapshot, master: Option<u32>, tunnel: Option<u64>) -> Cpu {
-        let now = self.snapshot_with(master);
-        let s = |ticks: u64| ticks as f64 / self.tick;
-        let tunnel = tunnel.unwrap_or(now.master_tunnel - before.master_tunnel);
-        Cpu {
-            client: s(now.bench_children - before.bench_children + now.master - before.master),
-            tunnel: s(tunnel),
-            gateway: s(now.gateway - before.gateway),
-            sshd: s(now.sshd - before.sshd),
-            bench: s(now.bench_own - before.bench_own),
-        }
-    }
-}
-
-/// Samples, every 10 ms, the CPU of `jitgate tunnel` processes below a child of ours; the
-/// last sample of each is a lower bound of what it spent (it is reaped by ssh, not by us).
-struct TunnelSampler {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<u64>,
-}
-
-impl TunnelSampler {
-    fn start(root: u32) -> TunnelSampler {
+        let mut sshd_tree = Tree::new(sshd, Vec::new(), true);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut seen: HashMap<u32, u64> = HashMap::new();
             while !flag.load(Ordering::Relaxed) {
-                for pid in descendants(root) {
-                    if let Some((comm, cpu)) = proc_stat(pid) {
-                        if comm == "jitgate" {
-                            let max = seen.entry(pid).or_default();
-                            *max = (*max).max(cpu.own);
-                        }
-                    }
-                }
                 std::thread::sleep(Duration::from_millis(10));
+                for tree in &mut trees {
+                    tree.sample();
+                }
+                sshd_tree.sample();
             }
-            seen.values().sum()
+            let s = |ticks: u64| ticks as f64 / tick;
+            let (mut client, mut tunnel) = (0, 0);
+            for tree in &mut trees {
+                let (c, t) = tree.spent();
+                client += c;
+                tunnel += t;
+            }
+            Cpu {
+                client: s(client),
+                tunnel: s(tunnel),
+                gateway: s(own(gateway).saturating_sub(gateway_start)),
+                sshd: s(sshd_tree.spent().0),
+                bench: s(proc_stat(me)
+                    .map_or(0, |p| p.own)
+                    .saturating_sub(bench_start)),
+            }
         });
-        TunnelSampler { stop, thread }
-    }
-
-    fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap()
+        CpuWindow { stop, thread }
     }
 }
 
-/// Live descendants of `root`, from /proc/PID/task/TID/children.
-fn descendants(root: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    let mut todo = vec![root];
-    while let Some(pid) = todo.pop() {
-        let tasks = fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten();
-        for task in tasks.filter_map(|t| t.ok()) {
-            let children = fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for child in children
-                .split_whitespace()
-                .filter_map(|c| c.parse::<u32>().ok())
-            {
-                found.push(child);
-                todo.push(child);
-            }
-        }
+/// A measurement window: the sampler runs until `stop`.
+struct CpuWindow {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Cpu>,
+}
+
+impl CpuWindow {
+    fn stop(self) -> Cpu {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
     }
-    found
 }
