@@ -548,11 +548,15 @@ fn processes_go_with_the_account() {
             .filter(|c| c.is_ascii_digit())
             .collect::<String>()
     );
+    // Detached from the session (its own session, no terminal, stdio closed), so only the
+    // removal can end it; `pgrep` proves it runs before the connection closes.
     let o = env.ssh(&[&format!(
-        "id -u; (setsid nohup {marker}00 >/dev/null 2>&1 &) ; true"
+        "id -u; (setsid nohup {marker}00 >/dev/null 2>&1 &); sleep 0.3; pgrep -u $(id -u) -f '{marker}00' >/dev/null && echo running"
     )]);
     assert!(o.status.success(), "{}", err(&o));
-    let uid = out(&o);
+    let text = out(&o);
+    let (uid, running) = text.split_once('\n').unwrap();
+    assert_eq!(running, "running", "the detached process never started");
     assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
     let ps = Command::new("ps")
         .args(["-eo", "uid=,args="])
@@ -560,7 +564,9 @@ fn processes_go_with_the_account() {
         .unwrap();
     let left: Vec<String> = out(&ps)
         .lines()
-        .filter(|l| l.trim_start().starts_with(&format!("{uid} ")))
+        .filter(|l| {
+            l.trim_start().starts_with(&format!("{uid} ")) || l.contains(&format!("{marker}00"))
+        })
         .map(str::to_string)
         .collect();
     assert!(left.is_empty(), "processes of uid {uid} survived: {left:?}");
