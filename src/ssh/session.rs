@@ -108,13 +108,19 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
             let handle = running.handle();
             tokio::pin!(running);
             loop {
-                let expired = account
+                let expires_at = account
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .as_ref()
                     .and_then(|a| a.lease.as_ref())
-                    .is_some_and(|l| l.expires_at <= SystemTime::now());
-                let why = if expired {
+                    .map(|l| l.expires_at);
+                // The lease's expiry is only known after authentication: until then, look
+                // again every second; after, sleep until it.
+                let wait = match expires_at {
+                    Some(at) => at.duration_since(SystemTime::now()).unwrap_or_default(),
+                    None => Duration::from_secs(1),
+                };
+                let why = if expires_at.is_some() && wait.is_zero() {
                     "jitgate: this session reached the max_session of its grant"
                 } else {
                     tokio::select! {
@@ -125,8 +131,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
                             break;
                         }
                         _ = ctx.shutdown.cancelled() => "jitgate: the gateway is shutting down",
-                        // The lease's expiry is only known after authentication; look again.
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = tokio::time::sleep(wait) => continue,
                     }
                 };
                 let _ = handle
