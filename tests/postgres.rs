@@ -634,3 +634,32 @@ fn libpq_environment_variables_work_as_the_readme_says() {
     assert!(stdout(&out).starts_with("jit_alice_"), "{}", stdout(&out));
     assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new());
 }
+
+/// `max_session` ends a session that is still running, not only new logins (VALID UNTIL).
+#[test]
+fn max_session_ends_a_running_session() {
+    let policy = r#"
+grants:
+  - name: brief
+    subjects: { users: [alice] }
+    targets: [orders]
+    postgres: { roles: [orders_read] }
+    max_session: 1m
+"#;
+    let Some((pg, gw)) = pg_env(policy) else {
+        return;
+    };
+    let (crt, key) = gw.issue("alice", &[]);
+    let out = psql(
+        &gw.conninfo("alice", Some((&crt, &key)), ""),
+        "SELECT pg_sleep(150)",
+    );
+    assert!(!out.status.success(), "the session outlived its grant");
+    assert!(
+        stderr(&out).contains("terminating connection"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new());
+    assert!(gw.log().contains("Expired"), "{}", gw.log());
+}

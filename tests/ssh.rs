@@ -832,3 +832,24 @@ fn gateway_shutdown_ends_sessions_and_removes_accounts() {
         err(&o)
     );
 }
+
+/// `max_session` ends a connection that is still in use, and its account with it.
+#[test]
+fn max_session_ends_a_running_connection() {
+    let Some(sshd) = Sshd::start() else { return };
+    let policy = "grants:\n  - name: brief\n    subjects: { users: [alice] }\n    targets: [web-1]\n    max_session: 1m\n";
+    let gw = Gateway::start_with(None, Some(&sshd), policy);
+    let (cert, key) = gw.issue("alice", &[]);
+    let env = Env {
+        sshd,
+        gw,
+        cert,
+        key,
+        work: tempfile::tempdir().unwrap(),
+    };
+    let o = env.ssh(&["sleep 150; echo outlived"]);
+    assert_eq!(o.status.code(), Some(255));
+    assert!(!out(&o).contains("outlived"));
+    assert!(err(&o).contains("reached the max_session"), "{}", err(&o));
+    assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
+}
