@@ -450,6 +450,9 @@ pub mod raw {
     ) -> std::io::Result<Stream> {
         let mut tcp = TcpStream::connect(("127.0.0.1", port)).await?;
         if !direct {
+            // libpq's default order: GSSAPI encryption first (answered N), then SSL.
+            tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await?;
+            assert_eq!(tcp.read_u8().await?, b'N');
             tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
             let answer = tcp.read_u8().await?;
             assert_eq!(answer, b'S');
