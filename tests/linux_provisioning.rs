@@ -149,8 +149,19 @@ fn jitgate_members() -> Vec<String> {
         .collect()
 }
 
+/// Whether anything still runs as the account: zombies (dead, only waiting for init to reap
+/// them) do not count, as in the removal script.
 fn has_processes(account_or_uid: &str) -> bool {
-    local("pgrep", &["-u", account_or_uid]).0
+    let uid = if account_or_uid.bytes().all(|b| b.is_ascii_digit()) {
+        account_or_uid.to_string()
+    } else {
+        match local("id", &["-u", account_or_uid]) {
+            (true, out) => out.trim().to_string(),
+            (false, _) => return false,
+        }
+    };
+    let script = format!("ps -e -o uid= -o stat= | awk '$1 == {uid} && $2 !~ /^Z/ {{ found = 1 }} END {{ exit !found }}'");
+    local("sh", &["-c", &script]).0
 }
 
 /// (uid, gid, permission bits)

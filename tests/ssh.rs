@@ -559,13 +559,16 @@ fn processes_go_with_the_account() {
     assert_eq!(running, "running", "the detached process never started");
     assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
     let ps = Command::new("ps")
-        .args(["-eo", "uid=,args="])
+        .args(["-eo", "uid=,stat=,args="])
         .output()
         .unwrap();
+    // Zombies are dead already (they wait for init to reap them): only live processes count.
     let left: Vec<String> = out(&ps)
         .lines()
         .filter(|l| {
-            l.trim_start().starts_with(&format!("{uid} ")) || l.contains(&format!("{marker}00"))
+            let mut words = l.split_whitespace();
+            let (owner, state) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            !state.starts_with('Z') && (owner == uid || l.contains(&format!("{marker}00")))
         })
         .map(str::to_string)
         .collect();

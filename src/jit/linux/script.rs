@@ -300,7 +300,13 @@ if entry=$(getent passwd "$account"); then
     rm -f "/etc/sudoers.d/jitgate-$account"
     usermod -L -e 1970-01-02 "$account" >/dev/null 2>&1 || true
     i=0
-    while pgrep -u "$uid" >/dev/null || pgrep -U "$uid" >/dev/null; do
+    # A zombie is already dead (it only waits for its parent, often init, to reap it; some
+    # inits take seconds): it is not waited for, which is also why userdel gets --force.
+    alive() {
+        ps -e -o uid= -o ruid= -o stat= |
+            awk -v u="$uid" '($1 == u || $2 == u) && $3 !~ /^Z/ { found = 1 } END { exit !found }'
+    }
+    while alive; do
         pkill -KILL -u "$uid" || true
         pkill -KILL -U "$uid" || true
         i=$((i + 1))
@@ -309,7 +315,9 @@ if entry=$(getent passwd "$account"); then
     done
     if command -v crontab >/dev/null; then crontab -r -u "$account" >/dev/null 2>&1 || true; fi
     release_home
-    userdel "$account" || fail "userdel $account failed"
+    # --force only skips userdel's "user is logged in" check (zombies count there); without
+    # --remove it deletes no files.
+    userdel --force "$account" || fail "userdel $account failed"
     # userdel removes the private group itself only when USERGROUPS_ENAB is yes.
     if getent group "$account" >/dev/null; then groupdel "$account" || true; fi
     echo "removed=$account"
