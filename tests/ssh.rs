@@ -57,17 +57,22 @@ fn env_with(forward_port: u16) -> Option<Env> {
     }
     let sshd = Sshd::start()?;
     let gw = Gateway::start_with(None, Some(&sshd), &policy(forward_port));
-    let (cert, key) = gw.issue("alice", &["ops"]);
-    Some(Env {
-        sshd,
-        gw,
-        cert,
-        key,
-        work: tempfile::tempdir().unwrap(),
-    })
+    Some(Env::new(sshd, gw, &["ops"]))
 }
 
 impl Env {
+    /// The environment around a started sshd and gateway, as alice in `groups`.
+    fn new(sshd: Sshd, gw: Gateway, groups: &[&str]) -> Env {
+        let (cert, key) = gw.issue("alice", groups);
+        Env {
+            sshd,
+            gw,
+            cert,
+            key,
+            work: tempfile::tempdir().unwrap(),
+        }
+    }
+
     fn proxy(&self, cert: &Path, key: &Path, extra: &str) -> String {
         format!(
             "ProxyCommand={} tunnel --gateway 127.0.0.1:{} --cert {} --key {} --ca {} {extra} %h",
@@ -684,14 +689,7 @@ fn wrong_pinned_host_key_is_a_refusal() {
     let gw = Gateway::start_edited(None, Some(&sshd), &policy(1), |config| {
         config.replace(&sshd.host_key_line, other_key)
     });
-    let (cert, key) = gw.issue("alice", &["ops"]);
-    let env = Env {
-        sshd,
-        gw,
-        cert,
-        key,
-        work: tempfile::tempdir().unwrap(),
-    };
+    let env = Env::new(sshd, gw, &["ops"]);
     let o = env.ssh(&["true"]);
     assert_eq!(o.status.code(), Some(255));
     assert!(err(&o).contains("host key"), "{}", err(&o));
@@ -842,14 +840,7 @@ fn max_session_ends_a_running_connection() {
     let Some(sshd) = Sshd::start() else { return };
     let policy = "grants:\n  - name: brief\n    subjects: { users: [alice] }\n    targets: [web-1]\n    max_session: 1m\n";
     let gw = Gateway::start_with(None, Some(&sshd), policy);
-    let (cert, key) = gw.issue("alice", &[]);
-    let env = Env {
-        sshd,
-        gw,
-        cert,
-        key,
-        work: tempfile::tempdir().unwrap(),
-    };
+    let env = Env::new(sshd, gw, &[]);
     let o = env.ssh(&["sleep 150; echo outlived"]);
     assert_eq!(o.status.code(), Some(255));
     assert!(!out(&o).contains("outlived"));

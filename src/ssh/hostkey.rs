@@ -112,8 +112,13 @@ mod tests {
         let created = load_or_create_host_key(&path)?;
         assert_eq!(created.algorithm(), Algorithm::Ed25519);
         assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+        // The file is in OpenSSH's own format (what sshd and ssh-keygen read) and holds this key.
         let text = fs::read_to_string(&path)?;
-        assert!(text.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+        let parsed = PrivateKey::from_openssh(&text)?;
+        assert_eq!(
+            parsed.public_key().key_data(),
+            created.public_key().key_data()
+        );
         let public = fs::read_to_string(dir.path().join("ssh_host_ed25519_key.pub"))?;
         assert!(public.starts_with("ssh-ed25519 "), "{public}");
 
