@@ -659,3 +659,171 @@ fn uids_are_not_reused_while_files_they_own_remain() {
     });
     let _ = fs::remove_file(&leftover);
 }
+
+/// A root process (what a sudo grant can leave behind) with its working directory inside a
+/// persistent home keeps swapping a directory there for a symlink to a directory outside.
+/// Neither lending nor locking the home may change anything outside it: the home is not
+/// walked while a process is inside (issue 7 item 1).
+#[test]
+fn a_process_swapping_paths_inside_the_home_changes_nothing_outside() {
+    let Some(env) = env() else { return };
+    rt().block_on(async {
+        let dana = person("dana", "ops");
+        let first = env.mint(&dana, "web-ops").await;
+        let home = first.home.clone();
+        let out = env
+            .run_as(&first, "mkdir -p ~/d && echo mine > ~/d/f && chmod 4755 ~/d/f")
+            .await;
+        assert_eq!(out.status, 0, "{out:?}");
+
+        // Outside the home: owned by nobody (65534), one file set-uid.
+        let outside = tempfile::Builder::new()
+            .prefix("jitgate-race-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let victim = outside.path().join("f");
+        fs::write(&victim, "not yours\n").unwrap();
+        std::os::unix::fs::chown(&victim, Some(65534), Some(65534)).unwrap();
+        fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o4755))
+            .unwrap();
+        let before = owner_mode(victim.to_str().unwrap());
+
+        // d <-> symlink, as fast as rename(2) goes, from inside the home.
+        let racer = format!(
+            "chdir $ARGV[0] or die; symlink $ARGV[1], 'lnk';
+             while (1) {{ rename 'd', 'd.real'; rename 'lnk', 'd'; rename 'd', 'lnk'; rename 'd.real', 'd'; }}"
+        );
+        struct Racer(std::process::Child);
+        impl Drop for Racer {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let racer = Racer(
+            Command::new("perl")
+                .args(["-e", &racer, &home, outside.path().to_str().unwrap()])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let mut leases = vec![first];
+        for _ in 0..6 {
+            let lease = leases.pop().unwrap();
+            env.prov.drop_lease(&lease).await.unwrap();
+            let next = env.mint(&dana, "web-ops").await;
+            assert_eq!(
+                next.home_mode,
+                HomeMode::Ephemeral,
+                "a home with a process inside must not be lent"
+            );
+            leases.push(next);
+            assert_eq!(owner_mode(victim.to_str().unwrap()), before, "changed outside the home");
+        }
+        drop(racer);
+        for lease in leases {
+            env.prov.drop_lease(&lease).await.unwrap();
+        }
+        assert_eq!(owner_mode(victim.to_str().unwrap()), before);
+        // With the racer gone (put its swap back) the home is lent again, and the account's
+        // file is its own.
+        for name in ["lnk", "d"] {
+            let path = format!("{home}/{name}");
+            if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                fs::remove_file(&path).unwrap();
+            }
+        }
+        if Path::new(&format!("{home}/d.real")).exists() {
+            fs::rename(format!("{home}/d.real"), format!("{home}/d")).unwrap();
+        }
+        let again = env.mint(&dana, "web-ops").await;
+        assert_eq!(again.home_mode, HomeMode::Persistent);
+        let (uid, _, mode) = owner_mode(&format!("{home}/d/f"));
+        assert_eq!(uid, again.uid);
+        assert_eq!(mode & 0o6000, 0, "the set-uid bit survived a lock and a lend");
+        env.prov.drop_lease(&again).await.unwrap();
+        assert!(env.sshd.own_accounts().is_empty());
+    });
+}
+
+/// `chgrp <granted group> f; chmod g+s f` in /var/tmp, /dev/shm and the home, and a set-uid
+/// copy: none keeps a set-id bit once the account is gone (issue 7 item 2).
+#[test]
+fn set_id_files_the_account_made_lose_their_bits_at_removal() {
+    let Some(env) = env() else { return };
+    rt().block_on(async {
+        let erin = person("erin", "ops");
+        let lease = env.mint(&erin, "web-ops").await;
+        let tag = common::random_word(6);
+        let script = format!(
+            "set -e; for f in /var/tmp/sg-{tag} /dev/shm/sg-{tag} ~/sg-{tag}; do \
+               cp /bin/true $f; chgrp adm $f; chmod 2755 $f; done; \
+             cp /bin/true /var/tmp/su-{tag}; chmod 4755 /var/tmp/su-{tag}; \
+             stat -c '%a %G' /var/tmp/sg-{tag}"
+        );
+        let out = env.run_as(&lease, &script).await;
+        assert_eq!(out.status, 0, "{out:?}");
+        assert_eq!(out.stdout_text().trim(), "2755 adm");
+        env.prov.drop_lease(&lease).await.unwrap();
+        for f in [
+            format!("/var/tmp/sg-{tag}"),
+            format!("/dev/shm/sg-{tag}"),
+            format!("{}/sg-{tag}", lease.home),
+            format!("/var/tmp/su-{tag}"),
+        ] {
+            let (_, _, mode) = owner_mode(&f);
+            assert_eq!(mode & 0o6000, 0, "{f} keeps a set-id bit: {mode:o}");
+            let _ = fs::remove_file(&f);
+        }
+    });
+}
+
+/// Processes that left the account's UID through sudo (root now, in a session of their
+/// own, with their environment wiped or not) are killed at removal, and so are its at jobs
+/// and SysV IPC objects (issue 7 item 3).
+#[test]
+fn processes_escaped_through_sudo_and_ipc_objects_go_with_the_account() {
+    let Some(env) = env() else { return };
+    if common::which("visudo").is_none() && !Path::new("/usr/sbin/visudo").exists() {
+        common::unavailable("sudo (visudo)");
+        return;
+    }
+    rt().block_on(async {
+        let rita = person("rita", "root-ops");
+        let lease = env.mint(&rita, "web-root").await;
+        let secs = 1000 + (std::process::id() % 1000);
+        let script = format!(
+            "sudo -n setsid sleep {secs} </dev/null >/dev/null 2>&1 & \
+             ipcmk -M 4096 >/dev/null; ipcmk -Q >/dev/null; sleep 0.5; echo started"
+        );
+        let out = env.run_as(&lease, &script).await;
+        assert_eq!(out.stdout_text().trim(), "started", "{out:?}");
+        let escaped = || local("pgrep", &["-f", "-u", "0", &format!("^sleep {secs}$")]).0;
+        assert!(escaped(), "the sudo'ed sleep should run as root");
+        let ipc_of = |uid: u32| {
+            let (_, m) = local("ipcs", &["-m", "-c"]);
+            let (_, q) = local("ipcs", &["-q", "-c"]);
+            format!("{m}\n{q}")
+                .lines()
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() >= 6 && (f[2] == lease.user || f[2] == uid.to_string())
+                })
+                .count()
+        };
+        assert_eq!(
+            ipc_of(lease.uid),
+            2,
+            "the account's IPC objects should exist"
+        );
+        env.prov.drop_lease(&lease).await.unwrap();
+        assert!(
+            !escaped(),
+            "a process escaped through sudo survives removal"
+        );
+        assert_eq!(ipc_of(lease.uid), 0, "IPC objects of the account survive");
+        assert!(passwd(&lease.user).is_none());
+    });
+}

@@ -34,7 +34,7 @@ pub use names::{account_name, is_account_name, person_dir_name};
 pub use script::shell_quote;
 
 use self::names::HomeKind;
-use self::script::{output_value, Vars};
+use self::script::{output_value, output_values, Vars};
 use super::lease::{LeaseId, Marker};
 use crate::config::SshTarget;
 use crate::identity::Identity;
@@ -318,6 +318,12 @@ impl LinuxProvisioner {
             return Err(self.script_error(OP, &out));
         }
         let stdout = out.stdout_text();
+        for note in output_values(&stdout, "note") {
+            tracing::warn!(target_name = %self.target.name, account, lease, "{note}");
+        }
+        if let Some(n) = output_value(&stdout, "setid_stripped").filter(|n| *n != "0") {
+            tracing::warn!(target_name = %self.target.name, account, lease, stripped = n, "set-id bits stripped from files the account left behind");
+        }
         if output_value(&stdout, "removed").is_some() {
             tracing::debug!(target_name = %self.target.name, account, lease, home_kind = kind.as_str(), "JIT account removed");
         } else {

@@ -58,6 +58,28 @@ umask 022
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 fail() { echo "jitgate: $*" >&2; exit 1; }
+# Prints `process PID (COMM)` for a process whose working directory, root or an open file is
+# $1 or below it, and succeeds; fails when there is none. A home is walked (chowned) only
+# while this finds nothing and its top directory is root-owned 0700: then no process but
+# root's can reach inside it, so no path can be swapped under the walk.
+in_use() {
+    pat=$(printf '%s' "$1" | sed 's/[][*?\\]/\\&/g')
+    hit=$(find /proc -mindepth 1 -maxdepth 3 -regextype posix-extended \
+        ! -regex '/proc/[0-9]+(/(cwd|root|fd(/[0-9]+)?))?' -prune -o \
+        -regex '/proc/[0-9]+/(cwd|root|fd/[0-9]+)' \
+        \( -lname "$pat" -o -lname "$pat/*" -o -lname "$pat (deleted)" \) -print 2>/dev/null |
+        head -n 1)
+    [ -n "$hit" ] || return 1
+    pid=$(printf '%s\n' "$hit" | cut -d/ -f3)
+    printf 'process %s (%s)\n' "$pid" "$(cat "/proc/$pid/comm" 2>/dev/null || echo gone)"
+}
+# Gives the home's contents to $2 (uid:gid): `-execdir` runs chown from inside each
+# directory find has opened (never re-resolving a parent path) and `-h` changes a symlink,
+# never what it points to. Hard-linked files (link count > 1) are left alone: chown would
+# also give away whatever other name they have. The top directory is the caller's.
+chown_contents() {
+    find "$1" -xdev -mindepth 1 \( -type d -o -links 1 \) -execdir chown -h "$2" {} +
+}
 "#;
 
 /// Creates a JIT account. Needs: state, account, person, home_mode, uid_lo, uid_hi, groups
@@ -108,9 +130,9 @@ undo() {
         groupdel "$account"
     fi
     if [ -n "$lent" ]; then
-        find "$lent" -xdev \( -uid "$uid" -o -gid "$uid" \) -exec chown -h 0:0 {} +
         chown 0:0 "$lent"
         chmod 0700 "$lent"
+        find "$lent" -xdev -mindepth 1 \( -uid "$uid" -o -gid "$uid" \) -execdir chown -h 0:0 {} +
     fi
     [ -z "$home_made" ] || rm -rf "$home_made"
 }
@@ -146,6 +168,15 @@ if [ "$home_mode" = persistent ]; then
         if [ "$owner" != 0 ] && holder=$(getent passwd "$owner"); then
             note="persistent home $home is in use by ${holder%%:*} (another connection of the same person); this connection gets an ephemeral home"
             home_mode=ephemeral
+        else
+            # Locked (again: a crash may have left it owned by a removed UID) before it is
+            # looked into, so nothing outside can enter it from here on.
+            chown 0:0 "$home"
+            chmod 0700 "$home"
+            if busy=$(in_use "$home"); then
+                note="persistent home $home is held open by $busy; it is not lent while anything runs inside it, so this connection gets an ephemeral home"
+                home_mode=ephemeral
+            fi
         fi
     else
         mkdir -m 0700 "$home"
@@ -224,10 +255,11 @@ rm -f "$home/.ssh/authorized_keys" "$home/.ssh/authorized_keys2"
 printf '%s\n' "$pubkey" >"$home/.ssh/authorized_keys"
 chmod 0600 "$home/.ssh/authorized_keys"
 
-# Lend the home. Hard-linked files (link count > 1) are left alone: chown would also give
-# away whatever other name they have.
+# Lend the home: its contents while the top is still root-owned 0700 and nothing runs
+# inside (checked above), then the top itself.
 [ "$home_mode" = persistent ] && lent=$home
-find "$home" -xdev \( -type d -o -links 1 \) -exec chown -h "$uid:$gid" {} +
+chown_contents "$home" "$uid:$gid"
+chown "$uid:$gid" "$home"
 chmod 0700 "$home"
 
 if [ "$sudo" = 1 ]; then
@@ -252,27 +284,122 @@ echo "home_mode=$home_mode"
 /// Removes a JIT account. Needs: state, account, uid, home, home_kind
 /// (persistent | ephemeral | other), instance, lease. Refuses (exit [`NOT_OURS`]) an account
 /// outside group `jitgate`, without this lease's marker, or with another UID. An account that
-/// is already gone is success (its sudoers file and home are still cleaned up).
+/// is already gone is success (its sudoers file and home are still cleaned up). Prints
+/// `removed=` or `gone=`, and `note=` lines for what the operator should know.
 pub(crate) const REMOVE: &str = r#"
 if [ -d "$state" ] && [ ! -L "$state" ]; then
     exec 9>>"$state/lock"
     flock -w 60 9 || fail "timed out after 60s waiting for $state/lock"
 fi
 not_ours() { echo "jitgate: $account $*; left untouched" >&2; exit 3; }
-# Locks a persistent home away (root-owned 0700, no set-id bit on anything the account made)
-# or removes an ephemeral one. Runs once the account's processes are gone and before the
+# The account's GIDs (its own, jitgate, the granted ones), read while it still exists.
+gids=$uid
+
+# Processes that belong to the account whatever UID they run as now: the real or saved UID
+# (for `kill -1` run as the account), the audit login UID that sshd's pam_loginuid set (kept
+# across sudo and setsid), and SUDO_UID in the environment sudo gave its command (for a
+# target whose sshd runs without PAM).
+escaped_pids() {
+    ps -e -o pid= -o luid= -o stat= | awk -v u="$uid" '$2 == u && $3 !~ /^Z/ { print $1 }'
+    set +f
+    grep -lsxzF -e "SUDO_UID=$uid" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3 || true
+    set -f
+}
+# A zombie is already dead (it only waits for its parent, often init, to reap it; some
+# inits take seconds): it is not waited for, which is also why userdel gets --force.
+alive() {
+    ps -e -o uid= -o ruid= -o stat= |
+        awk -v u="$uid" '($1 == u || $2 == u) && $3 !~ /^Z/ { found = 1 } END { exit !found }' && return 0
+    [ -n "$(escaped_pids)" ]
+}
+kill_all() {
+    # On systemd hosts the account's slice holds its sessions, sudo'ed children included.
+    if [ -d /run/systemd/system ] && command -v loginctl >/dev/null; then
+        loginctl terminate-user "$uid" >/dev/null 2>&1 || true
+    fi
+    i=0
+    while alive; do
+        # kill(-1) as the account signals every process it could signal, in one system call,
+        # so a fork storm cannot outrun it (kill(2): -1 is all but the caller).
+        setpriv --reuid="$uid" --regid="$uid" --clear-groups -- kill -KILL -1 >/dev/null 2>&1 || true
+        for p in $(escaped_pids); do kill -s KILL "$p" 2>/dev/null || true; done
+        i=$((i + 1))
+        [ "$i" -le 50 ] || fail "processes of $account survive SIGKILL after 5s"
+        sleep 0.1
+    done
+}
+# What outlives processes: cron and at jobs, SysV IPC objects it created or owns, its mail.
+remove_leftovers() {
+    if command -v crontab >/dev/null; then crontab -r -u "$account" >/dev/null 2>&1 || true; fi
+    if command -v atq >/dev/null && command -v atrm >/dev/null; then
+        atq 2>/dev/null | awk -v a="$account" '$NF == a { print $1 }' |
+            while read -r job; do atrm "$job" 2>/dev/null || true; done
+    fi
+    if command -v ipcs >/dev/null && command -v ipcrm >/dev/null; then
+        for kind in m q s; do
+            ipcs "-$kind" -c 2>/dev/null |
+                awk -v a="$account" -v u="$uid" '$1 ~ /^[0-9]+$/ && ($3 == a || $3 == u || $5 == a || $5 == u) { print $1 }' |
+                while read -r id; do ipcrm "-$kind" "$id" 2>/dev/null || true; done
+        done
+    fi
+    rm -f "/var/mail/$account" "/var/spool/mail/$account"
+}
+# Set-id files the account could leave behind, owned by its UID or carrying one of its
+# groups (`chgrp <granted group> f; chmod g+s f`), wherever a JIT account can write on a
+# stock Debian host. Each one is opened without following a symlink, checked to be the very
+# file find saw (device and inode) and still set-id and ours, and changed through that
+# descriptor: a live account that swaps a path cannot point the change elsewhere.
+strip_setid() {
+    set --
+    for where in "$home" /tmp /var/tmp /dev/shm "/run/user/$uid" /var/mail; do
+        if [ -d "$where" ] && [ ! -L "$where" ]; then set -- "$@" "$where"; fi
+    done
+    [ $# -gt 0 ] || return 0
+    set -- "$@" -xdev -type f -perm /6000 \( -uid "$uid"
+    for g in $gids; do set -- "$@" -o -gid "$g"; done
+    set -- "$@" \) -printf '%D %i %p\0'
+    if command -v perl >/dev/null; then
+        find "$@" 2>/dev/null | perl -e '
+            use strict; use Fcntl qw(O_RDONLY O_NOFOLLOW O_NONBLOCK O_NOCTTY);
+            my ($uid, @gids) = @ARGV; my %ours = map { $_ => 1 } @gids; my $n = 0;
+            local $/ = "\0";
+            while (my $rec = <STDIN>) {
+                chomp $rec;
+                my ($dev, $ino, $path) = split / /, $rec, 3;
+                sysopen(my $fh, $path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY) or next;
+                my @st = stat($fh) or next;
+                next unless -f _ && $st[0] == $dev && $st[1] == $ino;
+                next unless $st[4] == $uid || $ours{$st[5]};
+                next unless $st[2] & 06000;
+                $n++ if chmod($st[2] & 01777, $fh);
+            }
+            print "setid_stripped=$n\n";' "$uid" $gids || true
+    else
+        # No perl (not a stock Debian/Ubuntu host): by path, from inside each directory.
+        find "$@" -execdir chmod ug-s {} + 2>/dev/null || true
+        echo "note=perl is missing on this target: set-id bits were stripped by path"
+    fi
+}
+# Locks a persistent home away (root-owned 0700, nothing in it owned by the account) or
+# removes an ephemeral one. Runs once the account's processes are gone and before the
 # account is deleted, so that "the account is gone" always means "its home is locked".
 release_home() {
     case $home_kind in
         persistent)
             if [ -d "$home" ] && [ ! -L "$home" ]; then
+                chown 0:0 "$home"
+                chmod 0700 "$home"
+                if busy=$(in_use "$home"); then
+                    # Locked, but not walked while something could swap paths inside it; the
+                    # next lend (which also checks) hands its contents on.
+                    echo "note=persistent home $home is locked but its contents were not taken back: $busy has it open"
+                    return 0
+                fi
                 if [ -d "$home/.ssh" ] && [ ! -L "$home/.ssh" ]; then
                     rm -f "$home/.ssh/authorized_keys" "$home/.ssh/authorized_keys2"
                 fi
-                find "$home" -xdev \( -uid "$uid" -o -gid "$uid" \) -exec chown -h 0:0 {} +
-                find "$home" -xdev -type f -perm /6000 -exec chmod ug-s {} +
-                chown 0:0 "$home"
-                chmod 0700 "$home"
+                find "$home" -xdev -mindepth 1 \( -uid "$uid" -o -gid "$uid" \) -execdir chown -h 0:0 {} +
+                find "$home" -xdev -mindepth 1 -type d -perm /022 -execdir chmod go-w {} +
             fi
             ;;
         ephemeral)
@@ -281,7 +408,6 @@ release_home() {
         other) ;;
     esac
 }
-
 
 if entry=$(getent passwd "$account"); then
     found_uid=$(printf '%s\n' "$entry" | cut -d: -f3)
@@ -293,27 +419,16 @@ if entry=$(getent passwd "$account"); then
         *) not_ours "does not carry the marker of lease $lease" ;;
     esac
     [ "$found_uid" = "$uid" ] || not_ours "has UID $found_uid, not $uid"
+    gids=$(id -G "$account" 2>/dev/null || echo "$uid")
 
     # No new sudo, no new login (`!` in the password field and an expiry date in the past),
-    # then kill until nothing runs as the account. Nothing inside the home is touched while
+    # then kill until nothing of the account runs. Nothing inside the home is touched while
     # its processes live: they could swap a path for a symlink.
     rm -f "/etc/sudoers.d/jitgate-$account"
     usermod -L -e 1970-01-02 "$account" >/dev/null 2>&1 || true
-    i=0
-    # A zombie is already dead (it only waits for its parent, often init, to reap it; some
-    # inits take seconds): it is not waited for, which is also why userdel gets --force.
-    alive() {
-        ps -e -o uid= -o ruid= -o stat= |
-            awk -v u="$uid" '($1 == u || $2 == u) && $3 !~ /^Z/ { found = 1 } END { exit !found }'
-    }
-    while alive; do
-        pkill -KILL -u "$uid" || true
-        pkill -KILL -U "$uid" || true
-        i=$((i + 1))
-        [ "$i" -le 50 ] || fail "processes of $account survive SIGKILL after 5s"
-        sleep 0.1
-    done
-    if command -v crontab >/dev/null; then crontab -r -u "$account" >/dev/null 2>&1 || true; fi
+    kill_all
+    remove_leftovers
+    strip_setid
     release_home
     # --force only skips userdel's "user is logged in" check (zombies count there); without
     # --remove it deletes no files.
@@ -322,8 +437,13 @@ if entry=$(getent passwd "$account"); then
     if getent group "$account" >/dev/null; then groupdel "$account" || true; fi
     echo "removed=$account"
 else
-    # Gone already (an earlier removal stopped half-way): finish the home all the same.
+    # Gone already (an earlier removal stopped half-way): finish the rest all the same.
     rm -f "/etc/sudoers.d/jitgate-$account"
+    # The UID is free again only if no account took it since.
+    if ! getent passwd "$uid" >/dev/null; then
+        kill_all
+        strip_setid
+    fi
     release_home
     echo "gone=$account"
 fi
@@ -351,12 +471,17 @@ pub(crate) fn build(vars: &Vars, body: &str) -> String {
     vars.script(&format!("{PRELUDE}{body}"))
 }
 
-/// `key=value` lines of a script's output.
-pub(crate) fn output_value<'a>(stdout: &'a str, key: &str) -> Option<&'a str> {
-    stdout.lines().find_map(|line| {
+/// Every `key=value` line's value for `key`, in order.
+pub(crate) fn output_values<'a>(stdout: &'a str, key: &'a str) -> impl Iterator<Item = &'a str> {
+    stdout.lines().filter_map(move |line| {
         line.strip_prefix(key)
             .and_then(|rest| rest.strip_prefix('='))
     })
+}
+
+/// The first `key=value` line's value for `key`.
+pub(crate) fn output_value<'a>(stdout: &'a str, key: &'a str) -> Option<&'a str> {
+    output_values(stdout, key).next()
 }
 
 #[cfg(test)]
