@@ -339,10 +339,20 @@ fn upstream_refusal(e: &UpstreamError) -> Refusal {
             code,
             message,
         } => Refusal::new(code, format!("target {target}: {message}")),
+        // Short for the user: the detail (what the server sent) is in the gateway log.
+        UpstreamError::Unauthenticated { target, .. } => Refusal::new(
+            "08006",
+            format!("jitgate refused to log in to target {target}: the server did not prove it is the real target"),
+        )
+        .hint("this can be a man in the middle or a misconfigured proxy; details are in the gateway log"),
+        UpstreamError::UnsupportedAuth { target, .. } => Refusal::new(
+            "08006",
+            format!("jitgate refused to log in to target {target}: it asked for an authentication method other than SCRAM-SHA-256"),
+        )
+        .hint("jitgate sends no password for other methods; details are in the gateway log"),
         UpstreamError::Unreachable { .. }
         | UpstreamError::NoTls { .. }
         | UpstreamError::Tls { .. }
-        | UpstreamError::UnsupportedAuth { .. }
         | UpstreamError::Protocol { .. }
         | UpstreamError::Timeout { .. } => Refusal::new("08006", e.to_string()),
     }

@@ -1,6 +1,8 @@
 //! Logging in to the target as the JIT role: TLS per target config, StartupMessage, SCRAM-SHA-256
 //! with the lease's password (which never leaves this module's memory), then the server's
 //! ParameterStatus / BackendKeyData / ReadyForQuery, kept for the client's handshake.
+//! The target is taken for real only once SCRAM's server signature verified (and, over TLS, the
+//! exchange was bound to this TLS connection with SCRAM-SHA-256-PLUS).
 
 use std::io;
 use std::pin::Pin;
@@ -8,7 +10,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -41,6 +45,11 @@ pub enum UpstreamError {
         code: String,
         message: String,
     },
+    /// The target did not prove it is the server that holds the JIT role's SCRAM verifier (or,
+    /// over TLS, that the exchange ran over this very TLS connection): a fake server or a man in
+    /// the middle. Nothing is spliced, and SCRAM never put the password itself on the wire.
+    #[error("target {target} did not authenticate itself, login abandoned: {reason}")]
+    Unauthenticated { target: String, reason: String },
     #[error("login to target {target} failed: {reason}")]
     Protocol { target: String, reason: String },
     #[error("login to target {target} timed out")]
@@ -176,6 +185,11 @@ async fn login_inner(
     params: &[(String, String)],
 ) -> Result<Upstream, UpstreamError> {
     let mut stream = connect(target).await?;
+    // Up front: a server certificate we cannot bind to ends the login before the password is used.
+    let binding = channel_binding(&stream).map_err(|reason| UpstreamError::Unauthenticated {
+        target: target.name.clone(),
+        reason,
+    })?;
     let name = target.name.as_str();
     let protocol = |reason: String| UpstreamError::Protocol {
         target: name.to_string(),
@@ -196,81 +210,7 @@ async fn login_inner(
         .map_err(|e| protocol(e.to_string()))?;
     send(&mut stream, &mut buf).await.map_err(wire)?;
 
-    let mut scram: Option<ScramSha256> = None;
-    loop {
-        let msg = read_tagged(&mut stream, MAX_LOGIN_MESSAGE)
-            .await
-            .map_err(wire)?;
-        match msg.tag {
-            b'R' => {
-                let mut body = msg.body();
-                if body.len() < 4 {
-                    return Err(protocol("short authentication message".into()));
-                }
-                let code = body.get_i32();
-                match code {
-                    0 => break,
-                    10 => {
-                        let mechanisms: Vec<&[u8]> =
-                            body.split(|b| *b == 0).filter(|m| !m.is_empty()).collect();
-                        if !mechanisms.contains(&SCRAM_SHA_256.as_bytes()) {
-                            return Err(UpstreamError::UnsupportedAuth {
-                                target: name.to_string(),
-                                method: "a SASL mechanism other than SCRAM-SHA-256".into(),
-                            });
-                        }
-                        let s = ScramSha256::new(
-                            lease.password.expose().as_bytes(),
-                            ChannelBinding::unsupported(),
-                        );
-                        frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut buf)
-                            .map_err(|e| protocol(e.to_string()))?;
-                        send(&mut stream, &mut buf).await.map_err(wire)?;
-                        scram = Some(s);
-                    }
-                    11 => {
-                        let s = scram
-                            .as_mut()
-                            .ok_or_else(|| protocol("SASL continue before SASL start".into()))?;
-                        s.update(body)
-                            .map_err(|e| protocol(format!("SCRAM: {e}")))?;
-                        frontend::sasl_response(s.message(), &mut buf)
-                            .map_err(|e| protocol(e.to_string()))?;
-                        send(&mut stream, &mut buf).await.map_err(wire)?;
-                    }
-                    12 => {
-                        let s = scram
-                            .as_mut()
-                            .ok_or_else(|| protocol("SASL final before SASL start".into()))?;
-                        // Verifies the server's signature: the target proves it knows the verifier.
-                        s.finish(body)
-                            .map_err(|e| protocol(format!("SCRAM server signature: {e}")))?;
-                    }
-                    other => {
-                        let method = match other {
-                            3 => "cleartext password",
-                            5 => "MD5",
-                            7 => "GSSAPI",
-                            9 => "SSPI",
-                            _ => "an unknown",
-                        };
-                        return Err(UpstreamError::UnsupportedAuth {
-                            target: name.to_string(),
-                            method: method.into(),
-                        });
-                    }
-                }
-            }
-            b'E' => return Err(refused(name, &msg)),
-            b'N' | b'v' => {}
-            other => {
-                return Err(protocol(format!(
-                    "unexpected message {:?} during authentication",
-                    other as char
-                )))
-            }
-        }
-    }
+    authenticate(&mut stream, name, lease, binding, &mut buf).await?;
 
     let mut greeting = Vec::new();
     let mut key = None;
@@ -309,6 +249,214 @@ async fn login_inner(
     }
 }
 
+// Authentication request codes (PostgreSQL protocol, "Message Formats": AuthenticationXXX).
+const AUTH_OK: i32 = 0;
+const AUTH_SASL: i32 = 10;
+const AUTH_SASL_CONTINUE: i32 = 11;
+const AUTH_SASL_FINAL: i32 = 12;
+
+/// Where the SCRAM exchange stands. The server has proved itself only in `Verified`; an
+/// AuthenticationOk in any other state comes from a server that skipped the proof.
+enum Scram {
+    /// Waiting for AuthenticationSASL (the mechanism list).
+    Start,
+    /// client-first-message sent; waiting for AuthenticationSASLContinue (server-first-message).
+    SentFirst(ScramSha256),
+    /// client-final-message sent; waiting for AuthenticationSASLFinal (the server signature).
+    SentFinal(ScramSha256),
+    /// The server signature verified (RFC 5802 §3: only a holder of ServerKey can make it).
+    Verified,
+}
+
+/// Runs SCRAM-SHA-256 to the end and returns at AuthenticationOk after a verified
+/// server-final-message. Every other path is a refusal, and the password is only ever used as
+/// SCRAM input: a server asking for cleartext, MD5 or anything else gets nothing.
+///
+/// `binding` is the tls-server-end-point hash when the link is TLS. Then SCRAM-SHA-256-PLUS is
+/// required, and a server offering only SCRAM-SHA-256 over TLS is refused, whether the target is
+/// `require` or `verify-full`. A TLS-terminating relay is exactly what looks like that, and with
+/// `require` it can be anyone; PostgreSQL (11+, built with OpenSSL) always offers -PLUS over TLS,
+/// so only a middlebox ever hits this. Downgrading to the `y` flag would leave the check to
+/// the relay's upstream, which the relay chooses.
+async fn authenticate(
+    stream: &mut UpstreamStream,
+    name: &str,
+    lease: &PgLease,
+    mut binding: Option<Vec<u8>>,
+    buf: &mut BytesMut,
+) -> Result<(), UpstreamError> {
+    let protocol = |reason: String| UpstreamError::Protocol {
+        target: name.to_string(),
+        reason,
+    };
+    let wire = |e: WireError| UpstreamError::Protocol {
+        target: name.to_string(),
+        reason: e.to_string(),
+    };
+    let unauthenticated = |reason: String| UpstreamError::Unauthenticated {
+        target: name.to_string(),
+        reason,
+    };
+    let mut state = Scram::Start;
+    loop {
+        let msg = read_tagged(stream, MAX_LOGIN_MESSAGE).await.map_err(wire)?;
+        match msg.tag {
+            b'R' => {}
+            b'E' => return Err(refused(name, &msg)),
+            // NoticeResponse may come at any time, NegotiateProtocolVersion before authentication.
+            b'N' | b'v' => continue,
+            other => {
+                return Err(protocol(format!(
+                    "unexpected message {:?} during authentication",
+                    other as char
+                )))
+            }
+        }
+        let mut body = msg.body();
+        if body.len() < 4 {
+            return Err(protocol("short authentication message".into()));
+        }
+        let code = body.get_i32();
+        state = match (code, state) {
+            (AUTH_OK, Scram::Verified) => return Ok(()),
+            (AUTH_OK, Scram::Start | Scram::SentFirst(_) | Scram::SentFinal(_)) => {
+                return Err(unauthenticated(
+                    "AuthenticationOk before SCRAM's server signature was verified".into(),
+                ))
+            }
+            (AUTH_SASL, Scram::Start) => {
+                let mechanisms: Vec<&[u8]> =
+                    body.split(|b| *b == 0).filter(|m| !m.is_empty()).collect();
+                let (mechanism, channel_binding) = match binding.take() {
+                    Some(hash) => {
+                        if !mechanisms.contains(&SCRAM_SHA_256_PLUS.as_bytes()) {
+                            return Err(unauthenticated(format!(
+                                "no SCRAM-SHA-256-PLUS over TLS (offered: {}): a TLS-terminating proxy or a man in the middle; jitgate binds the login to the TLS connection",
+                                mechanism_list(&mechanisms)
+                            )));
+                        }
+                        (
+                            SCRAM_SHA_256_PLUS,
+                            ChannelBinding::tls_server_end_point(hash),
+                        )
+                    }
+                    None => {
+                        if !mechanisms.contains(&SCRAM_SHA_256.as_bytes()) {
+                            return Err(UpstreamError::UnsupportedAuth {
+                                target: name.to_string(),
+                                method: format!("SASL ({})", mechanism_list(&mechanisms)),
+                            });
+                        }
+                        // No TLS, nothing to bind to: the `n` flag says so (RFC 5802 §6).
+                        (SCRAM_SHA_256, ChannelBinding::unsupported())
+                    }
+                };
+                tracing::debug!(target_name = %name, mechanism, "upstream SASL login");
+                let s = ScramSha256::new(lease.password.expose().as_bytes(), channel_binding);
+                frontend::sasl_initial_response(mechanism, s.message(), buf)
+                    .map_err(|e| protocol(e.to_string()))?;
+                send(stream, buf).await.map_err(wire)?;
+                Scram::SentFirst(s)
+            }
+            (AUTH_SASL_CONTINUE, Scram::SentFirst(mut s)) => {
+                s.update(body)
+                    .map_err(|e| unauthenticated(format!("SCRAM server-first-message: {e}")))?;
+                frontend::sasl_response(s.message(), buf).map_err(|e| protocol(e.to_string()))?;
+                send(stream, buf).await.map_err(wire)?;
+                Scram::SentFinal(s)
+            }
+            (AUTH_SASL_FINAL, Scram::SentFinal(mut s)) => {
+                // The server signature: proof that the target holds the role's verifier (and,
+                // with -PLUS, saw the same TLS server certificate we did).
+                s.finish(body)
+                    .map_err(|e| unauthenticated(format!("SCRAM server signature: {e}")))?;
+                Scram::Verified
+            }
+            (
+                AUTH_SASL | AUTH_SASL_CONTINUE | AUTH_SASL_FINAL,
+                Scram::Start | Scram::SentFirst(_) | Scram::SentFinal(_) | Scram::Verified,
+            ) => {
+                return Err(unauthenticated(format!(
+                    "SASL message (code {code}) out of order"
+                )))
+            }
+            (other, _) => {
+                let method = match other {
+                    2 => "Kerberos V5".to_string(),
+                    3 => "cleartext password".to_string(),
+                    5 => "MD5".to_string(),
+                    7 | 8 => "GSSAPI".to_string(),
+                    9 => "SSPI".to_string(),
+                    _ => format!("unknown (code {other})"),
+                };
+                return Err(UpstreamError::UnsupportedAuth {
+                    target: name.to_string(),
+                    method,
+                });
+            }
+        };
+    }
+}
+
+fn mechanism_list(mechanisms: &[&[u8]]) -> String {
+    let names: Vec<String> = mechanisms
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).escape_default().to_string())
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// The tls-server-end-point channel binding data for this link, or `None` for plain TCP.
+fn channel_binding(stream: &UpstreamStream) -> Result<Option<Vec<u8>>, String> {
+    match stream {
+        UpstreamStream::Plain(_) => Ok(None),
+        UpstreamStream::Tls(tls) => {
+            let (_, connection) = tls.get_ref();
+            // rustls puts the end-entity certificate first.
+            let cert = connection
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .ok_or_else(|| "the server presented no TLS certificate".to_string())?;
+            tls_server_end_point(cert.as_ref()).map(Some)
+        }
+    }
+}
+
+/// RFC 5929 §4.1: the hash of the server's end-entity certificate (DER), with the hash of its
+/// signature algorithm, SHA-256 for MD5 and SHA-1. PostgreSQL computes the same on its side
+/// (`be_tls_get_certificate_hash`) and refuses certificates whose signature has no single hash
+/// (Ed25519, RSA-PSS): so do we, as no login with -PLUS could succeed anyway.
+fn tls_server_end_point(der: &[u8]) -> Result<Vec<u8>, String> {
+    use x509_parser::oid_registry as oid;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("cannot read the server certificate: {e}"))?;
+    let sig = &cert.signature_algorithm.algorithm;
+    let algorithm = if [
+        oid::OID_PKCS1_MD5WITHRSAENC,
+        oid::OID_PKCS1_SHA1WITHRSA,
+        oid::OID_SIG_DSA_WITH_SHA1,
+        oid::OID_PKCS1_SHA256WITHRSA,
+        oid::OID_SIG_ECDSA_WITH_SHA256,
+    ]
+    .contains(sig)
+    {
+        &ring::digest::SHA256
+    } else if [oid::OID_PKCS1_SHA384WITHRSA, oid::OID_SIG_ECDSA_WITH_SHA384].contains(sig) {
+        &ring::digest::SHA384
+    } else if [oid::OID_PKCS1_SHA512WITHRSA, oid::OID_SIG_ECDSA_WITH_SHA512].contains(sig) {
+        &ring::digest::SHA512
+    } else {
+        return Err(format!(
+            "the server certificate's signature algorithm ({sig}) has no hash for channel binding (RFC 5929 §4.1); use an RSA or ECDSA certificate with SHA-256/384/512"
+        ));
+    };
+    Ok(ring::digest::digest(algorithm, der).as_ref().to_vec())
+}
+
 fn refused(target: &str, msg: &Tagged) -> UpstreamError {
     let fields = error_fields(msg.body());
     let field = |f: u8| {
@@ -330,4 +478,40 @@ async fn send(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<(), Wir
     stream.flush().await?;
     buf.clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn cert_der(alg: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let params = rcgen::CertificateParams::new(vec!["db.example".to_string()]).unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn end_point_hash_follows_the_signature_hash() {
+        let der = cert_der(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let hash = tls_server_end_point(&der).unwrap();
+        assert_eq!(
+            hash,
+            ring::digest::digest(&ring::digest::SHA256, &der).as_ref()
+        );
+        let der = cert_der(&rcgen::PKCS_ECDSA_P384_SHA384);
+        let hash = tls_server_end_point(&der).unwrap();
+        assert_eq!(
+            hash,
+            ring::digest::digest(&ring::digest::SHA384, &der).as_ref()
+        );
+    }
+
+    #[test]
+    fn end_point_hash_refuses_a_signature_without_hash() {
+        let der = cert_der(&rcgen::PKCS_ED25519);
+        let e = tls_server_end_point(&der).unwrap_err();
+        assert!(e.contains("no hash for channel binding"), "{e}");
+        assert!(tls_server_end_point(b"not a certificate").is_err());
+    }
 }

@@ -1,0 +1,519 @@
+//! The upstream login must authenticate the target: a fake server in front of a real
+//! PostgreSQL passes jitgate's admin connection through but answers the JIT role's login itself
+//! (AuthenticationOk at once, a forged SCRAM signature, cleartext/MD5 requests, a TLS relay).
+//! psql through the real gateway must get a FATAL, and the fake must never see a query or the
+//! minted password. Over TLS the login uses SCRAM-SHA-256-PLUS against a real PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const MARKER: &str = "marker_reached_the_fake";
+const SSL_REQUEST: i32 = 80877103;
+
+/// What the fake does with a `jit_*` login.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// `R 0` straight after the StartupMessage.
+    OkAtOnce,
+    /// SASL start and continue, then `R 0` without SASLFinal.
+    OkWithoutFinal,
+    /// The whole SCRAM exchange, with a server signature the fake made up.
+    ForgedFinal,
+    /// AuthenticationCleartextPassword (`R 3`).
+    Cleartext,
+    /// AuthenticationMD5Password (`R 5`).
+    Md5,
+    /// Terminates TLS with its own certificate and relays the JIT login to the real server,
+    /// over TLS (`true`: the server offers -PLUS for its own certificate) or plain (`false`:
+    /// only SCRAM-SHA-256 reaches the gateway). The admin connection is relayed plain.
+    TlsRelay(bool),
+}
+
+/// The fake upstream; `received` is everything the gateway sent on JIT logins.
+struct Fake {
+    port: u16,
+    received: Arc<Mutex<Vec<u8>>>,
+    jit_logins: Arc<Mutex<usize>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Fake {
+    fn start(pg_port: u16, mode: Mode) -> Fake {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let jit_logins = Arc::new(Mutex::new(0));
+        let acceptor = tokio_rustls::TlsAcceptor::from(relay_tls_config());
+        let (r, j) = (received.clone(), jit_logins.clone());
+        rt.spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (r, j, acceptor) = (r.clone(), j.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let _ = serve(sock, pg_port, mode, acceptor, r, j).await;
+                });
+            }
+        });
+        Fake {
+            port,
+            received,
+            jit_logins,
+            _rt: rt,
+        }
+    }
+
+    fn received(&self) -> Vec<u8> {
+        self.received.lock().unwrap().clone()
+    }
+
+    fn jit_logins(&self) -> usize {
+        *self.jit_logins.lock().unwrap()
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn serve(
+    mut sock: TcpStream,
+    pg_port: u16,
+    mode: Mode,
+    acceptor: tokio_rustls::TlsAcceptor,
+    received: Arc<Mutex<Vec<u8>>>,
+    jit_logins: Arc<Mutex<usize>>,
+) -> std::io::Result<()> {
+    let mut startup = read_startup(&mut sock).await?;
+    let mut client: Box<dyn Io> = if code(&startup) == SSL_REQUEST {
+        if let Mode::TlsRelay(_) = mode {
+            sock.write_all(b"S").await?;
+            let mut tls = acceptor.accept(sock).await?;
+            startup = read_startup(&mut tls).await?;
+            Box::new(tls)
+        } else {
+            sock.write_all(b"N").await?;
+            startup = read_startup(&mut sock).await?;
+            Box::new(sock)
+        }
+    } else {
+        Box::new(sock)
+    };
+    let user = startup_user(&startup);
+    if !user.starts_with("jit_") {
+        // The admin connection goes to the real server as it came, plain.
+        let mut pg = TcpStream::connect(("127.0.0.1", pg_port)).await?;
+        pg.write_all(&startup).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut pg).await?;
+        return Ok(());
+    }
+    *jit_logins.lock().unwrap() += 1;
+    match mode {
+        Mode::TlsRelay(upstream_tls) => {
+            let mut pg = TcpStream::connect(("127.0.0.1", pg_port)).await?;
+            let mut pg: Box<dyn Io> = if upstream_tls {
+                let mut req = Vec::new();
+                req.extend_from_slice(&8i32.to_be_bytes());
+                req.extend_from_slice(&SSL_REQUEST.to_be_bytes());
+                pg.write_all(&req).await?;
+                assert_eq!(pg.read_u8().await?, b'S', "the real server has no TLS");
+                let config = jitgate::tls::upstream_client_config(None).unwrap();
+                let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+                Box::new(
+                    tokio_rustls::TlsConnector::from(config)
+                        .connect(name, pg)
+                        .await?,
+                )
+            } else {
+                Box::new(pg)
+            };
+            pg.write_all(&startup).await?;
+            tokio::io::copy_bidirectional(&mut client, &mut pg).await?;
+            Ok(())
+        }
+        Mode::OkAtOnce => {
+            session(&mut client, &received).await;
+            Ok(())
+        }
+        Mode::OkWithoutFinal | Mode::ForgedFinal => {
+            client.write_all(&auth(10, b"SCRAM-SHA-256\0\0")).await?;
+            let (_, first) = read_record(&mut client, &received).await?;
+            // SASLInitialResponse: mechanism\0, i32 length, client-first-message.
+            let nul = first.iter().position(|b| *b == 0).unwrap();
+            let client_first = String::from_utf8_lossy(&first[nul + 5..]).to_string();
+            let nonce = client_first.split("r=").nth(1).unwrap().to_string();
+            let server_first = format!("r={nonce}fake,s=c2FsdHNhbHRzYWx0,i=4096");
+            client.write_all(&auth(11, server_first.as_bytes())).await?;
+            read_record(&mut client, &received).await?;
+            if let Mode::ForgedFinal = mode {
+                let forged = format!("v={}=", "A".repeat(43));
+                client.write_all(&auth(12, forged.as_bytes())).await?;
+            }
+            session(&mut client, &received).await;
+            Ok(())
+        }
+        Mode::Cleartext | Mode::Md5 => {
+            let request = match mode {
+                Mode::Cleartext => auth(3, b""),
+                _ => auth(5, b"salt"),
+            };
+            client.write_all(&request).await?;
+            // Whatever comes back (it must be nothing) is recorded.
+            while read_record(&mut client, &received).await.is_ok() {}
+            Ok(())
+        }
+    }
+}
+
+/// Plays a logged-in server: `R 0`, BackendKeyData, ReadyForQuery, then answers every query
+/// with one row, recording what it gets.
+async fn session(client: &mut Box<dyn Io>, received: &Arc<Mutex<Vec<u8>>>) {
+    let mut hello = auth(0, b"");
+    hello.extend(msg(b'S', b"server_version\x0015.0\0"));
+    hello.extend(msg(b'S', b"client_encoding\0UTF8\0"));
+    hello.extend(msg(b'K', &[0, 0, 0, 42, 0, 0, 0, 7]));
+    hello.extend(msg(b'Z', b"I"));
+    if client.write_all(&hello).await.is_err() {
+        return;
+    }
+    let mut row = msg(
+        b'T',
+        b"\0\x01x\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0",
+    );
+    row.extend(msg(b'D', b"\0\x01\0\0\0\x04fake"));
+    row.extend(msg(b'C', b"SELECT 1\0"));
+    row.extend(msg(b'Z', b"I"));
+    while let Ok((tag, _)) = read_record(client, received).await {
+        if tag == b'X' || client.write_all(&row).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn auth(code: i32, rest: &[u8]) -> Vec<u8> {
+    let mut body = code.to_be_bytes().to_vec();
+    body.extend_from_slice(rest);
+    msg(b'R', &body)
+}
+
+/// Reads one tagged message, appends it raw to `received`, returns its tag and body.
+async fn read_record(
+    client: &mut Box<dyn Io>,
+    received: &Arc<Mutex<Vec<u8>>>,
+) -> std::io::Result<(u8, Vec<u8>)> {
+    let tag = client.read_u8().await?;
+    let len = client.read_i32().await?;
+    let mut body = vec![0; (len.max(4) - 4) as usize];
+    client.read_exact(&mut body).await?;
+    let mut r = received.lock().unwrap();
+    r.push(tag);
+    r.extend_from_slice(&len.to_be_bytes());
+    r.extend_from_slice(&body);
+    Ok((tag, body))
+}
+
+/// An untagged startup packet, raw (length included).
+async fn read_startup<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Vec<u8>> {
+    let len = s.read_i32().await?;
+    let mut packet = len.to_be_bytes().to_vec();
+    let mut body = vec![0; (len.max(8) - 4) as usize];
+    s.read_exact(&mut body).await?;
+    packet.extend(body);
+    Ok(packet)
+}
+
+fn code(startup: &[u8]) -> i32 {
+    i32::from_be_bytes(startup[4..8].try_into().unwrap())
+}
+
+fn startup_user(startup: &[u8]) -> String {
+    let fields: Vec<&[u8]> = startup[8..].split(|b| *b == 0).collect();
+    fields
+        .chunks(2)
+        .find(|kv| kv[0] == b"user")
+        .map(|kv| String::from_utf8_lossy(kv.get(1).copied().unwrap_or_default()).into_owned())
+        .unwrap_or_default()
+}
+
+/// The relay's own certificate: what a man in the middle would present.
+fn relay_tls_config() -> Arc<rustls::ServerConfig> {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = CertificateDer::from(ck.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    Arc::new(config)
+}
+
+/// A gateway whose target `orders` is reached through the fake on `port`, with `tls` mode.
+fn gateway_via(pg: &Postgres, port: u16, tls: &str) -> Gateway {
+    Gateway::start_edited(Some(pg), None, DEFAULT_POLICY, |c| {
+        c.replace(&format!("port: {}", pg.port), &format!("port: {port}"))
+            .replace("tls: disable", tls)
+    })
+}
+
+/// Runs the marker query as alice through `gw`; returns psql's stderr after checking it failed.
+fn refused_login(gw: &Gateway) -> String {
+    let (crt, key) = gw.issue("alice", &["dba"]);
+    let out = psql(
+        &gw.conninfo("alice", Some((&crt, &key)), ""),
+        &format!("SELECT '{MARKER}'"),
+    );
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "psql got a session: {}\n{err}\n{}",
+        stdout(&out),
+        gw.log()
+    );
+    assert!(err.contains("FATAL"), "{err}");
+    err
+}
+
+fn check_fake_got_nothing(fake: &Fake, gw: &Gateway) {
+    assert_eq!(fake.jit_logins(), 1, "{}", gw.log());
+    let received = fake.received();
+    let text = String::from_utf8_lossy(&received);
+    assert!(!text.contains(MARKER), "the fake got the query: {text:?}");
+    let minted = gw.minted_credentials();
+    assert!(!minted.is_empty(), "no credential was recorded");
+    for credential in minted {
+        assert!(
+            !text.contains(&credential),
+            "the fake got the password: {text:?}"
+        );
+    }
+}
+
+fn fake_env(mode: Mode, tls: &str) -> Option<(Postgres, Fake, Gateway)> {
+    if which("psql").is_none() {
+        unavailable("psql (apt-get install postgresql-client)")?;
+    }
+    let pg = Postgres::start()?;
+    let fake = Fake::start(pg.port, mode);
+    let gw = gateway_via(&pg, fake.port, tls);
+    Some((pg, fake, gw))
+}
+
+#[test]
+fn authentication_ok_at_once_is_refused() {
+    let Some((pg, fake, gw)) = fake_env(Mode::OkAtOnce, "tls: disable") else {
+        return;
+    };
+    let err = refused_login(&gw);
+    assert!(
+        err.contains("jitgate refused to log in to target orders"),
+        "{err}"
+    );
+    check_fake_got_nothing(&fake, &gw);
+    assert!(
+        gw.log()
+            .contains("AuthenticationOk before SCRAM's server signature was verified"),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new());
+}
+
+#[test]
+fn authentication_ok_without_sasl_final_is_refused() {
+    let Some((_pg, fake, gw)) = fake_env(Mode::OkWithoutFinal, "tls: disable") else {
+        return;
+    };
+    let err = refused_login(&gw);
+    assert!(
+        err.contains("jitgate refused to log in to target orders"),
+        "{err}"
+    );
+    check_fake_got_nothing(&fake, &gw);
+}
+
+#[test]
+fn forged_server_signature_is_refused() {
+    let Some((_pg, fake, gw)) = fake_env(Mode::ForgedFinal, "tls: disable") else {
+        return;
+    };
+    let err = refused_login(&gw);
+    assert!(
+        err.contains("jitgate refused to log in to target orders"),
+        "{err}"
+    );
+    check_fake_got_nothing(&fake, &gw);
+    assert!(gw.log().contains("SCRAM server signature"), "{}", gw.log());
+}
+
+#[test]
+fn cleartext_and_md5_requests_get_no_password() {
+    for mode in [Mode::Cleartext, Mode::Md5] {
+        let Some((_pg, fake, gw)) = fake_env(mode, "tls: disable") else {
+            return;
+        };
+        let err = refused_login(&gw);
+        assert!(
+            err.contains("authentication method other than SCRAM-SHA-256"),
+            "{mode:?}: {err}"
+        );
+        check_fake_got_nothing(&fake, &gw);
+        assert!(
+            fake.received().is_empty(),
+            "{mode:?}: the fake got {:?}",
+            String::from_utf8_lossy(&fake.received())
+        );
+    }
+}
+
+/// Turns TLS on in a running `Postgres` with a certificate from `jitgate certs init` (ECDSA
+/// P-256, signed with SHA-256, for 127.0.0.1); returns the CA file.
+fn enable_ssl(pg: &Postgres) -> PathBuf {
+    let certs = pg.dir.path().join("certs");
+    jitgate(&["certs", "init", "--dir", certs.to_str().unwrap()]);
+    let data = pg.dir.path().join("data");
+    for (from, to) in [("server.crt", "ssl.crt"), ("server.key", "ssl.key")] {
+        let dest = data.join(to);
+        fs::copy(certs.join(from), &dest).unwrap();
+        fs::set_permissions(&dest, fs::Permissions::from_mode(0o600)).unwrap();
+        chown_postgres(&dest);
+    }
+    for sql in [
+        "ALTER SYSTEM SET ssl_cert_file = 'ssl.crt'",
+        "ALTER SYSTEM SET ssl_key_file = 'ssl.key'",
+        "ALTER SYSTEM SET ssl = on",
+        "SELECT pg_reload_conf()",
+    ] {
+        pg.superuser_sql("postgres", sql);
+    }
+    let start = Instant::now();
+    while pg.superuser_sql("postgres", "SHOW ssl") != "on" {
+        assert!(start.elapsed() < Duration::from_secs(10), "ssl stayed off");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    certs.join("ca.crt")
+}
+
+fn chown_postgres(path: &Path) {
+    if Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    {
+        let status = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+#[test]
+fn tls_login_uses_scram_sha_256_plus() {
+    if which("psql").is_none() {
+        unavailable("psql (apt-get install postgresql-client)");
+        return;
+    }
+    let Some(pg) = Postgres::start() else {
+        return;
+    };
+    let ca = enable_ssl(&pg);
+
+    let tls = format!("tls: verify-full\n      tls_ca: {}", ca.display());
+    let gw = Gateway::start_edited(Some(&pg), None, DEFAULT_POLICY, |c| {
+        c.replace("tls: disable", &tls)
+    });
+    let (crt, key) = gw.issue("alice", &["dba"]);
+    let out = psql(
+        &gw.conninfo("alice", Some((&crt, &key)), ""),
+        "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    );
+    assert!(out.status.success(), "{}\n{}", stderr(&out), gw.log());
+    let row = stdout(&out);
+    assert!(
+        row.starts_with("jit_alice_") && row.ends_with("|t"),
+        "{row}"
+    );
+    assert!(
+        gw.log().contains("mechanism=\"SCRAM-SHA-256-PLUS\""),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new(), "{}", gw.log());
+}
+
+#[test]
+fn tls_relay_with_its_own_certificate_fails_the_binding() {
+    // A relay with its own certificate that re-encrypts to the real server (a man in the middle
+    // under `tls: require`): the server checks the binding against its own certificate and
+    // refuses, which it can only do because the gateway sent -PLUS binding data.
+    if which("psql").is_none() {
+        unavailable("psql (apt-get install postgresql-client)");
+        return;
+    }
+    let Some(pg) = Postgres::start() else {
+        return;
+    };
+    enable_ssl(&pg);
+    let fake = Fake::start(pg.port, Mode::TlsRelay(true));
+    let relayed = gateway_via(&pg, fake.port, "tls: require");
+    let err = refused_login(&relayed);
+    assert!(err.contains("channel binding"), "{err}");
+    assert!(
+        pg.server_log()
+            .contains("SCRAM channel binding check failed"),
+        "{}",
+        pg.server_log()
+    );
+    assert_eq!(fake.jit_logins(), 1);
+    assert_eq!(pg.jit_backends(), Vec::<String>::new());
+}
+
+#[test]
+fn tls_without_channel_binding_is_refused() {
+    // The relay terminates TLS and talks plain to the server: the gateway sees TLS but only
+    // SCRAM-SHA-256, as from a TLS-terminating proxy or a man in the middle.
+    let Some((_pg, fake, gw)) = fake_env(Mode::TlsRelay(false), "tls: require") else {
+        return;
+    };
+    let err = refused_login(&gw);
+    assert!(
+        err.contains("jitgate refused to log in to target orders"),
+        "{err}"
+    );
+    assert!(
+        gw.log().contains("no SCRAM-SHA-256-PLUS over TLS"),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(fake.jit_logins(), 1);
+}
