@@ -689,10 +689,8 @@ fn a_process_swapping_paths_inside_the_home_changes_nothing_outside() {
         let before = owner_mode(victim.to_str().unwrap());
 
         // d <-> symlink, as fast as rename(2) goes, from inside the home.
-        let racer = format!(
-            "chdir $ARGV[0] or die; symlink $ARGV[1], 'lnk';
-             while (1) {{ rename 'd', 'd.real'; rename 'lnk', 'd'; rename 'd', 'lnk'; rename 'd.real', 'd'; }}"
-        );
+        let racer = "chdir $ARGV[0] or die; symlink $ARGV[1], 'lnk'; \
+             while (1) { rename 'd', 'd.real'; rename 'lnk', 'd'; rename 'd', 'lnk'; rename 'd.real', 'd'; }";
         struct Racer(std::process::Child);
         impl Drop for Racer {
             fn drop(&mut self) {
@@ -702,7 +700,7 @@ fn a_process_swapping_paths_inside_the_home_changes_nothing_outside() {
         }
         let racer = Racer(
             Command::new("perl")
-                .args(["-e", &racer, &home, outside.path().to_str().unwrap()])
+                .args(["-e", racer, &home, outside.path().to_str().unwrap()])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())

@@ -65,7 +65,7 @@ fn journey_least_privilege_role_spliced_and_dropped() {
     assert!(create.contains("PASSWORD 'SCRAM-SHA-256$"), "{create}");
     assert!(
         create.contains("NOSUPERUSER")
-            && create.contains("CONNECTION LIMIT 5")
+            && create.contains("CONNECTION LIMIT 1")
             && create.contains("VALID UNTIL")
     );
     assert!(
@@ -662,4 +662,77 @@ grants:
     );
     assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new());
     assert!(gw.log().contains("Expired"), "{}", gw.log());
+}
+
+/// A JIT role may give itself a password (`ALTER ROLE CURRENT_USER PASSWORD`): that password
+/// opens no session outside the gateway, neither while the gateway's session is open (its
+/// one connection slot is taken) nor after (NOLOGIN, then every backend of its oid ended,
+/// then the drop) (issue 7 item 9).
+#[test]
+fn a_password_the_role_sets_itself_opens_no_direct_session() {
+    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else {
+        return;
+    };
+    let (crt, key) = gw.issue("alice", &["dba"]);
+    let conninfo = gw.conninfo("alice", Some((&crt, &key)), "");
+    let mut child = Command::new(which("psql").unwrap())
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            &conninfo,
+            "-c",
+            "ALTER ROLE CURRENT_USER PASSWORD 'self-chosen-9f3'",
+            "-c",
+            "SELECT pg_sleep(3)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let role = loop {
+        let found = pg.superuser_sql(
+            "postgres",
+            "SELECT usename FROM pg_stat_activity WHERE usename LIKE 'jit_%' \
+             AND query LIKE '%pg_sleep(3)%'",
+        );
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let direct = |db: &str| {
+        Command::new(which("psql").unwrap())
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                &format!(
+                    "host=127.0.0.1 port={} user={role} dbname={db} password=self-chosen-9f3 \
+                     sslmode=disable connect_timeout=5",
+                    pg.port
+                ),
+                "-c",
+                "SELECT 'direct session'",
+            ])
+            .output()
+            .unwrap()
+    };
+    for db in ["orders", "postgres"] {
+        let out = direct(db);
+        assert!(
+            !out.status.success() && !stdout(&out).contains("direct session"),
+            "a self-set password logged in directly to {db} during the session: {}",
+            stdout(&out)
+        );
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{}", gw.log());
+    assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new(), "{}", gw.log());
+    let out = direct("orders");
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert_eq!(pg.jit_backends(), Vec::<String>::new());
 }

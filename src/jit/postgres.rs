@@ -7,8 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use postgres_protocol::escape::{escape_identifier, escape_literal};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 use tokio_postgres::Client;
 
 use super::lease::{random_password, random_suffix, LeaseId, Marker, PgLease};
@@ -110,18 +108,10 @@ impl PgProvisioner {
             &identity.user,
         );
         let admin = self.admin(database).await?;
-        let version = server_version(&admin)
+        let (version, valid_until) = login_window(&admin)
             .await
             .map_err(|e| self.sql("SHOW server_version_num", e))?;
-        let sql = create_role_sql(
-            &role,
-            &verifier,
-            grant,
-            expires_at,
-            &self.target.admin.user,
-            version,
-            &marker,
-        );
+        let sql = create_role_sql(&role, &verifier, grant, &valid_until, version, &marker);
         // One simple-query string runs as one implicit transaction: no unmarked role can exist.
         admin
             .batch_execute(&sql)
@@ -174,7 +164,8 @@ impl PgProvisioner {
         let admin = self.admin(&lease.database).await?;
         admin
             .query(
-                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1",
+                "SELECT pg_terminate_backend(a.pid, 5000) FROM pg_stat_activity a \
+                 JOIN pg_roles r ON r.oid = a.usesysid WHERE r.rolname = $1",
                 &[&lease.role],
             )
             .await
@@ -239,20 +230,63 @@ impl PgProvisioner {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// Locks the role out, ends every backend it has, drops it, and checks that none is left.
+    /// The order matters: a role can give itself a password (`ALTER ROLE CURRENT_USER
+    /// PASSWORD`), and DROP ROLE ends no session, so NOLOGIN comes first, then every backend
+    /// of the role's oid is terminated (after a drop `usename` is NULL, the oid stays), so no
+    /// login made outside the gateway survives.
     async fn terminate_and_drop(&self, admin: &Client, role: &str) -> Result<(), JitError> {
-        // Dropping a role does not end its sessions: terminate them first and wait (PG 14+).
-        admin
-            .query(
-                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1",
-                &[&role],
-            )
+        let oid: Option<u32> = admin
+            .query_opt("SELECT oid FROM pg_roles WHERE rolname = $1", &[&role])
             .await
-            .map_err(|e| self.sql("pg_terminate_backend", e))?;
+            .map_err(|e| self.sql("SELECT pg_roles", e))?
+            .map(|row| row.get(0));
+        let Some(oid) = oid else {
+            return Ok(());
+        };
         let r = escape_identifier(role);
         admin
-            .batch_execute(&format!("DROP OWNED BY {r}; DROP ROLE {r}"))
+            .batch_execute(&format!("ALTER ROLE {r} NOLOGIN PASSWORD NULL"))
             .await
-            .map_err(|e| self.sql("DROP ROLE", e))
+            .map_err(|e| self.sql("ALTER ROLE NOLOGIN", e))?;
+        self.terminate_oid(admin, oid).await?;
+        // DROP OWNED BY needs the role's privileges. The admin gets them only here, in the
+        // same implicit transaction as the drop that ends them (so on failure it keeps
+        // nothing): during the session it holds no membership in the role, and so none of the
+        // data privileges the role inherits. INHERIT without SET where the server can say so.
+        let version = server_version(admin)
+            .await
+            .map_err(|e| self.sql("SHOW server_version_num", e))?;
+        let admin_role = escape_identifier(&self.target.admin.user);
+        let membership = if version >= 160_000 {
+            format!("GRANT {r} TO {admin_role} WITH INHERIT TRUE, SET FALSE")
+        } else {
+            format!("GRANT {r} TO {admin_role}")
+        };
+        admin
+            .batch_execute(&format!("{membership}; DROP OWNED BY {r}; DROP ROLE {r}"))
+            .await
+            .map_err(|e| self.sql("DROP ROLE", e))?;
+        // A backend that passed its login check just before NOLOGIN committed may have
+        // registered after the terminate above.
+        let left = self.terminate_oid(admin, oid).await?;
+        if left > 0 {
+            tracing::warn!(target_name = %self.target.name, role, backends = left, "backends of a dropped role were still running; terminated");
+        }
+        Ok(())
+    }
+
+    /// Terminates (and waits up to 5 s for) every backend whose session user is `oid`;
+    /// returns how many there were.
+    async fn terminate_oid(&self, admin: &Client, oid: u32) -> Result<usize, JitError> {
+        admin
+            .query(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usesysid = $1",
+                &[&oid],
+            )
+            .await
+            .map(|rows| rows.len())
+            .map_err(|e| self.sql("pg_terminate_backend", e))
     }
 
     fn sql(&self, statement: &'static str, e: tokio_postgres::Error) -> JitError {
@@ -370,6 +404,27 @@ where
     });
 }
 
+/// How long after its creation a role's password is accepted (`VALID UNTIL`, by the target's
+/// own clock): long enough for the gateway's one login (connect and login time out after 15
+/// s), after which a password, even one the role gave itself, logs nobody in. The lease's
+/// own expiry is in the role's comment, for the reaper.
+const PASSWORD_VALID_FOR: &str = "2 minutes";
+
+/// The server's version and the end of a new role's login window, from one round trip.
+async fn login_window(admin: &Client) -> Result<(i32, String), tokio_postgres::Error> {
+    let row = admin
+        .query_one(
+            &format!(
+                "SELECT current_setting('server_version_num')::int, \
+                 to_char((now() + interval '{PASSWORD_VALID_FOR}') AT TIME ZONE 'UTC', \
+                 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+            ),
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
 async fn server_version(admin: &Client) -> Result<i32, tokio_postgres::Error> {
     let row = admin
         .query_one("SELECT current_setting('server_version_num')::int", &[])
@@ -389,20 +444,17 @@ fn create_role_sql(
     role: &str,
     verifier: &str,
     grant: &Grant,
-    expires_at: SystemTime,
-    admin_user: &str,
-    server_version: i32,
+    until: &str,
+    _server_version: i32,
     marker: &str,
 ) -> String {
     let r = escape_identifier(role);
-    let until = OffsetDateTime::from(expires_at)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| "infinity".to_string());
+    // CONNECTION LIMIT 1: each gateway connection has a role of its own, so a second
+    // connection can only be one made outside the gateway.
     let mut sql = format!(
         "CREATE ROLE {r} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT \
-         CONNECTION LIMIT {limit} VALID UNTIL {until} PASSWORD {verifier}",
-        limit = grant.connection_limit(),
-        until = escape_literal(&until),
+         CONNECTION LIMIT 1 VALID UNTIL {until} PASSWORD {verifier}",
+        until = escape_literal(until),
         verifier = escape_literal(verifier),
     );
     if !grant.pg_roles().is_empty() {
@@ -413,18 +465,7 @@ fn create_role_sql(
             .collect();
         sql.push_str(&format!(" IN ROLE {}", roles.join(", ")));
     }
-    // DROP OWNED BY needs the admin to hold the role's privileges. Before PostgreSQL 16 the
-    // creator gets nothing, so make the admin a member; 16+ grants the creator ADMIN OPTION
-    // and `createrole_self_grant` decides the rest, so grant explicitly with SET/INHERIT.
-    let admin = escape_identifier(admin_user);
-    if server_version < 160_000 {
-        sql.push_str(&format!(" ROLE {admin}"));
-        sql.push(';');
-    } else {
-        sql.push_str(&format!(
-            "; GRANT {r} TO {admin} WITH INHERIT TRUE, SET TRUE;"
-        ));
-    }
+    sql.push(';');
     sql.push_str(&format!(
         " COMMENT ON ROLE {r} IS {};",
         escape_literal(marker)

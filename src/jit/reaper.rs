@@ -9,6 +9,19 @@ use super::lease::{LeaseId, Marker};
 use super::linux::{LinuxError, LinuxProvisioner, ManagedAccount};
 use super::postgres::{ManagedRole, PgProvisioner};
 
+/// A lease registered in [`LiveLeases`] while this guard lives.
+#[derive(Debug)]
+pub struct LiveGuard {
+    leases: LiveLeases,
+    id: LeaseId,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.leases.remove(&self.id);
+    }
+}
+
 /// Another instance's accounts are only reaped this long after their lease expired, so clocks
 /// that disagree a little never cost a live session its account.
 pub const FOREIGN_GRACE: Duration = Duration::from_secs(300);
@@ -23,6 +36,17 @@ impl LiveLeases {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.as_str().to_string());
+    }
+
+    /// Registers `id` as live until the returned guard is dropped, however the session's task
+    /// ends (a panic included): a lease can never stay "live" after its task is gone, which
+    /// would keep the reaper away from its account for good.
+    pub fn register(&self, id: &LeaseId) -> LiveGuard {
+        self.insert(id);
+        LiveGuard {
+            leases: self.clone(),
+            id: id.clone(),
+        }
     }
 
     pub fn remove(&self, id: &LeaseId) {

@@ -25,6 +25,11 @@ use crate::jit::{LeaseId, PgLease};
 use crate::policy::{self, AccessRequest, PolicySet};
 use crate::tls::ServerTls;
 
+/// Longest a session's end waits for its role's drop (retries included) before handing the
+/// role to the reaper: a lock another session holds on the role's objects must not keep the
+/// lease "live", and the reaper never takes a live lease.
+const DROP_DEADLINE: Duration = Duration::from_secs(90);
+
 /// Everything a Postgres session needs from the gateway, shared by all sessions.
 pub struct PgContext {
     pub instance_id: String,
@@ -212,14 +217,13 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
     };
 
     let lease_id = LeaseId::random();
-    ctx.live.insert(&lease_id);
+    let _live = ctx.live.register(&lease_id);
     let lease = match provisioner
         .mint(lease_id.clone(), &grant, &identity, &database)
         .await
     {
         Ok(lease) => lease,
         Err(e) => {
-            ctx.live.remove(&lease_id);
             tracing::error!(target_name = %target.name, user = %identity.user, error = %e, "mint failed");
             return refuse(&mut stream, peer, &identity.user, jit_refusal(&e)).await;
         }
@@ -231,7 +235,7 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         "account created"
     );
 
-    let end = serve(
+    let (end, upstream) = serve(
         &mut stream,
         peer,
         ctx,
@@ -245,15 +249,24 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
     let _ = stream.shutdown().await;
     drop(stream);
 
-    match provisioner.drop_with_retry(&lease).await {
-        Ok(()) => {
+    // The upstream connection stays open until the drop has made the role NOLOGIN: while it
+    // holds the role's only connection slot (CONNECTION LIMIT 1), a login outside the gateway
+    // (with a password the role set itself) is refused. One that slips in once the client has
+    // sent Terminate is ended by the drop, which terminates every backend of the role's oid
+    // after NOLOGIN.
+    match tokio::time::timeout(DROP_DEADLINE, provisioner.drop_with_retry(&lease)).await {
+        Ok(Ok(())) => {
             tracing::info!(event = "jit.account.dropped", lease = %lease.id, role = %lease.role, target_name = %target.name, "account dropped")
         }
-        Err(e) => {
-            tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, error = %e, "account NOT dropped; the reaper will retry")
+        Ok(Err(e)) => {
+            tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, error = %e, "account NOT dropped; handed to the reaper, which retries every reap interval")
+        }
+        Err(_) => {
+            tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, seconds = DROP_DEADLINE.as_secs(), "account NOT dropped within the drop deadline; handed to the reaper, which retries every reap interval")
         }
     }
-    ctx.live.remove(&lease.id);
+    drop(upstream);
+    // `_live` goes here: from now on the reaper may take whatever is left of the role.
     tracing::info!(event = "session.end", lease = %lease.id, user = %identity.user, target_name = %target.name, end = ?end, seconds = started.elapsed().as_secs(), "session ended");
 }
 
@@ -268,13 +281,13 @@ async fn serve(
     lease: &PgLease,
     user: &str,
     forward: &[(String, String)],
-) -> Option<End> {
+) -> (Option<End>, Option<upstream::UpstreamStream>) {
     let mut upstream = match upstream::login(target, lease, forward).await {
         Ok(u) => u,
         Err(e) => {
             tracing::error!(target_name = %target.name, role = %lease.role, error = %e, "upstream login failed");
             refuse(stream, peer, user, upstream_refusal(&e)).await;
-            return None;
+            return (None, None);
         }
     };
     let key = ctx
@@ -313,8 +326,7 @@ async fn serve(
         None
     };
     ctx.cancels.unregister(key);
-    let _ = upstream.stream.shutdown().await;
-    end
+    (end, Some(upstream.stream))
 }
 
 fn jit_refusal(e: &JitError) -> Refusal {

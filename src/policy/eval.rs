@@ -30,7 +30,6 @@ pub struct Grant {
     name: String,
     target: String,
     pg_roles: Vec<String>,
-    connection_limit: u32,
     max_session: Duration,
     reason: Option<String>,
     ssh: SshGrant,
@@ -49,10 +48,6 @@ impl Grant {
     /// Roles the JIT role joins (`IN ROLE`); may be empty.
     pub fn pg_roles(&self) -> &[String] {
         &self.pg_roles
-    }
-
-    pub fn connection_limit(&self) -> u32 {
-        self.connection_limit
     }
 
     /// Longest the lease may live: the JIT role's `VALID UNTIL` is now + this.
@@ -171,7 +166,6 @@ pub fn evaluate(policies: &PolicySet, req: &AccessRequest<'_>) -> Result<Grant, 
         name: rule.name.clone(),
         target: req.target.to_string(),
         pg_roles: rule.pg_roles.clone(),
-        connection_limit: rule.connection_limit,
         max_session: rule.max_session,
         reason,
         ssh: rule.ssh.clone(),
@@ -298,9 +292,8 @@ fn write_report(
         if subject.is_some() && target_glob.is_some() {
             writeln!(
                 out,
-                "  => applies: postgres roles {}; connection limit {}; max session {}{}",
+                "  => applies: postgres roles {}; max session {}{}",
                 list_or_none(&rule.pg_roles),
-                rule.connection_limit,
                 humantime::format_duration(rule.max_session),
                 if rule.require_reason {
                     "; a reason is required"

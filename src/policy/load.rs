@@ -19,8 +19,6 @@ const NAME_MAX: usize = 63;
 const SUBJECT_MAX: usize = 255;
 /// SPIFFE IDs are at most 2048 bytes (SPIFFE-ID spec, section 2.3).
 const SPIFFE_MAX: usize = 2048;
-const DEFAULT_CONNECTION_LIMIT: u32 = 10;
-const CONNECTION_LIMIT_MAX: u32 = 1000;
 const DEFAULT_MAX_SESSION: Duration = Duration::from_secs(3600);
 const MAX_SESSION_MIN: Duration = Duration::from_secs(60);
 const MAX_SESSION_MAX: Duration = Duration::from_secs(24 * 3600);
@@ -211,8 +209,8 @@ fn validate(raw: &RawGrant, origin: String, problems: &mut Problems<'_>) -> Opti
     }
     let targets = checked_list(Some(&raw.targets.value), problems, |t| target_glob(t));
 
-    let (roles, connection_limit) = match &raw.postgres {
-        None => (Vec::new(), Some(DEFAULT_CONNECTION_LIMIT)),
+    let roles = match &raw.postgres {
+        None => Vec::new(),
         Some(pg) => {
             let mut roles: Vec<String> = Vec::new();
             for role in pg.roles.as_deref().unwrap_or_default() {
@@ -225,13 +223,16 @@ fn validate(raw: &RawGrant, origin: String, problems: &mut Problems<'_>) -> Opti
                 });
                 roles.extend(role_name);
             }
-            let limit = match &pg.connection_limit {
-                None => Some(DEFAULT_CONNECTION_LIMIT),
-                Some(limit) => problems.check(limit, |l| {
-                    yaml::integer_in("connection_limit", l, 1, CONNECTION_LIMIT_MAX)
-                }),
-            };
-            (roles, limit)
+            // Each gateway connection gets a role of its own, created with CONNECTION LIMIT
+            // 1: more could only ever serve logins made outside the gateway.
+            if let Some(limit) = &pg.connection_limit {
+                problems.at(
+                    limit.referenced,
+                    "connection_limit is no longer accepted: every gateway connection gets a \
+                     role of its own, limited to that one connection; remove the line",
+                );
+            }
+            roles
         }
     };
 
@@ -259,7 +260,6 @@ fn validate(raw: &RawGrant, origin: String, problems: &mut Problems<'_>) -> Opti
         spiffe,
         targets,
         pg_roles: roles,
-        connection_limit: connection_limit?,
         max_session: max_session?,
         require_reason: raw.require_reason.unwrap_or(false),
         ssh: ssh?,

@@ -59,7 +59,6 @@ pub(super) struct GrantRule {
     pub(super) spiffe: Vec<Pattern>,
     pub(super) targets: Vec<Pattern>,
     pub(super) pg_roles: Vec<String>,
-    pub(super) connection_limit: u32,
     pub(super) max_session: Duration,
     pub(super) require_reason: bool,
     pub(super) ssh: SshGrant,

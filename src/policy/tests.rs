@@ -16,7 +16,7 @@ grants:
     targets: [orders]
     postgres:
       roles: [orders_read, orders_write]
-      connection_limit: 5
+      # each JIT role is limited to one connection
   - name: orders-read
     subjects:
       users: [alice]
@@ -168,11 +168,15 @@ fn unknown_field_points_at_the_key() {
 fn bad_duration_and_out_of_range_values_point_at_the_value() {
     let text = POLICY
         .replace("max_session: 30m", "max_session: 30 fortnights")
-        .replace("connection_limit: 5", "connection_limit: 0");
+        .replace(
+            "# each JIT role is limited to one connection",
+            "connection_limit: 5",
+        );
     assert_eq!(
         errors(&[("p/a.yaml", &text)]),
         vec![
-            "p/a.yaml:9:25: connection_limit must be a whole number from 1 to 1000 (got 0)"
+            "p/a.yaml:9:25: connection_limit is no longer accepted: every gateway connection \
+             gets a role of its own, limited to that one connection; remove the line"
                 .to_string(),
             "p/a.yaml:17:18: max_session: invalid duration `30 fortnights` (unknown time unit \
              \"fortnights\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, \
@@ -363,7 +367,6 @@ fn grant_by_name_when_it_applies() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(grant.name(), "orders-dba");
     assert_eq!(grant.target(), "orders");
     assert_eq!(grant.pg_roles(), ["orders_read", "orders_write"]);
-    assert_eq!(grant.connection_limit(), 5);
     assert_eq!(grant.max_session(), Duration::from_secs(3600));
     assert_eq!(grant.reason(), None);
     Ok(())
@@ -405,7 +408,6 @@ fn own_name_with_exactly_one_grant() -> Result<(), Box<dyn std::error::Error>> {
     let policies = set(POLICY)?;
     let grant = ask(&policies, &person("bob", &["dba"]), "orders", "bob", None)?;
     assert_eq!(grant.name(), "orders-dba");
-    assert_eq!(grant.connection_limit(), 5);
     Ok(())
 }
 
@@ -488,7 +490,6 @@ fn reason_is_trimmed_and_limited() -> Result<(), Box<dyn std::error::Error>> {
     let grant = ask(&policies, &carol, "orders", "carol", Some("  TICKET-123 "))?;
     assert_eq!(grant.reason(), Some("TICKET-123"));
     assert_eq!(grant.max_session(), Duration::from_secs(30 * 60));
-    assert_eq!(grant.connection_limit(), 10);
 
     let at_limit = "é".repeat(MAX_REASON_CHARS);
     let grant = ask(&policies, &carol, "orders", "carol", Some(&at_limit))?;
@@ -542,7 +543,6 @@ fn spiffe_globs() -> Result<(), Box<dyn std::error::Error>> {
     let grant = ask(&policies, &svc, "reports-eu", "report-1", None)?;
     assert_eq!(grant.name(), "svc-reports");
     assert!(grant.pg_roles().is_empty());
-    assert_eq!(grant.connection_limit(), 10);
 
     // `?` is one character; and no SPIFFE id means no SPIFFE match.
     svc.spiffe_id = Some("spiffe://jitgate.local/svc/report-10".into());
@@ -578,10 +578,7 @@ fn explain_names_the_matching_grant_and_the_verdict() -> Result<(), PolicyError>
     assert!(report.contains("  subjects: match (group dba)"), "{report}");
     assert!(report.contains("  targets:  match (orders)"), "{report}");
     assert!(
-        report.contains(
-            "  => applies: postgres roles orders_read, orders_write; connection limit 5; \
-             max session 1h"
-        ),
+        report.contains("  => applies: postgres roles orders_read, orders_write; max session 1h"),
         "{report}"
     );
     assert!(

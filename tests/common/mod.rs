@@ -147,7 +147,7 @@ grants:
   - name: orders-dba
     subjects: { groups: [dba] }
     targets: [orders]
-    postgres: { roles: [orders_read, orders_write], connection_limit: 5 }
+    postgres: { roles: [orders_read, orders_write] }
     max_session: 1h
   - name: orders-analyst
     subjects: { groups: [analyst] }
