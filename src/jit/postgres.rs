@@ -405,24 +405,37 @@ fn create_role_sql(
         until = escape_literal(&until),
         verifier = escape_literal(verifier),
     );
-    if !grant.pg_roles().is_empty() {
-        let roles: Vec<String> = grant
-            .pg_roles()
-            .iter()
-            .map(|g| escape_identifier(g))
-            .collect();
-        sql.push_str(&format!(" IN ROLE {}", roles.join(", ")));
-    }
+    let roles: Vec<String> = grant
+        .pg_roles()
+        .iter()
+        .map(|g| escape_identifier(g))
+        .collect();
     // DROP OWNED BY needs the admin to hold the role's privileges. Before PostgreSQL 16 the
     // creator gets nothing, so make the admin a member; 16+ grants the creator ADMIN OPTION
     // and `createrole_self_grant` decides the rest, so grant explicitly with SET/INHERIT.
     let admin = escape_identifier(admin_user);
     if server_version < 160_000 {
+        // Membership on 15 always carries SET: the JIT role can `SET ROLE` to a granted role
+        // and create objects owned by it, which outlive the JIT role (README: security model).
+        if !roles.is_empty() {
+            sql.push_str(&format!(" IN ROLE {}", roles.join(", ")));
+        }
         sql.push_str(&format!(" ROLE {admin}"));
         sql.push(';');
     } else {
+        // 16+: the granted privileges are inherited, but without `set_role` the JIT role
+        // cannot become a granted role, so it cannot create objects (a SECURITY DEFINER
+        // function, say) that the granted role owns and that `DROP OWNED` would leave behind.
+        sql.push(';');
+        if !roles.is_empty() {
+            let set = if grant.pg_set_role() { "TRUE" } else { "FALSE" };
+            sql.push_str(&format!(
+                " GRANT {} TO {r} WITH INHERIT TRUE, SET {set};",
+                roles.join(", ")
+            ));
+        }
         sql.push_str(&format!(
-            "; GRANT {r} TO {admin} WITH INHERIT TRUE, SET TRUE;"
+            " GRANT {r} TO {admin} WITH INHERIT TRUE, SET TRUE;"
         ));
     }
     sql.push_str(&format!(

@@ -31,6 +31,7 @@ pub struct Grant {
     target: String,
     pg_roles: Vec<String>,
     connection_limit: u32,
+    pg_set_role: bool,
     max_session: Duration,
     reason: Option<String>,
     ssh: SshGrant,
@@ -53,6 +54,13 @@ impl Grant {
 
     pub fn connection_limit(&self) -> u32 {
         self.connection_limit
+    }
+
+    /// Whether the JIT role may `SET ROLE` to the granted roles (`postgres.set_role`). Without
+    /// it, on PostgreSQL 16+, membership is `INHERIT TRUE, SET FALSE`: the granted privileges
+    /// work, but objects cannot be created as (and so owned by) a granted role.
+    pub fn pg_set_role(&self) -> bool {
+        self.pg_set_role
     }
 
     /// Longest the lease may live: the JIT role's `VALID UNTIL` is now + this.
@@ -172,6 +180,7 @@ pub fn evaluate(policies: &PolicySet, req: &AccessRequest<'_>) -> Result<Grant, 
         target: req.target.to_string(),
         pg_roles: rule.pg_roles.clone(),
         connection_limit: rule.connection_limit,
+        pg_set_role: rule.pg_set_role,
         max_session: rule.max_session,
         reason,
         ssh: rule.ssh.clone(),
@@ -298,8 +307,13 @@ fn write_report(
         if subject.is_some() && target_glob.is_some() {
             writeln!(
                 out,
-                "  => applies: postgres roles {}; connection limit {}; max session {}{}",
+                "  => applies: postgres roles {}{}; connection limit {}; max session {}{}",
                 list_or_none(&rule.pg_roles),
+                if rule.pg_set_role {
+                    " (SET ROLE allowed)"
+                } else {
+                    ""
+                },
                 rule.connection_limit,
                 humantime::format_duration(rule.max_session),
                 if rule.require_reason {

@@ -364,8 +364,32 @@ fn grant_by_name_when_it_applies() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(grant.target(), "orders");
     assert_eq!(grant.pg_roles(), ["orders_read", "orders_write"]);
     assert_eq!(grant.connection_limit(), 5);
+    assert!(!grant.pg_set_role(), "SET ROLE is off unless asked for");
     assert_eq!(grant.max_session(), Duration::from_secs(3600));
     assert_eq!(grant.reason(), None);
+    Ok(())
+}
+
+#[test]
+fn set_role_is_asked_for_and_explained() -> Result<(), Box<dyn std::error::Error>> {
+    let text = POLICY.replace(
+        "connection_limit: 5",
+        "connection_limit: 5\n      set_role: true",
+    );
+    let policies = set(&text)?;
+    let grant = ask(
+        &policies,
+        &person("bob", &["dba"]),
+        "orders",
+        "orders-dba",
+        None,
+    )?;
+    assert!(grant.pg_set_role());
+    let report = explain(&policies, "bob", &["dba".to_string()], "orders");
+    assert!(
+        report.contains("postgres roles orders_read, orders_write (SET ROLE allowed);"),
+        "{report}"
+    );
     Ok(())
 }
 
