@@ -32,7 +32,8 @@ for major in "${majors[@]}"; do
     pids[$major]=$!
 done
 failed=()
-for major in "${!pids[@]}"; do
+for major in "${majors[@]}"; do
+    [ -n "${pids[$major]:-}" ] || continue
     if ! wait "${pids[$major]}"; then
         failed+=("$major")
     fi
