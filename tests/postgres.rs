@@ -68,10 +68,19 @@ fn journey_least_privilege_role_spliced_and_dropped() {
             && create.contains("CONNECTION LIMIT 1")
             && create.contains("VALID UNTIL")
     );
-    assert!(
-        create.contains("IN ROLE \"orders_read\", \"orders_write\""),
-        "{create}"
-    );
+    if pg.version_num() < 160_000 {
+        assert!(
+            create.contains("IN ROLE \"orders_read\", \"orders_write\""),
+            "{create}"
+        );
+    } else {
+        // 16+: the granted roles' privileges, not the right to become them.
+        let grant = server_log
+            .lines()
+            .find(|l| l.contains("GRANT \"orders_read\", \"orders_write\" TO \"jit_alice_"))
+            .unwrap_or_else(|| panic!("no membership GRANT in the server log"));
+        assert!(grant.contains("WITH INHERIT TRUE, SET FALSE"), "{grant}");
+    }
     assert!(server_log.contains("COMMENT ON ROLE \"jit_alice_"));
 }
 
@@ -735,4 +744,64 @@ fn a_password_the_role_sets_itself_opens_no_direct_session() {
     let out = direct("orders");
     assert!(!out.status.success(), "{}", stdout(&out));
     assert_eq!(pg.jit_backends(), Vec::<String>::new());
+}
+
+/// Membership in a granted role gives its privileges; on PostgreSQL 16+ it does not give
+/// `SET ROLE` to it unless the grant says `set_role: true` (objects created as a granted role
+/// would be owned by it and outlive the JIT role). PostgreSQL 15 cannot separate the two.
+#[test]
+fn granted_roles_give_privileges_not_set_role() {
+    let policy = r#"
+grants:
+  - name: writers
+    subjects: { users: [alice] }
+    targets: [orders]
+    postgres: { roles: [orders_write] }
+  - name: owners
+    subjects: { users: [bob] }
+    targets: [orders]
+    postgres: { roles: [orders_write], set_role: true }
+"#;
+    let Some((pg, gw)) = pg_env(policy) else {
+        return;
+    };
+    let (crt, key) = gw.issue("alice", &[]);
+    let alice = gw.conninfo("alice", Some((&crt, &key)), "");
+    let out = psql(&alice, "SELECT count(*) FROM items");
+    assert_eq!(stdout(&out), "2", "{}\n{}", stderr(&out), gw.log());
+    let out = psql(&alice, "SET ROLE orders_write; SELECT current_user");
+    if pg.version_num() < 160_000 {
+        assert_eq!(stdout(&out), "orders_write", "{}", stderr(&out));
+    } else {
+        assert!(!out.status.success(), "SET ROLE worked: {}", stdout(&out));
+        assert!(stderr(&out).contains("42501"), "{}", stderr(&out));
+    }
+    let (crt, key) = gw.issue("bob", &[]);
+    let out = psql(
+        &gw.conninfo("bob", Some((&crt, &key)), ""),
+        "SET ROLE orders_write; SELECT current_user",
+    );
+    assert_eq!(stdout(&out), "orders_write", "{}", stderr(&out));
+    assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new());
+}
+
+/// The admin set-up the README prescribes (and the tests use) lets the admin grant the roles,
+/// not use them: it reads no data and, on 16+, cannot become a granted role.
+#[test]
+fn readme_admin_setup_reads_no_data() {
+    let Some(pg) = Postgres::start() else { return };
+    if which("psql").is_none() {
+        unavailable("psql");
+        return;
+    }
+    let admin = format!(
+        "host=127.0.0.1 port={} dbname=orders user={ADMIN_USER} password={} sslmode=disable",
+        pg.port, pg.admin_password
+    );
+    let out = psql(&admin, "SELECT count(*) FROM items");
+    assert!(!out.status.success(), "the admin read data");
+    assert!(stderr(&out).contains("42501"), "{}", stderr(&out));
+    let out = psql(&admin, "SET ROLE orders_write");
+    assert!(!out.status.success(), "the admin became orders_write");
+    assert!(stderr(&out).contains("42501"), "{}", stderr(&out));
 }

@@ -445,7 +445,7 @@ fn create_role_sql(
     verifier: &str,
     grant: &Grant,
     until: &str,
-    _server_version: i32,
+    server_version: i32,
     marker: &str,
 ) -> String {
     let r = escape_identifier(role);
@@ -457,15 +457,31 @@ fn create_role_sql(
         until = escape_literal(until),
         verifier = escape_literal(verifier),
     );
-    if !grant.pg_roles().is_empty() {
-        let roles: Vec<String> = grant
-            .pg_roles()
-            .iter()
-            .map(|g| escape_identifier(g))
-            .collect();
-        sql.push_str(&format!(" IN ROLE {}", roles.join(", ")));
+    let roles: Vec<String> = grant
+        .pg_roles()
+        .iter()
+        .map(|g| escape_identifier(g))
+        .collect();
+    if server_version < 160_000 {
+        // Membership on 15 always carries SET: the JIT role can `SET ROLE` to a granted role
+        // and create objects owned by it, which outlive the JIT role (README: security model).
+        if !roles.is_empty() {
+            sql.push_str(&format!(" IN ROLE {}", roles.join(", ")));
+        }
+        sql.push(';');
+    } else {
+        // 16+: the granted privileges are inherited, but without `set_role` the JIT role
+        // cannot become a granted role, so it cannot create objects (a SECURITY DEFINER
+        // function, say) that the granted role owns and that `DROP OWNED` would leave behind.
+        sql.push(';');
+        if !roles.is_empty() {
+            let set = if grant.pg_set_role() { "TRUE" } else { "FALSE" };
+            sql.push_str(&format!(
+                " GRANT {} TO {r} WITH INHERIT TRUE, SET {set};",
+                roles.join(", ")
+            ));
+        }
     }
-    sql.push(';');
     sql.push_str(&format!(
         " COMMENT ON ROLE {r} IS {};",
         escape_literal(marker)

@@ -30,6 +30,7 @@ pub struct Grant {
     name: String,
     target: String,
     pg_roles: Vec<String>,
+    pg_set_role: bool,
     max_session: Duration,
     reason: Option<String>,
     ssh: SshGrant,
@@ -48,6 +49,13 @@ impl Grant {
     /// Roles the JIT role joins (`IN ROLE`); may be empty.
     pub fn pg_roles(&self) -> &[String] {
         &self.pg_roles
+    }
+
+    /// Whether the JIT role may `SET ROLE` to the granted roles (`postgres.set_role`). Without
+    /// it, on PostgreSQL 16+, membership is `INHERIT TRUE, SET FALSE`: the granted privileges
+    /// work, but objects cannot be created as (and so owned by) a granted role.
+    pub fn pg_set_role(&self) -> bool {
+        self.pg_set_role
     }
 
     /// Longest the lease may live: the JIT role's `VALID UNTIL` is now + this.
@@ -166,6 +174,7 @@ pub fn evaluate(policies: &PolicySet, req: &AccessRequest<'_>) -> Result<Grant, 
         name: rule.name.clone(),
         target: req.target.to_string(),
         pg_roles: rule.pg_roles.clone(),
+        pg_set_role: rule.pg_set_role,
         max_session: rule.max_session,
         reason,
         ssh: rule.ssh.clone(),
@@ -292,8 +301,13 @@ fn write_report(
         if subject.is_some() && target_glob.is_some() {
             writeln!(
                 out,
-                "  => applies: postgres roles {}; max session {}{}",
+                "  => applies: postgres roles {}{}; max session {}{}",
                 list_or_none(&rule.pg_roles),
+                if rule.pg_set_role {
+                    " (SET ROLE allowed)"
+                } else {
+                    ""
+                },
                 humantime::format_duration(rule.max_session),
                 if rule.require_reason {
                     "; a reason is required"

@@ -158,6 +158,7 @@ struct RawSubjects {
 struct RawPgGrant {
     roles: Option<Vec<Spanned<String>>>,
     connection_limit: Option<Spanned<String>>,
+    set_role: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,6 +261,11 @@ fn validate(raw: &RawGrant, origin: String, problems: &mut Problems<'_>) -> Opti
         spiffe,
         targets,
         pg_roles: roles,
+        pg_set_role: raw
+            .postgres
+            .as_ref()
+            .and_then(|pg| pg.set_role)
+            .unwrap_or(false),
         max_session: max_session?,
         require_reason: raw.require_reason.unwrap_or(false),
         ssh: ssh?,

@@ -59,6 +59,8 @@ pub(super) struct GrantRule {
     pub(super) spiffe: Vec<Pattern>,
     pub(super) targets: Vec<Pattern>,
     pub(super) pg_roles: Vec<String>,
+    /// The JIT role may `SET ROLE` to the granted roles (PostgreSQL 16+; 15 always allows it).
+    pub(super) pg_set_role: bool,
     pub(super) max_session: Duration,
     pub(super) require_reason: bool,
     pub(super) ssh: SshGrant,

