@@ -171,7 +171,8 @@ enum PolicyCommand {
         workload: Option<String>,
         #[arg(long)]
         target: String,
-        /// What the target is; without it, the target's entry in --config says.
+        /// What the target is; without it, the target's entry in --config says (and without
+        /// that file, both kinds are explained).
         #[arg(long, value_enum)]
         kind: Option<KindArg>,
         /// The gateway config to look the target's kind up in (when --kind is not given).
@@ -374,9 +375,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
         }) => {
             let set = jitgate::policy::PolicySet::load_dir(&policies)?;
-            let kind = match kind {
-                Some(kind) => kind.into(),
-                None => configured_kind(&config, &target)?,
+            // Without --kind, the config says what the target is; without a config either,
+            // both kinds are explained (a grant's sections decide which it applies to).
+            let kinds = match kind {
+                Some(kind) => vec![kind.into()],
+                None if config.exists() => vec![configured_kind(&config, &target)?],
+                None => vec![
+                    jitgate::policy::TargetKind::Postgres,
+                    jitgate::policy::TargetKind::Ssh,
+                ],
             };
             let identity = match (user, workload) {
                 (_, Some(workload)) => jitgate::identity::Identity {
@@ -386,10 +393,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (Some(user), None) => jitgate::identity::Identity::person(&user, &groups),
                 (None, None) => anyhow::bail!("give --user or --workload"),
             };
-            print!(
-                "{}",
-                jitgate::policy::explain_identity(&set, &identity, &target, kind)
-            );
+            for (i, kind) in kinds.iter().enumerate() {
+                if kinds.len() > 1 {
+                    if i > 0 {
+                        println!();
+                    }
+                    println!(
+                        "== as a {kind} target (there is no {} to say; --kind picks one)",
+                        config.display()
+                    );
+                }
+                print!(
+                    "{}",
+                    jitgate::policy::explain_identity(&set, &identity, &target, *kind)
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
