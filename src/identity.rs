@@ -10,17 +10,44 @@ use x509_parser::x509::AttributeTypeAndValue;
 /// name is mapped to a role name later; here we only stop absurd input).
 pub const MAX_NAME_BYTES: usize = 256;
 
+/// Who a certificate names: a person (`spiffe://<td>/user/<name>` or, without any SPIFFE ID,
+/// the subject CN) or a machine (`spiffe://<td>/workload/<name>`). The two never match each
+/// other's policy subjects: a workload called `alice` gets nothing granted to the user `alice`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum SubjectKind {
+    #[default]
+    Person,
+    Workload,
+}
+
+impl SubjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubjectKind::Person => "person",
+            SubjectKind::Workload => "workload",
+        }
+    }
+}
+
+impl std::fmt::Display for SubjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The user a verified client certificate speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// The SPIFFE user name if the certificate has one in our trust domain, else the subject CN.
+    /// The name: the SPIFFE user or workload name when the certificate has a SPIFFE ID, else
+    /// the subject CN. Which kind of name it is, is `kind`.
     pub user: String,
     /// One per subject OU, in certificate order.
     pub groups: Vec<String>,
-    /// The SPIFFE ID the user name was taken from, if it was.
+    /// The SPIFFE ID the name was taken from, if it was.
     pub spiffe_id: Option<String>,
     /// Certificate serial number: lowercase hex, no colons, no leading zero bytes.
     pub serial: String,
+    pub kind: SubjectKind,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,10 +61,32 @@ pub enum IdentityError {
     NoUser { trust_domain: String },
     #[error("client certificate has {0} subject CNs; exactly one is required")]
     SeveralCommonNames(usize),
-    #[error("client certificate has several SPIFFE user IDs in our trust domain: {0} and {1}")]
-    SeveralSpiffeIds(String, String),
-    #[error("client certificate SPIFFE ID {uri:?} is malformed: {reason}")]
-    BadSpiffeId { uri: String, reason: &'static str },
+    #[error(
+        "client certificate has several SPIFFE IDs ({0} and {1}); a SPIFFE certificate \
+         carries exactly one"
+    )]
+    SeveralSpiffeIds(crate::logsafe::Owned, crate::logsafe::Owned),
+    #[error("client certificate SPIFFE ID {uri} is malformed: {reason}")]
+    BadSpiffeId {
+        uri: crate::logsafe::Owned,
+        reason: &'static str,
+    },
+    #[error(
+        "client certificate SPIFFE ID {uri} is not in this gateway's trust domain \
+         {trust_domain}; a certificate with a SPIFFE ID is identified by it alone"
+    )]
+    ForeignTrustDomain {
+        uri: crate::logsafe::Owned,
+        trust_domain: String,
+    },
+    #[error(
+        "client certificate SPIFFE ID {uri} names neither a user nor a workload: \
+         use spiffe://{trust_domain}/user/<name> or spiffe://{trust_domain}/workload/<name>"
+    )]
+    UnknownSpiffePath {
+        uri: crate::logsafe::Owned,
+        trust_domain: String,
+    },
     #[error("{field} is not usable: {reason}")]
     BadName { field: &'static str, reason: String },
 }
@@ -45,9 +94,12 @@ pub enum IdentityError {
 impl Identity {
     /// From an already-verified (by rustls) end-entity certificate DER.
     ///
-    /// The user is taken from a URI SAN `spiffe://<trust_domain>/user/<percent-encoded name>`
-    /// if there is one; SPIFFE IDs of other trust domains, and non-user SPIFFE IDs of ours, are
-    /// ignored and the subject CN is used instead.
+    /// A certificate with any SPIFFE ID (a `spiffe://` URI SAN) is identified by it alone:
+    /// it must be the only one, in our trust domain, and a `/user/<name>` or
+    /// `/workload/<name>` path (percent-encoded, one segment), or the certificate is refused.
+    /// Falling back to the CN would let a SPIFFE ID another system issued for a workload, or
+    /// one from a foreign trust domain, speak for whatever person its CN names. Only a
+    /// certificate without any SPIFFE ID is identified by its subject CN.
     pub fn from_der(der: &[u8], trust_domain: &str) -> Result<Identity, IdentityError> {
         let (rest, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| IdentityError::Parse(e.to_string()))?;
@@ -58,9 +110,12 @@ impl Identity {
             )));
         }
 
-        let (user, spiffe_id) = match spiffe_user(&cert, trust_domain)? {
-            Some((user, uri)) => (user, Some(uri)),
-            None => (common_name(&cert, trust_domain)?, None),
+        let (user, spiffe_id, kind) = match spiffe_uri(&cert)? {
+            Some(uri) => {
+                let (kind, name) = parse_spiffe_id(&uri, trust_domain)?;
+                (name, Some(uri), kind)
+            }
+            None => (common_name(&cert, trust_domain)?, None, SubjectKind::Person),
         };
 
         let groups = cert
@@ -74,7 +129,47 @@ impl Identity {
             groups,
             spiffe_id,
             serial: serial_hex(cert.raw_serial()),
+            kind,
         })
+    }
+
+    /// A person identity (as `policy explain` and tests build one).
+    pub fn person(user: &str, groups: &[String]) -> Identity {
+        Identity {
+            user: user.to_string(),
+            groups: groups.to_vec(),
+            spiffe_id: None,
+            serial: String::new(),
+            kind: SubjectKind::Person,
+        }
+    }
+
+    /// The stem JIT account names are built from (each target sanitises it further and adds
+    /// a random suffix): the person's user name, or `w_<name>` for a workload, so a machine's
+    /// accounts (`jit_w_report_…`, `jit-w_report-…`) read as such in the target's lists.
+    pub fn account_stem(&self) -> String {
+        match self.kind {
+            SubjectKind::Person => self.user.clone(),
+            SubjectKind::Workload => format!("w_{}", self.user),
+        }
+    }
+
+    /// The key a persistent home is chosen by. A person's is the user name. A workload's
+    /// holds U+0001, which `check_name` refuses in every person name, so no person can ever
+    /// be lent a workload's home (or the other way round), whatever their names.
+    pub fn home_key(&self) -> String {
+        match self.kind {
+            SubjectKind::Person => self.user.clone(),
+            SubjectKind::Workload => format!("workload\u{1}{}", self.user),
+        }
+    }
+
+    /// How logs and refusals name this identity: `alice`, or `workload report`.
+    pub fn describe(&self) -> String {
+        match self.kind {
+            SubjectKind::Person => self.user.clone(),
+            SubjectKind::Workload => format!("workload {}", self.user),
+        }
     }
 }
 
@@ -135,67 +230,84 @@ fn common_name(cert: &X509Certificate<'_>, trust_domain: &str) -> Result<String,
     }
 }
 
-/// The user named by a SPIFFE ID in our trust domain, with the URI it came from.
-fn spiffe_user(
-    cert: &X509Certificate<'_>,
-    trust_domain: &str,
-) -> Result<Option<(String, String)>, IdentityError> {
+/// The certificate's SPIFFE ID, if it has one (any `spiffe://` URI SAN, whatever its trust
+/// domain); more than one is an error (SPIFFE X509-SVID spec, section 2: exactly one).
+fn spiffe_uri(cert: &X509Certificate<'_>) -> Result<Option<String>, IdentityError> {
     let san = cert
         .subject_alternative_name()
         .map_err(|e| IdentityError::Parse(format!("subjectAltName: {e}")))?;
     let Some(san) = san else {
         return Ok(None);
     };
-    let mut found: Option<(String, String)> = None;
+    let mut found: Option<String> = None;
     for name in &san.value.general_names {
         let GeneralName::URI(uri) = name else {
             continue;
         };
-        let Some(user) = parse_spiffe_user(uri, trust_domain)? else {
+        if !is_spiffe(uri) {
             continue;
-        };
-        if let Some((_, first)) = &found {
+        }
+        if let Some(first) = &found {
             return Err(IdentityError::SeveralSpiffeIds(
-                first.clone(),
-                (*uri).to_owned(),
+                crate::logsafe::Owned::new(first),
+                crate::logsafe::Owned::new(uri),
             ));
         }
-        found = Some((user, (*uri).to_owned()));
+        found = Some((*uri).to_owned());
     }
     Ok(found)
 }
 
-/// `Ok(None)` for URIs that are not a SPIFFE user ID of `trust_domain`; an error for one that
-/// is meant to be (our trust domain, `/user/` path) but cannot be decoded.
-fn parse_spiffe_user(uri: &str, trust_domain: &str) -> Result<Option<String>, IdentityError> {
-    const SCHEME: &str = "spiffe://";
-    let Some(rest) = uri
-        .get(..SCHEME.len())
-        .filter(|s| s.eq_ignore_ascii_case(SCHEME))
-        .and_then(|_| uri.get(SCHEME.len()..))
-    else {
-        return Ok(None);
-    };
+const SCHEME: &str = "spiffe://";
+
+/// The scheme compares without case (RFC 3986 section 3.1).
+fn is_spiffe(uri: &str) -> bool {
+    uri.get(..SCHEME.len())
+        .is_some_and(|s| s.eq_ignore_ascii_case(SCHEME))
+}
+
+/// The kind and name of a SPIFFE ID of `trust_domain`; any other is an error.
+fn parse_spiffe_id(uri: &str, trust_domain: &str) -> Result<(SubjectKind, String), IdentityError> {
+    let shown = || crate::logsafe::Owned::new(uri);
+    let rest = uri.get(SCHEME.len()..).unwrap_or("");
     let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
     // SPIFFE trust domains are lowercase by spec; compare without case so a config written in
-    // capitals does not silently fall back to the CN.
+    // capitals does not refuse every certificate.
     if !domain.eq_ignore_ascii_case(trust_domain) {
-        return Ok(None);
+        return Err(IdentityError::ForeignTrustDomain {
+            uri: shown(),
+            trust_domain: trust_domain.to_owned(),
+        });
     }
-    let Some(encoded) = path.strip_prefix("user/") else {
-        return Ok(None);
+    let (kind, encoded, field) = if let Some(name) = path.strip_prefix("user/") {
+        (
+            SubjectKind::Person,
+            name,
+            "client certificate SPIFFE user name",
+        )
+    } else if let Some(name) = path.strip_prefix("workload/") {
+        (
+            SubjectKind::Workload,
+            name,
+            "client certificate SPIFFE workload name",
+        )
+    } else {
+        return Err(IdentityError::UnknownSpiffePath {
+            uri: shown(),
+            trust_domain: trust_domain.to_owned(),
+        });
     };
     let bad = |reason| IdentityError::BadSpiffeId {
-        uri: uri.to_owned(),
+        uri: shown(),
         reason,
     };
     if encoded.contains(['/', '?', '#']) {
-        return Err(bad("the user name must be a single path segment"));
+        return Err(bad("the name must be a single path segment"));
     }
     let bytes = percent_decode(encoded).ok_or_else(|| bad("invalid percent-encoding"))?;
-    let user = String::from_utf8(bytes).map_err(|_| bad("the decoded user name is not UTF-8"))?;
-    check_name("client certificate SPIFFE user name", &user)?;
-    Ok(Some(user))
+    let name = String::from_utf8(bytes).map_err(|_| bad("the decoded name is not UTF-8"))?;
+    check_name(field, &name)?;
+    Ok((kind, name))
 }
 
 /// Every byte outside RFC 3986's unreserved set `[A-Za-z0-9._~-]` as `%XX`.
@@ -276,6 +388,7 @@ mod tests {
                 groups: vec!["dba".into()],
                 spiffe_id: None,
                 serial: "9a01".into(),
+                kind: SubjectKind::Person,
             }
         );
     }
@@ -289,19 +402,96 @@ mod tests {
     }
 
     #[test]
-    fn other_trust_domain_and_non_user_ids_fall_back_to_cn() {
-        let der = cert(
-            utf8("carol"),
-            &[],
-            &[
+    fn a_spiffe_id_that_is_not_ours_or_not_a_user_is_refused_not_a_cn_fallback() {
+        // Before: each of these was identified as "carol", its CN.
+        for (uri, why) in [
+            (
                 "spiffe://evil.example/user/root",
-                "spiffe://jitgate.local/workload/x",
-                "https://jitgate.local/user/root",
-            ],
+                "not in this gateway's trust domain",
+            ),
+            (
+                "spiffe://jitgate.local.evil/user/carol",
+                "not in this gateway's trust domain",
+            ),
+            (
+                "SPIFFE://evil.example/user/carol",
+                "not in this gateway's trust domain",
+            ),
+            (
+                "spiffe://jitgate.local/svc/x",
+                "names neither a user nor a workload",
+            ),
+            (
+                "spiffe://jitgate.local/",
+                "names neither a user nor a workload",
+            ),
+            (
+                "spiffe://jitgate.local/users/carol",
+                "names neither a user nor a workload",
+            ),
+        ] {
+            let der = cert(
+                utf8("carol"),
+                &[],
+                &[uri, "https://jitgate.local/user/root"],
+            );
+            let err = Identity::from_der(&der, TD).unwrap_err();
+            assert!(err.to_string().contains(why), "{uri}: {err}");
+        }
+        // A URI SAN of another scheme is no SPIFFE ID: the CN still speaks.
+        let der = cert(utf8("carol"), &[], &["https://jitgate.local/user/root"]);
+        assert_eq!(Identity::from_der(&der, TD).unwrap().user, "carol");
+    }
+
+    #[test]
+    fn workload_ids_are_a_kind_of_their_own() {
+        let uri = "spiffe://jitgate.local/workload/report%2Dbuilder";
+        let id = Identity::from_der(&cert(utf8("alice"), &[], &[uri]), TD).unwrap();
+        assert_eq!(id.user, "report-builder");
+        assert_eq!(id.kind, SubjectKind::Workload);
+        assert_eq!(id.spiffe_id.as_deref(), Some(uri));
+        assert_eq!(id.account_stem(), "w_report-builder");
+        assert_eq!(id.describe(), "workload report-builder");
+
+        let person = Identity::from_der(
+            &cert(None, &[], &["spiffe://jitgate.local/user/report-builder"]),
+            TD,
+        )
+        .unwrap();
+        assert_eq!(person.kind, SubjectKind::Person);
+        assert_eq!(person.account_stem(), "report-builder");
+        // Same name, other kind: never the same home.
+        assert_ne!(person.home_key(), id.home_key());
+        assert!(check_name("x", &id.home_key()).is_err());
+
+        for bad in [
+            "spiffe://jitgate.local/workload/",
+            "spiffe://jitgate.local/workload/a/b",
+            "spiffe://jitgate.local/workload/%0a",
+        ] {
+            assert!(
+                Identity::from_der(&cert(utf8("x"), &[], &[bad]), TD).is_err(),
+                "{bad}"
+            );
+        }
+        // One SPIFFE ID per certificate, whichever kinds.
+        let two = [
+            "spiffe://jitgate.local/user/a",
+            "spiffe://jitgate.local/workload/a",
+        ];
+        let err = Identity::from_der(&cert(utf8("x"), &[], &two), TD).unwrap_err();
+        assert!(matches!(err, IdentityError::SeveralSpiffeIds(..)), "{err}");
+    }
+
+    #[test]
+    fn refusals_escape_the_uri() {
+        let uri = "spiffe://evil.example/user/\x1b[31m\nforged";
+        let err = Identity::from_der(&cert(utf8("x"), &[], &[uri]), TD).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("\"spiffe://evil.example/user/\\x1b[31m\\nforged\""),
+            "{text}"
         );
-        let id = Identity::from_der(&der, TD).unwrap();
-        assert_eq!(id.user, "carol");
-        assert_eq!(id.spiffe_id, None);
     }
 
     #[test]
@@ -319,7 +509,10 @@ mod tests {
 
         let err =
             Identity::from_der(&cert(None, &[], &["spiffe://other/user/bob"]), TD).unwrap_err();
-        assert!(matches!(err, IdentityError::NoUser { .. }), "{err}");
+        assert!(
+            matches!(err, IdentityError::ForeignTrustDomain { .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! pg::cancel    route CancelRequests by the gateway's own keys
 //! server     accept loops, reloads and shutdown
 //! certs      `jitgate certs init|issue|revoke` (rcgen)
+//! logsafe    `Untrusted`: client-chosen text escaped and capped for logs and refusals
 //! sandbox    throwaway PostgreSQL and sshd targets (for `demo` and the tests)
 //! demo       `jitgate demo`: sandbox + certificates + config + the gateway, in the foreground
 //! ```
@@ -29,6 +30,7 @@ pub mod config;
 pub mod demo;
 pub mod identity;
 pub mod jit;
+pub mod logsafe;
 pub mod pg;
 pub mod policy;
 pub mod sandbox;

@@ -153,17 +153,68 @@ enum PolicyCommand {
         #[arg(default_value = "policies")]
         dir: PathBuf,
     },
-    /// Show which grant applies to a user (and groups) for a target, and why.
+    /// Show which grant applies to a user (and groups) or a workload for a target, and why.
     Explain {
         #[arg(long, default_value = "policies")]
         policies: PathBuf,
-        #[arg(long)]
-        user: String,
+        /// A person's user name (the certificate's SPIFFE user or CN).
+        #[arg(
+            long,
+            required_unless_present = "workload",
+            conflicts_with = "workload"
+        )]
+        user: Option<String>,
         #[arg(long = "group")]
         groups: Vec<String>,
+        /// A workload's name (spiffe://<trust domain>/workload/<name>).
+        #[arg(long)]
+        workload: Option<String>,
         #[arg(long)]
         target: String,
+        /// What the target is; without it, the target's entry in --config says (and without
+        /// that file, both kinds are explained).
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+        /// The gateway config to look the target's kind up in (when --kind is not given).
+        #[arg(long, short, default_value = "jitgate.yaml")]
+        config: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KindArg {
+    Postgres,
+    Ssh,
+}
+
+impl From<KindArg> for jitgate::policy::TargetKind {
+    fn from(kind: KindArg) -> Self {
+        match kind {
+            KindArg::Postgres => jitgate::policy::TargetKind::Postgres,
+            KindArg::Ssh => jitgate::policy::TargetKind::Ssh,
+        }
+    }
+}
+
+/// The kind of `target` as the config file declares it.
+fn configured_kind(
+    config: &std::path::Path,
+    target: &str,
+) -> anyhow::Result<jitgate::policy::TargetKind> {
+    use jitgate::config::Target;
+    let config = jitgate::config::Config::load(config).with_context(|| {
+        format!(
+            "reading {} to learn what target {target} is (or pass --kind postgres|ssh)",
+            config.display()
+        )
+    })?;
+    match config.targets.get(target) {
+        Some(Target::Postgres(_)) => Ok(jitgate::policy::TargetKind::Postgres),
+        Some(Target::Ssh(_)) => Ok(jitgate::policy::TargetKind::Ssh),
+        None => anyhow::bail!(
+            "the config has no target {target}; pass --kind postgres|ssh to explain it anyway"
+        ),
+    }
 }
 
 fn main() -> ExitCode {
@@ -302,7 +353,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Policy(PolicyCommand::Check { dir }) => {
             match jitgate::policy::PolicySet::load_dir(&dir) {
-                Ok(set) => println!("{}: {} grants, all valid", dir.display(), set.len()),
+                Ok(set) => {
+                    for warning in set.warnings() {
+                        eprintln!("warning: {warning}");
+                    }
+                    println!("{}: {} grants, all valid", dir.display(), set.len())
+                }
                 Err(e) => {
                     eprintln!("{e}");
                     return Ok(ExitCode::from(1));
@@ -313,13 +369,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             policies,
             user,
             groups,
+            workload,
             target,
+            kind,
+            config,
         }) => {
             let set = jitgate::policy::PolicySet::load_dir(&policies)?;
-            print!(
-                "{}",
-                jitgate::policy::explain(&set, &user, &groups, &target)
-            );
+            // Without --kind, the config says what the target is; without a config either,
+            // both kinds are explained (a grant's sections decide which it applies to).
+            let kinds = match kind {
+                Some(kind) => vec![kind.into()],
+                None if config.exists() => vec![configured_kind(&config, &target)?],
+                None => vec![
+                    jitgate::policy::TargetKind::Postgres,
+                    jitgate::policy::TargetKind::Ssh,
+                ],
+            };
+            let identity = match (user, workload) {
+                (_, Some(workload)) => jitgate::identity::Identity {
+                    kind: jitgate::identity::SubjectKind::Workload,
+                    ..jitgate::identity::Identity::person(&workload, &groups)
+                },
+                (Some(user), None) => jitgate::identity::Identity::person(&user, &groups),
+                (None, None) => anyhow::bail!("give --user or --workload"),
+            };
+            for (i, kind) in kinds.iter().enumerate() {
+                if kinds.len() > 1 {
+                    if i > 0 {
+                        println!();
+                    }
+                    println!(
+                        "== as a {kind} target (there is no {} to say; --kind picks one)",
+                        config.display()
+                    );
+                }
+                print!(
+                    "{}",
+                    jitgate::policy::explain_identity(&set, &identity, &target, *kind)
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

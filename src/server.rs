@@ -317,6 +317,8 @@ fn log_reap(target: &str, report: Result<crate::jit::reaper::ReapReport, String>
         Ok(report) => {
             tracing::error!(target_name = %target, failed = ?report.failed, "reaper could not drop some accounts")
         }
-        Err(e) => tracing::error!(target_name = %target, error = %e, "reaper pass failed"),
+        Err(e) => {
+            tracing::error!(target_name = %target, error = %crate::logsafe::diagnostic(&e.to_string()), "reaper pass failed")
+        }
     }
 }

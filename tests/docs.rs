@@ -270,3 +270,90 @@ fn readme_certs_policy_and_ssh_config_commands_run_as_written() {
     );
     assert!(dir.path().join("bob-certs/bob.crt").exists());
 }
+
+/// `policy check` warns where `sftp: false` / `port_forwards` promise more than they hold, and
+/// `policy explain` says which kind of target a grant is for.
+#[test]
+fn policy_check_warns_and_explain_names_the_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    fs::create_dir(&policies).unwrap();
+    fs::write(
+        policies.join("p.yaml"),
+        "grants:\n  - name: web-locked\n    subjects: {users: [bob]}\n    targets: [\"*\"]\n    \
+         ssh: {sftp: false, port_forwards: []}\n  - name: db\n    subjects: {users: [bob]}\n    \
+         targets: [\"*\"]\n    postgres: {}\n",
+    )
+    .unwrap();
+    let out = Command::new(jitgate_bin())
+        .args(["policy", "check"])
+        .arg(&policies)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "warning: {}:2:11: grant web-locked: sftp: false and port_forwards hold only \
+             against clients that ask for them",
+            policies.join("p.yaml").display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("a shell or exec on the target can still move files"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 grants, all valid"));
+
+    let explain = |extra: &[&str]| {
+        let out = Command::new(jitgate_bin())
+            .args(["policy", "explain", "--policies"])
+            .arg(&policies)
+            .args(["--user", "bob", "--target", "web-1"])
+            .args(extra)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ssh = explain(&["--kind", "ssh"]);
+    assert!(
+        ssh.contains("grant db (") && ssh.contains("  kind:     skipped: no ssh: section"),
+        "{ssh}"
+    );
+    assert!(
+        ssh.contains("     note: sftp: false and port_forwards"),
+        "{ssh}"
+    );
+    assert!(
+        ssh.ends_with("verdict: user=bob gets grant web-locked\n"),
+        "{ssh}"
+    );
+    let pg = explain(&["--kind", "postgres"]);
+    assert!(pg.ends_with("verdict: user=bob gets grant db\n"), "{pg}");
+    // No --kind and no config here: both.
+    let both = explain(&[]);
+    assert!(
+        both.contains("== as a postgres target") && both.contains("== as a ssh target"),
+        "{both}"
+    );
+    // With the config, its entry decides.
+    fs::write(
+        dir.path().join("jitgate.yaml"),
+        fs::read_to_string(repo("jitgate.yaml")).unwrap(),
+    )
+    .unwrap();
+    let out = Command::new(jitgate_bin())
+        .args(["policy", "explain", "--policies"])
+        .arg(&policies)
+        .args(["--user", "bob", "--target", "orders"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("target orders (postgres)"), "{text}");
+    assert!(!text.contains("== as"), "{text}");
+}

@@ -90,6 +90,7 @@ fn person(user: &str, group: &str) -> Identity {
         groups: vec![group.to_string()],
         spiffe_id: None,
         serial: "01".to_string(),
+        kind: jitgate::identity::SubjectKind::Person,
     }
 }
 
@@ -100,6 +101,7 @@ impl Env {
             &AccessRequest {
                 identity,
                 target: "web-1",
+                kind: jitgate::policy::TargetKind::Ssh,
                 requested: grant,
                 reason: None,
             },

@@ -183,7 +183,7 @@ fn refusals_are_clear_and_create_nothing() {
     let (eve_crt, eve_key) = gw.issue("eve", &["sales"]);
     refused(
         &gw.conninfo("eve", Some((&eve_crt, &eve_key)), ""),
-        "no policy grants eve access to orders",
+        "no grant gives eve access to target \"orders\"",
     );
     let (carol_crt, carol_key) = gw.issue("carol", &[]);
     refused(
@@ -194,17 +194,32 @@ fn refusals_are_clear_and_create_nothing() {
     refused(
         &gw.conninfo("alice", Some((&alice_crt, &alice_key)), "")
             .replace("dbname=orders", "dbname=nope"),
-        "no target named \"nope\"",
+        "no grant gives alice access to target \"nope\"",
     );
+    // alice holds a grant for orders: she may learn its databases.
     refused(
         &gw.conninfo("alice", Some((&alice_crt, &alice_key)), "")
             .replace("dbname=orders", "dbname=orders/secret"),
-        "has no database \"secret\"",
+        "target orders has no database \"secret\" that jitgate may connect to; allowed: \
+         orders, postgres",
     );
     refused(
         &gw.conninfo("alice", Some((&alice_crt, &alice_key)), "")
             .replace("user=alice", "user=orders-analyst"),
-        "does not apply",
+        "no grant gives alice access to target \"orders\" as \"orders-analyst\"",
+    );
+    // What she can use instead, as the hint.
+    refused(
+        &gw.conninfo("alice", Some((&alice_crt, &alice_key)), "")
+            .replace("user=alice", "user=orders-analyst"),
+        "HINT:  grants you can use: orders-dba on orders",
+    );
+    // eve, who holds nothing, learns no database list by naming one.
+    refused(
+        &gw.conninfo("eve", Some((&eve_crt, &eve_key)), "")
+            .replace("dbname=orders", "dbname=orders/secret"),
+        "no grant gives eve access to target \"orders\"\nHINT:  you have no grant for any \
+         postgres target here",
     );
 
     // Nothing was minted for any of them.
@@ -221,14 +236,18 @@ fn refusals_are_clear_and_create_nothing() {
         match raw::startup(&mut s, "eve", "orders").await {
             raw::Login::Refused { code, message } => {
                 assert_eq!(code, "28000");
-                assert_eq!(message, "no policy grants eve access to orders");
+                assert_eq!(message, "no grant gives eve access to target \"orders\"");
             }
             raw::Login::Ready { .. } => panic!("eve was let in"),
         }
-        let config = raw::client_config(&gw.path("certs/ca.crt"), &alice_crt, &alice_key, false);
+        // A target that does not exist is refused exactly as one that is not granted.
+        let config = raw::client_config(&gw.path("certs/ca.crt"), &eve_crt, &eve_key, false);
         let mut s = raw::connect(gw.port, config, false).await.unwrap();
-        match raw::startup(&mut s, "alice", "nope").await {
-            raw::Login::Refused { code, .. } => assert_eq!(code, "3D000"),
+        match raw::startup(&mut s, "eve", "nope").await {
+            raw::Login::Refused { code, message } => {
+                assert_eq!(code, "28000");
+                assert_eq!(message, "no grant gives eve access to target \"nope\"");
+            }
             raw::Login::Ready { .. } => panic!("unknown target accepted"),
         }
     });
@@ -554,10 +573,30 @@ fn target_trouble_is_reported_and_named() {
     let (crt, key) = gw.issue("alice", &["dba"]);
     let out = psql(&gw.conninfo("alice", Some((&crt, &key)), ""), "SELECT 1");
     assert!(!out.status.success());
+    // The user is told which target and a reference; the address is the operator's to see.
+    let said = stderr(&out);
     assert!(
-        stderr(&out).contains(&format!("cannot reach target orders (127.0.0.1:{closed})")),
-        "{}",
-        stderr(&out)
+        said.contains(
+            "jitgate could not create your account on target orders; ask the operator \
+             (reference "
+        ),
+        "{said}"
+    );
+    assert!(!said.contains(&closed.to_string()), "{said}");
+    let reference = said
+        .split("(reference ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap()
+        .to_string();
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("mint failed") && l.contains(&reference))
+        .unwrap_or_else(|| panic!("no log line for {reference}:\n{log}"));
+    assert!(
+        line.contains(&format!("cannot reach target orders (127.0.0.1:{closed})")),
+        "{line}"
     );
     drop(gw);
 
@@ -570,10 +609,11 @@ fn target_trouble_is_reported_and_named() {
     let out = psql(&gw.conninfo("alice", Some((&crt, &key)), ""), "SELECT 1");
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("its admin access is misconfigured"),
+        stderr(&out).contains("jitgate could not create your account on target orders"),
         "{}",
         stderr(&out)
     );
+    assert!(!stderr(&out).contains("jitgate_nobody"), "{}", stderr(&out));
     assert!(
         gw.log().contains("rejected jitgate's admin login"),
         "{}",
@@ -642,6 +682,81 @@ fn libpq_environment_variables_work_as_the_readme_says() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with("jit_alice_"), "{}", stdout(&out));
     assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new());
+}
+
+/// A grant with only an `ssh:` section mints nothing on a Postgres target its glob matches.
+#[test]
+fn an_ssh_only_grant_opens_no_database() {
+    let policy = r#"
+grants:
+  - name: hosts
+    subjects: { users: [alice] }
+    targets: ["*"]
+    ssh: { sudo: true }
+"#;
+    let Some((pg, gw)) = pg_env(policy) else {
+        return;
+    };
+    let (crt, key) = gw.issue("alice", &[]);
+    for user in ["alice", "hosts"] {
+        let out = psql(
+            &gw.conninfo(user, Some((&crt, &key)), ""),
+            "SELECT current_user",
+        );
+        assert!(!out.status.success(), "{user}: {}", stdout(&out));
+        let said = stderr(&out);
+        assert!(
+            said.contains("FATAL:  no grant gives alice access to target \"orders\""),
+            "{said}"
+        );
+        assert!(
+            said.contains("you have no grant for any postgres target here"),
+            "{said}"
+        );
+    }
+    assert!(
+        gw.log()
+            .contains("grant hosts exists but it has no postgres: section"),
+        "{}",
+        gw.log()
+    );
+    assert!(!pg.server_log().contains("CREATE ROLE \"jit_"));
+    assert_eq!(pg.jit_roles(), Vec::<String>::new());
+}
+
+/// A dbname with a newline and a terminal escape is one escaped line in the gateway's log,
+/// and escaped in the refusal too.
+#[test]
+fn a_hostile_dbname_cannot_forge_log_lines() {
+    let Some((_pg, gw)) = pg_env(DEFAULT_POLICY) else {
+        return;
+    };
+    let (crt, key) = gw.issue("alice", &["dba"]);
+    let config = raw::client_config(&gw.path("certs/ca.crt"), &crt, &key, false);
+    let hostile =
+        "nope\n2030-01-01T00:00:00.000000Z  INFO jitgate: event=\"access.granted\" \x1b[31mred";
+    let message = rt().block_on(async {
+        let mut s = raw::connect(gw.port, config, false).await.unwrap();
+        match raw::startup(&mut s, "alice", hostile).await {
+            raw::Login::Refused { message, .. } => message,
+            raw::Login::Ready { .. } => panic!("let in"),
+        }
+    });
+    let escaped = "\"nope\\n2030-01-01T00:00:00.000000Z  INFO jitgate: event=\\\"access.granted\\\" \\x1b[31mred\"";
+    assert_eq!(
+        message,
+        format!("no grant gives alice access to target {escaped}")
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let log = gw.log();
+    assert!(!log.contains('\x1b'), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("2030-")), "{log}");
+    let denied: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("access.denied") && l.contains("nope"))
+        .collect();
+    assert_eq!(denied.len(), 1, "{log}");
+    assert!(denied[0].contains(escaped), "{}", denied[0]);
 }
 
 /// `max_session` ends a session that is still running, not only new logins (VALID UNTIL).

@@ -42,7 +42,16 @@ grants:
   - name: web-ticket
     subjects: {{ users: [tess] }}
     targets: [web-1]
+    ssh: {{}}
     require_reason: true
+  - name: db-everywhere
+    subjects: {{ users: [pete] }}
+    targets: ["*"]
+    postgres: {{ roles: [orders_read] }}
+  - name: web-badgroup
+    subjects: {{ users: [gus] }}
+    targets: [web-1]
+    ssh: {{ groups: [no-such-group-jitgate] }}
 "#
     )
 }
@@ -438,7 +447,7 @@ fn local_forwards_only_where_the_grant_allows() {
     assert!(reply.is_empty(), "a forbidden forward carried data");
     let _ = child.kill();
     let _ = child.wait();
-    let wanted = format!("destination=127.0.0.1:{forbidden} allowed=false");
+    let wanted = format!("destination=\"127.0.0.1:{forbidden}\" allowed=false");
     assert!(env.gw.log().contains(&wanted), "{}", env.gw.log());
     assert!(env.gw.log().contains("ssh.port_forward"));
     assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
@@ -613,11 +622,22 @@ fn refusals_reach_the_user_and_create_nothing() {
     // No grant for this person.
     let (crt, key) = env.gw.issue("mallory", &["sales"]);
     let o = env.ssh_as(&crt, &key, "mallory", &["true"]);
+    let existing = err(&o);
     assert!(
-        err(&o).contains("no policy grants mallory access to web-1"),
-        "{}",
-        err(&o)
+        existing.contains(
+            "no grant gives mallory access to target \"web-1\"; you have no grant for any ssh \
+             target here"
+        ),
+        "{existing}"
     );
+    // A target that does not exist: word for word the same (but for the name she typed).
+    let o = Command::new("ssh")
+        .args(env.opts(&crt, &key, ""))
+        .args(["mallory@web-9", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(err(&o).replace("web-9", "web-1"), existing);
 
     // A grant that needs a reason, without and with one.
     let (crt, key) = env.gw.issue("tess", &[]);
@@ -632,9 +652,19 @@ fn refusals_reach_the_user_and_create_nothing() {
     assert!(o.status.success(), "{}", err(&o));
     assert!(env.gw.log().contains("INC-77"));
 
-    // A grant name that is not this person's.
+    // A grant name that is not this person's, and one that does not exist: the same words,
+    // and what alice can use instead.
     let o = env.ssh_as(&env.cert, &env.key, "web-scratch", &["true"]);
-    assert!(err(&o).contains("does not apply"), "{}", err(&o));
+    let foreign = err(&o);
+    assert!(
+        foreign.contains(
+            "no grant gives alice access to target \"web-1\" as \"web-scratch\"; grants you \
+             can use: web-ops on web-1"
+        ),
+        "{foreign}"
+    );
+    let o = env.ssh_as(&env.cert, &env.key, "web-invented", &["true"]);
+    assert_eq!(err(&o).replace("web-invented", "web-scratch"), foreign);
 
     // An unknown target.
     let mut c = Command::new("ssh");
@@ -642,7 +672,10 @@ fn refusals_reach_the_user_and_create_nothing() {
         .args(["alice@web-9", "true"]);
     let o = c.output().unwrap();
     assert!(
-        err(&o).contains("no SSH target named \"web-9\""),
+        err(&o).contains(
+            "no grant gives alice access to target \"web-9\"; grants you can use: web-ops on \
+             web-1"
+        ),
         "{}",
         err(&o)
     );
@@ -692,7 +725,14 @@ fn wrong_pinned_host_key_is_a_refusal() {
     let env = Env::new(sshd, gw, &["ops"]);
     let o = env.ssh(&["true"]);
     assert_eq!(o.status.code(), Some(255));
-    assert!(err(&o).contains("host key"), "{}", err(&o));
+    // The user gets a reference; the operator's log says it was the host key.
+    assert!(
+        err(&o).contains("jitgate could not create your account on target web-1"),
+        "{}",
+        err(&o)
+    );
+    assert!(!err(&o).contains("host key"), "{}", err(&o));
+    assert!(env.gw.log().contains("host key"), "{}", env.gw.log());
     assert!(
         env.sshd.own_accounts().is_empty(),
         "an account was created despite the wrong key"
@@ -834,11 +874,90 @@ fn gateway_shutdown_ends_sessions_and_removes_accounts() {
     );
 }
 
+/// A grant without an `ssh:` section opens no shell, even where its glob matches the host.
+#[test]
+fn a_postgres_only_grant_opens_no_shell() {
+    let Some(env) = env_with(1) else { return };
+    let (crt, key) = env.gw.issue("pete", &[]);
+    for user in ["pete", "db-everywhere"] {
+        let o = env.ssh_as(&crt, &key, user, &["id -un"]);
+        assert_eq!(o.status.code(), Some(255), "{user}: {}", out(&o));
+        assert!(
+            err(&o).contains("no grant gives pete access to target \"web-1\""),
+            "{user}: {}",
+            err(&o)
+        );
+        assert!(
+            err(&o).contains("you have no grant for any ssh target here"),
+            "{}",
+            err(&o)
+        );
+    }
+    assert_eq!(env.sshd.own_accounts(), Vec::<String>::new());
+}
+
+/// A failed mint tells the user which target and a reference; the target's script output
+/// goes to the log under that reference, never to the user.
+#[test]
+fn a_mint_failure_shows_a_reference_not_the_targets_stderr() {
+    let Some(env) = env_with(1) else { return };
+    let (crt, key) = env.gw.issue("gus", &[]);
+    let o = env.ssh_as(&crt, &key, "gus", &["true"]);
+    assert_eq!(o.status.code(), Some(255));
+    let said = err(&o);
+    assert!(
+        said.contains(
+            "jitgate could not create your account on target web-1; ask the operator (reference "
+        ),
+        "{said}"
+    );
+    assert!(!said.contains("no-such-group"), "{said}");
+    assert!(!said.contains("exit status"), "{said}");
+    let reference = said
+        .split("(reference ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap()
+        .to_string();
+    let log = env.gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("mint failed") && l.contains(&reference))
+        .unwrap_or_else(|| panic!("no log line for {reference}:\n{log}"));
+    assert!(line.contains("no-such-group-jitgate"), "{line}");
+    assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
+}
+
+/// An exec command with a newline and a terminal escape is one escaped log line.
+#[test]
+fn a_hostile_exec_command_cannot_forge_log_lines() {
+    let Some(env) = env_with(1) else { return };
+    let command =
+        "echo one\n2030-01-01T00:00:00.000000Z  INFO jitgate: event=\"access.granted\"\x1b[31m";
+    // The second line runs as a (missing) command on the target; only the log matters here.
+    let o = env.ssh(&[command]);
+    assert_eq!(out(&o), "one", "{}", err(&o));
+    assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
+    let log = env.gw.log();
+    assert!(!log.contains('\x1b'), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("2030-")), "{log}");
+    let exec: Vec<&str> = log.lines().filter(|l| l.contains("ssh.exec")).collect();
+    assert_eq!(exec.len(), 1, "{log}");
+    assert!(
+        exec[0].contains(
+            "command=\"echo one\\n2030-01-01T00:00:00.000000Z  INFO jitgate: \
+             event=\\\"access.granted\\\"\\x1b[31m\" allowed=true"
+        ),
+        "{}",
+        exec[0]
+    );
+}
+
 /// `max_session` ends a connection that is still in use, and its account with it.
 #[test]
 fn max_session_ends_a_running_connection() {
     let Some(sshd) = Sshd::start() else { return };
-    let policy = "grants:\n  - name: brief\n    subjects: { users: [alice] }\n    targets: [web-1]\n    max_session: 1m\n";
+    let policy = "grants:\n  - name: brief\n    subjects: { users: [alice] }\n    targets: [web-1]\n    ssh: {}\n    max_session: 1m\n";
     let gw = Gateway::start_with(None, Some(&sshd), policy);
     let env = Env::new(sshd, gw, &[]);
     let o = env.ssh(&["sleep 150; echo outlived"]);

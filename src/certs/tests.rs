@@ -131,6 +131,7 @@ fn issue_writes_a_client_cert_identity_reads_back() {
             groups: vec!["dba".into(), "dev".into(), "on-call".into()],
             spiffe_id: Some("spiffe://jitgate.local/user/alice".into()),
             serial: issued.serial.clone(),
+            kind: crate::identity::SubjectKind::Person,
         }
     );
 

@@ -179,7 +179,7 @@ impl LinuxProvisioner {
         grant: &Grant,
         identity: &Identity,
     ) -> Result<LinuxLease, LinuxError> {
-        let account = account_name(&identity.user);
+        let account = account_name(&identity.account_stem());
         let mut key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
             .map_err(|e| LinuxError::KeyGeneration(e.to_string()))?;
         key.set_comment(format!("jitgate lease {id}"));
@@ -202,7 +202,7 @@ impl LinuxProvisioner {
         let vars = Vars::default()
             .set("state", self.target.state_dir.as_str())
             .set("account", account.as_str())
-            .set("person", person_dir_name(&identity.user))
+            .set("person", person_dir_name(&identity.home_key()))
             .set("home_mode", grant.home().as_str())
             .set("uid_lo", uid_lo.to_string())
             .set("uid_hi", uid_hi.to_string())

@@ -33,7 +33,7 @@ where
     loop {
         match op().await {
             Err(e) if is_transient(&e) && waited < DROP_RETRY_FOR => {
-                tracing::warn!(error = %e, "{what} failed, retrying");
+                tracing::warn!(error = %crate::logsafe::diagnostic(&e.to_string()), "{what} failed, retrying");
                 tokio::time::sleep(delay).await;
                 waited += delay;
                 delay = (delay * 2).min(Duration::from_secs(15));

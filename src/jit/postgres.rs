@@ -94,7 +94,7 @@ impl PgProvisioner {
         identity: &Identity,
         database: &str,
     ) -> Result<PgLease, JitError> {
-        let role = role_name(&identity.user);
+        let role = role_name(&identity.account_stem());
         let password = random_password();
         super::lease::record_for_leak_tests(&password);
         let expires_at = SystemTime::now() + grant.max_session();

@@ -128,7 +128,7 @@ pub async fn reap_postgres(
                 report.dropped.push(role.role);
             }
             Err(e) => {
-                tracing::error!(target_name = %provisioner.target().name, role = %role.role, error = %e, "reaping failed");
+                tracing::error!(target_name = %provisioner.target().name, role = %role.role, error = %crate::logsafe::diagnostic(&e.to_string()), "reaping failed");
                 report.failed.push(role.role);
             }
         }
@@ -155,7 +155,7 @@ pub async fn reap_linux(
                 report.dropped.push(account.name);
             }
             Err(e) => {
-                tracing::error!(target_name = %provisioner.target().name, account = %account.name, error = %e, "reaping failed");
+                tracing::error!(target_name = %provisioner.target().name, account = %account.name, error = %crate::logsafe::diagnostic(&e.to_string()), "reaping failed");
                 report.failed.push(account.name);
             }
         }

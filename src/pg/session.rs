@@ -19,10 +19,12 @@ use super::relay::{splice, End};
 use super::startup::{accept, Arrival, ClientStream, FrontDoorError, Login};
 use super::upstream::{self, UpstreamError};
 use crate::config::PgTarget;
-use crate::jit::postgres::{JitError, PgProvisioner};
+use crate::identity::Identity;
+use crate::jit::postgres::PgProvisioner;
 use crate::jit::reaper::LiveLeases;
 use crate::jit::{LeaseId, PgLease};
-use crate::policy::{self, AccessRequest, PolicySet};
+use crate::logsafe::{diagnostic, untrusted};
+use crate::policy::{self, AccessRequest, Denial, PolicySet, TargetKind};
 use crate::tls::ServerTls;
 
 /// Longest a session's end waits for its role's drop (retries included) before handing the
@@ -43,11 +45,13 @@ pub struct PgContext {
     pub shutdown: CancellationToken,
 }
 
-/// A refusal to send the client: SQLSTATE, message, optional hint.
+/// A refusal to send the client: SQLSTATE, message, optional hint; and, for the log only,
+/// what the operator needs to know that the client must not (why a grant did not apply).
 struct Refusal {
     code: String,
     message: String,
     hint: Option<String>,
+    detail: Option<String>,
 }
 
 impl Refusal {
@@ -56,12 +60,44 @@ impl Refusal {
             code: code.into(),
             message: message.into(),
             hint: None,
+            detail: None,
         }
     }
 
     fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
+    }
+
+    fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+/// A policy refusal: the denial as the user may read it, what they can use instead (a
+/// `NoAccess` says nothing else), and the operator's version for the log.
+fn denial_refusal(
+    denial: &Denial,
+    policies: &PolicySet,
+    identity: &Identity,
+    ctx: &PgContext,
+) -> Refusal {
+    let refusal = Refusal::new(denial.sqlstate(), denial.to_string()).detail(denial.detail());
+    match denial {
+        Denial::NoAccess { .. } => refusal.hint(
+            policy::offer(
+                policies,
+                identity,
+                TargetKind::Postgres,
+                ctx.targets.keys().map(String::as_str),
+            )
+            .to_string(),
+        ),
+        Denial::Ambiguous { .. }
+        | Denial::ReasonRequired { .. }
+        | Denial::ReasonTooLong { .. }
+        | Denial::ReasonNotPrintable { .. } => refusal,
     }
 }
 
@@ -173,14 +209,30 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
             return;
         }
     }
+    // The policy speaks first, and a target that does not exist is refused in the same words
+    // as one that exists but is not granted: no stranger learns target names, nor (before
+    // holding a grant) a target's database list.
+    let policies = (ctx.policies)();
     let Some((target, provisioner)) = ctx.targets.get(&requested.target) else {
-        let refusal = Refusal::new(
-            "3D000",
-            format!("jitgate has no target named \"{}\"", requested.target),
-        )
-        .hint("connect with dbname=<target> or dbname=<target>/<database>");
+        let denial = Denial::no_such_target(&identity, &requested.target, Some(&requested.user));
+        let refusal = denial_refusal(&denial, &policies, &identity, ctx);
         return refuse(&mut stream, peer, &identity.user, refusal).await;
     };
+    let request = AccessRequest {
+        identity: &identity,
+        target: &target.name,
+        kind: TargetKind::Postgres,
+        requested: &requested.user,
+        reason: requested.reason.as_deref(),
+    };
+    let grant = match policy::evaluate(&policies, &request) {
+        Ok(grant) => grant,
+        Err(denial) => {
+            let refusal = denial_refusal(&denial, &policies, &identity, ctx);
+            return refuse(&mut stream, peer, &identity.user, refusal).await;
+        }
+    };
+    // Only now, to a person the policy let in, may the target's databases be named.
     let database = match &requested.database {
         None => target.databases[0].clone(),
         Some(db) if target.databases.contains(db) => db.clone(),
@@ -188,31 +240,13 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
             let refusal = Refusal::new(
                 "3D000",
                 format!(
-                    "target {} has no database \"{db}\"; allowed: {}",
+                    "target {} has no database {} that jitgate may connect to; allowed: {}",
                     target.name,
+                    untrusted(db),
                     target.databases.join(", ")
                 ),
             );
             return refuse(&mut stream, peer, &identity.user, refusal).await;
-        }
-    };
-    let policies = (ctx.policies)();
-    let request = AccessRequest {
-        identity: &identity,
-        target: &target.name,
-        requested: &requested.user,
-        reason: requested.reason.as_deref(),
-    };
-    let grant = match policy::evaluate(&policies, &request) {
-        Ok(grant) => grant,
-        Err(denial) => {
-            return refuse(
-                &mut stream,
-                peer,
-                &identity.user,
-                Refusal::new("28000", denial.to_string()),
-            )
-            .await
         }
     };
 
@@ -224,14 +258,20 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
     {
         Ok(lease) => lease,
         Err(e) => {
-            tracing::error!(target_name = %target.name, user = %identity.user, error = %e, "mint failed");
-            return refuse(&mut stream, peer, &identity.user, jit_refusal(&e)).await;
+            tracing::error!(lease = %lease_id, target_name = %target.name, user = %identity.user, error = %diagnostic(&e.to_string()), "mint failed");
+            return refuse(
+                &mut stream,
+                peer,
+                &identity.user,
+                jit_refusal(&target.name, &lease_id),
+            )
+            .await;
         }
     };
     tracing::info!(
         event = "jit.account.created", lease = %lease.id, role = %lease.role, target_name = %target.name,
         database = %database, grant = grant.name(), user = %identity.user, serial = %identity.serial,
-        reason = grant.reason().unwrap_or(""), mint_ms = started.elapsed().as_millis() as u64,
+        reason = %untrusted(grant.reason().unwrap_or("")), mint_ms = started.elapsed().as_millis() as u64,
         "account created"
     );
 
@@ -259,7 +299,7 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
             tracing::info!(event = "jit.account.dropped", lease = %lease.id, role = %lease.role, target_name = %target.name, "account dropped")
         }
         Ok(Err(e)) => {
-            tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, error = %e, "account NOT dropped; handed to the reaper, which retries every reap interval")
+            tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, error = %diagnostic(&e.to_string()), "account NOT dropped; handed to the reaper, which retries every reap interval")
         }
         Err(_) => {
             tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, seconds = DROP_DEADLINE.as_secs(), "account NOT dropped within the drop deadline; handed to the reaper, which retries every reap interval")
@@ -285,8 +325,14 @@ async fn serve(
     let mut upstream = match upstream::login(target, lease, forward).await {
         Ok(u) => u,
         Err(e) => {
-            tracing::error!(target_name = %target.name, role = %lease.role, error = %e, "upstream login failed");
-            refuse(stream, peer, user, upstream_refusal(&e)).await;
+            tracing::error!(lease = %lease.id, target_name = %target.name, role = %lease.role, error = %diagnostic(&e.to_string()), "upstream login failed");
+            refuse(
+                stream,
+                peer,
+                user,
+                upstream_refusal(&e, &target.name, &lease.id),
+            )
+            .await;
             return (None, None);
         }
     };
@@ -329,49 +375,46 @@ async fn serve(
     (end, Some(upstream.stream))
 }
 
-fn jit_refusal(e: &JitError) -> Refusal {
-    match e {
-        JitError::Unreachable { .. } => Refusal::new("08006", e.to_string()),
-        JitError::AdminRejected { target, .. } | JitError::AdminCredential { target, .. } | JitError::Tls { target, .. } => {
-            Refusal::new("08006", format!("jitgate cannot create your account on target {target}: its admin access is misconfigured"))
-                .hint("ask the jitgate operator to check the target's admin credential; details are in the gateway log")
-        }
-        JitError::Sql { target, reason, sqlstate, .. } => Refusal::new(
-            sqlstate.as_deref().unwrap_or("08006"),
-            format!("jitgate could not create your account on target {target}: {reason}"),
+/// What the user is told when their account cannot be made: which target, that the
+/// operator must look, and the lease id to look under. The error itself (the admin's
+/// credential trouble, the target's SQL error text, its address) is for the log only.
+fn jit_refusal(target: &str, lease: &LeaseId) -> Refusal {
+    // `connection_failure`: the target's own SQLSTATE would describe jitgate's admin work,
+    // not anything the user did.
+    Refusal::new(
+        "08006",
+        format!(
+            "jitgate could not create your account on target {target}; ask the operator \
+             (reference {lease})"
         ),
-        JitError::NotOurs { .. } => Refusal::new("08006", e.to_string()),
-    }
+    )
+    .hint("the gateway's log has the details under that reference")
 }
 
-fn upstream_refusal(e: &UpstreamError) -> Refusal {
-    match e {
-        UpstreamError::Refused {
-            target,
-            code,
-            message,
-        } => Refusal::new(code, format!("target {target}: {message}")),
-        // Short for the user: the detail (what the server sent) is in the gateway log.
-        UpstreamError::Unauthenticated { target, .. } => Refusal::new(
-            "08006",
-            format!("jitgate refused to log in to target {target}: the server did not prove it is the real target"),
-        )
-        .hint("this can be a man in the middle or a misconfigured proxy; details are in the gateway log"),
-        UpstreamError::UnsupportedAuth { target, .. } => Refusal::new(
-            "08006",
-            format!("jitgate refused to log in to target {target}: it asked for an authentication method other than SCRAM-SHA-256"),
-        )
-        .hint("jitgate sends no password for other methods; details are in the gateway log"),
-        UpstreamError::Unreachable { .. }
-        | UpstreamError::NoTls { .. }
-        | UpstreamError::Tls { .. }
-        | UpstreamError::Protocol { .. }
-        | UpstreamError::Timeout { .. } => Refusal::new("08006", e.to_string()),
-    }
+/// What the user is told when the login as their account fails. The target's own error
+/// text stays in the log; its SQLSTATE (when it sent one) is passed on, so clients that
+/// retry on e.g. 53300 `too_many_connections` still can.
+fn upstream_refusal(e: &UpstreamError, target: &str, lease: &LeaseId) -> Refusal {
+    let code = if let UpstreamError::Refused { code, .. } = e {
+        code.as_str()
+    } else {
+        "08006"
+    };
+    Refusal::new(
+        code,
+        format!(
+            "jitgate could not log in to target {target} with your account; ask the operator \
+             (reference {lease})"
+        ),
+    )
+    .hint("the gateway's log has the details under that reference")
 }
 
 async fn refuse(stream: &mut ClientStream, peer: SocketAddr, user: &str, refusal: Refusal) {
-    tracing::info!(event = "access.denied", client = %peer, user = %user, sqlstate = %refusal.code, reason = %refusal.message, "login refused");
+    // Client-chosen parts of the message (target, grant and database names) are escaped
+    // where the message is built.
+    let reason = refusal.detail.as_deref().unwrap_or(&refusal.message);
+    tracing::info!(event = "access.denied", client = %peer, user = %user, sqlstate = %refusal.code, reason = %reason, "login refused");
     let packet = fatal(&refusal.code, &refusal.message, refusal.hint.as_deref());
     let _ = stream.write_all(&packet).await;
     let _ = stream.shutdown().await;

@@ -6,8 +6,9 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::model::{GrantRule, HomeMode, PolicySet, SshGrant};
+use super::model::{GrantRule, HomeMode, PolicySet, SshGrant, TargetKind};
 use crate::identity::Identity;
+use crate::logsafe::untrusted;
 
 /// Longest reason (in characters) copied into a grant, the audit log and the role comment.
 pub const MAX_REASON_CHARS: usize = 200;
@@ -16,8 +17,11 @@ pub const MAX_REASON_CHARS: usize = 200;
 #[derive(Debug, Clone, Copy)]
 pub struct AccessRequest<'a> {
     pub identity: &'a Identity,
-    /// Target name (psql `dbname=`, without any `/database`).
+    /// Target name (psql `dbname=`, without any `/database`; the TLS SNI for SSH).
     pub target: &'a str,
+    /// What the target is (its `targets:` entry in the config): only grants with that
+    /// kind's section apply.
+    pub kind: TargetKind,
     /// psql `user=`: a grant name or the person's own user name.
     pub requested: &'a str,
     /// From `-c jitgate.reason=…` or `application_name=reason:…`, as given.
@@ -94,19 +98,31 @@ impl Grant {
     }
 }
 
-/// Why a connection is refused. `Display` is the message the user sees (in the FATAL).
+/// Why a connection is refused. `Display` is the message the user sees (in the FATAL or the
+/// SSH refusal): it never tells a stranger more than they asked about. Whether a target
+/// exists, whether a grant of the requested name exists, and why it does not apply are all
+/// the same [`Denial::NoAccess`] to them; [`Denial::detail`] is the operator's version, for
+/// the log. Refusals that name a grant (`Ambiguous`, `Reason*`) only come once that grant
+/// applies to the person, so they tell them nothing about anyone else's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denial {
-    #[error("grant {grant} does not apply to {user} for target {target}")]
-    NotApplicable {
-        grant: String,
+    #[error(
+        "no grant gives {user} access to target {}{}",
+        untrusted(target),
+        requested.as_deref().map(|r| format!(" as {}", untrusted(r))).unwrap_or_default()
+    )]
+    NoAccess {
+        /// How the identity is named (`alice`, `workload report`).
         user: String,
         target: String,
+        /// The grant name asked for, when it is not the person's own name.
+        requested: Option<String>,
+        /// For the operator's log only.
+        detail: String,
     },
-    #[error("no policy grants {user} access to {target}")]
-    NoGrant { user: String, target: String },
     #[error(
-        "{user} has several grants for {target} ({}): connect with user=<grant name>",
+        "{user} has several grants for {} ({}): connect with user=<grant name>",
+        untrusted(target),
         grants.join(", ")
     )]
     Ambiguous {
@@ -114,11 +130,6 @@ pub enum Denial {
         target: String,
         grants: Vec<String>,
     },
-    #[error(
-        "no grant named {requested:?} and it is not your user name ({user}): \
-         connect with user={user} or user=<grant name>"
-    )]
-    UnknownName { requested: String, user: String },
     #[error(
         "grant {grant} requires a reason: connect with options='-c jitgate.reason=TICKET-123' \
          or application_name='reason:TICKET-123'"
@@ -134,18 +145,55 @@ pub enum Denial {
 }
 
 impl Denial {
+    /// The refusal for a target name the gateway does not have (of the listener's kind):
+    /// to the user, word for word the refusal for a target that exists but is not theirs.
+    pub fn no_such_target(identity: &Identity, target: &str, requested: Option<&str>) -> Denial {
+        no_access(
+            identity,
+            target,
+            requested,
+            "no target of that name is configured for this listener".to_string(),
+        )
+    }
+
     /// SQLSTATE for the client's FATAL: all policy refusals are
     /// `invalid_authorization_specification`.
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            Denial::NotApplicable { .. }
-            | Denial::NoGrant { .. }
+            Denial::NoAccess { .. }
             | Denial::Ambiguous { .. }
-            | Denial::UnknownName { .. }
             | Denial::ReasonRequired { .. }
             | Denial::ReasonTooLong { .. }
             | Denial::ReasonNotPrintable { .. } => "28000",
         }
+    }
+
+    /// What the operator's log gets: the user's message, plus why for a `NoAccess`.
+    pub fn detail(&self) -> String {
+        match self {
+            Denial::NoAccess { detail, .. } => format!("{self} ({detail})"),
+            Denial::Ambiguous { .. }
+            | Denial::ReasonRequired { .. }
+            | Denial::ReasonTooLong { .. }
+            | Denial::ReasonNotPrintable { .. } => self.to_string(),
+        }
+    }
+}
+
+/// A [`Denial::NoAccess`]; `requested` is left out when it is the identity's own name.
+pub fn no_access(
+    identity: &Identity,
+    target: &str,
+    requested: Option<&str>,
+    detail: String,
+) -> Denial {
+    Denial::NoAccess {
+        user: identity.describe(),
+        target: target.to_string(),
+        requested: requested
+            .filter(|r| *r != identity.user)
+            .map(str::to_string),
+        detail,
     }
 }
 
@@ -153,21 +201,25 @@ impl Denial {
 pub fn evaluate(policies: &PolicySet, req: &AccessRequest<'_>) -> Result<Grant, Denial> {
     let identity = req.identity;
     let rule = if let Some(rule) = policies.rule(req.requested) {
-        if !rule.applies(identity, req.target) {
-            return Err(Denial::NotApplicable {
-                grant: rule.name.clone(),
-                user: identity.user.clone(),
-                target: req.target.to_string(),
-            });
+        if !rule.applies(identity, req.target, req.kind) {
+            let why = not_applicable_because(rule, identity, req.target, req.kind);
+            return Err(no_access(
+                identity,
+                req.target,
+                Some(req.requested),
+                format!("grant {} exists but {why}", rule.name),
+            ));
         }
         rule
     } else if req.requested == identity.user {
-        own_name_choice(policies, identity, req.target)?
+        own_name_choice(policies, identity, req.target, req.kind)?
     } else {
-        return Err(Denial::UnknownName {
-            requested: req.requested.to_string(),
-            user: identity.user.clone(),
-        });
+        return Err(no_access(
+            identity,
+            req.target,
+            Some(req.requested),
+            "no grant of that name exists, and it is not the user's own name".to_string(),
+        ));
     };
     let reason = checked_reason(rule, req.reason)?;
     Ok(Grant {
@@ -181,21 +233,106 @@ pub fn evaluate(policies: &PolicySet, req: &AccessRequest<'_>) -> Result<Grant, 
     })
 }
 
+/// Every reason a rule does not apply, for the operator's log.
+fn not_applicable_because(
+    rule: &GrantRule,
+    identity: &Identity,
+    target: &str,
+    kind: TargetKind,
+) -> String {
+    let mut why = Vec::new();
+    if !rule.serves(kind) {
+        why.push(format!("it has no {kind}: section"));
+    }
+    if rule.subject_match(identity).is_none() {
+        why.push("its subjects do not match".to_string());
+    }
+    if rule.target_match(target).is_none() {
+        why.push("its targets do not match".to_string());
+    }
+    why.join(" and ")
+}
+
+/// The names of the grants that apply to `identity` for `target` (of `kind`), in load order.
+pub fn applicable_grants(
+    policies: &PolicySet,
+    identity: &Identity,
+    target: &str,
+    kind: TargetKind,
+) -> Vec<String> {
+    policies
+        .applicable(identity, target, kind)
+        .map(|rule| rule.name.clone())
+        .collect()
+}
+
+/// What a refused person may use instead: each grant that applies to them, with the
+/// configured targets (of the listener's kind) it applies on. Built from the gateway's own
+/// target list, so it names only targets this person could connect to anyway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    kind: TargetKind,
+    grants: Vec<(String, Vec<String>)>,
+}
+
+/// The [`Offer`] for `identity` among `targets` (configured names of `kind`).
+pub fn offer<'t>(
+    policies: &PolicySet,
+    identity: &Identity,
+    kind: TargetKind,
+    targets: impl IntoIterator<Item = &'t str>,
+) -> Offer {
+    let mut targets: Vec<&str> = targets.into_iter().collect();
+    targets.sort_unstable();
+    let grants = policies
+        .rules
+        .iter()
+        .filter_map(|rule| {
+            let on: Vec<String> = targets
+                .iter()
+                .filter(|t| rule.applies(identity, t, kind))
+                .map(|t| t.to_string())
+                .collect();
+            (!on.is_empty()).then(|| (rule.name.clone(), on))
+        })
+        .collect();
+    Offer { kind, grants }
+}
+
+impl std::fmt::Display for Offer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.grants.is_empty() {
+            return write!(f, "you have no grant for any {} target here", self.kind);
+        }
+        f.write_str("grants you can use: ")?;
+        for (i, (grant, targets)) in self.grants.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{grant} on {}", targets.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
 /// The rule a connection as the own user name gets: the only one that applies.
 fn own_name_choice<'a>(
     policies: &'a PolicySet,
     identity: &Identity,
     target: &str,
+    kind: TargetKind,
 ) -> Result<&'a GrantRule, Denial> {
-    let applicable: Vec<&GrantRule> = policies.applicable(identity, target).collect();
+    let applicable: Vec<&GrantRule> = policies.applicable(identity, target, kind).collect();
     match applicable.as_slice() {
-        [] => Err(Denial::NoGrant {
-            user: identity.user.clone(),
-            target: target.to_string(),
-        }),
+        [] => Err(no_access(
+            identity,
+            target,
+            None,
+            "no grant applies to them for this target".to_string(),
+        )),
         [only] => Ok(only),
         several => Err(Denial::Ambiguous {
-            user: identity.user.clone(),
+            user: identity.describe(),
             target: target.to_string(),
             grants: several.iter().map(|rule| rule.name.clone()).collect(),
         }),
@@ -227,40 +364,53 @@ fn checked_reason(rule: &GrantRule, reason: Option<&str>) -> Result<Option<Strin
     }
 }
 
-/// A human report for `jitgate policy explain --user U --group G --target T`: for every grant,
-/// whether its subjects and targets match (and by which entry), then the verdict for a
-/// connection as `user=U`. SPIFFE entries are not checked (no SPIFFE id is given here); use
-/// [`explain_identity`] for a full identity.
-pub fn explain(policies: &PolicySet, user: &str, groups: &[String], target: &str) -> String {
-    let identity = Identity {
-        user: user.to_string(),
-        groups: groups.to_vec(),
-        spiffe_id: None,
-        serial: String::new(),
-    };
-    explain_identity(policies, &identity, target)
+/// A human report for `jitgate policy explain --user U --group G --target T --kind K`: for
+/// every grant, whether it has the section for the target's kind, whether its subjects and
+/// targets match (and by which entry), then the verdict for a connection as `user=U`. SPIFFE
+/// entries are not checked (no SPIFFE id is given here); use [`explain_identity`] for a full
+/// identity.
+pub fn explain(
+    policies: &PolicySet,
+    user: &str,
+    groups: &[String],
+    target: &str,
+    kind: TargetKind,
+) -> String {
+    explain_identity(policies, &Identity::person(user, groups), target, kind)
 }
 
-/// [`explain`] for a complete identity (SPIFFE id included).
-pub fn explain_identity(policies: &PolicySet, identity: &Identity, target: &str) -> String {
+/// [`explain`] for a complete identity (SPIFFE id and kind included).
+pub fn explain_identity(
+    policies: &PolicySet,
+    identity: &Identity,
+    target: &str,
+    kind: TargetKind,
+) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail.
-    let _ = write_report(&mut out, policies, identity, target);
+    let _ = write_report(&mut out, policies, identity, target, kind);
     out
 }
+
+/// What `sftp: false` and `port_forwards` really hold against, said wherever they are shown.
+pub const SHELL_BYPASS_NOTE: &str = "sftp: false and port_forwards hold only against clients \
+     that ask for them (the sftp subsystem and scp, ssh -L): a shell or exec on the target can \
+     still move files (sftp -s /usr/lib/openssh/sftp-server, rsync -e ssh, cat) and reach other \
+     hosts (nc, socat, curl), so they are not a boundary against the account's own commands";
 
 fn write_report(
     out: &mut String,
     policies: &PolicySet,
     identity: &Identity,
     target: &str,
+    kind: TargetKind,
 ) -> std::fmt::Result {
     let groups = list_or_none(&identity.groups);
     let spiffe_id = identity.spiffe_id.as_deref().unwrap_or("none");
     writeln!(
         out,
-        "user {}, groups {groups}, SPIFFE id {spiffe_id}, target {target}",
-        identity.user
+        "{} {}, groups {groups}, SPIFFE id {spiffe_id}, target {target} ({kind})",
+        identity.kind, identity.user
     )?;
     writeln!(out, "{} grant(s) loaded", policies.len())?;
     for rule in &policies.rules {
@@ -270,6 +420,15 @@ fn write_report(
             // One line, whatever the YAML scalar style.
             let words: Vec<&str> = description.split_whitespace().collect();
             writeln!(out, "  {}", words.join(" "))?;
+        }
+        let serves = rule.serves(kind);
+        if serves {
+            writeln!(out, "  kind:     match ({kind}: section)")?;
+        } else {
+            writeln!(
+                out,
+                "  kind:     skipped: no {kind}: section, so it never applies to {kind} targets"
+            )?;
         }
         let subject = rule.subject_match(identity);
         match subject {
@@ -283,9 +442,10 @@ fn write_report(
                 };
                 writeln!(
                     out,
-                    "  subjects: no match (users {}; groups {}; spiffe {}{spiffe_note})",
+                    "  subjects: no match (users {}; groups {}; workloads {}; spiffe {}{spiffe_note})",
                     list_or_none(&rule.users),
                     list_or_none(&rule.groups),
+                    list_or_none(&rule.workloads),
                     list_or_none(&spiffe),
                 )?;
             }
@@ -298,16 +458,10 @@ fn write_report(
                 writeln!(out, "  targets:  no match ({})", globs.join(", "))?;
             }
         }
-        if subject.is_some() && target_glob.is_some() {
+        if serves && subject.is_some() && target_glob.is_some() {
             writeln!(
                 out,
-                "  => applies: postgres roles {}{}; max session {}{}",
-                list_or_none(&rule.pg_roles),
-                if rule.pg_set_role {
-                    " (SET ROLE allowed)"
-                } else {
-                    ""
-                },
+                "  => applies: max session {}{}",
                 humantime::format_duration(rule.max_session),
                 if rule.require_reason {
                     "; a reason is required"
@@ -315,27 +469,44 @@ fn write_report(
                     ""
                 }
             )?;
-            let forwards: Vec<String> = rule
-                .ssh
-                .port_forwards
-                .iter()
-                .map(|f| f.to_string())
-                .collect();
-            writeln!(
-                out,
-                "     ssh: groups {}; sudo {}; port forwards {}; sftp {}; home {}",
-                list_or_none(&rule.ssh.groups),
-                yes_no(rule.ssh.sudo),
-                list_or_none(&forwards),
-                yes_no(rule.ssh.sftp),
-                rule.ssh.home,
-            )?;
+            match kind {
+                TargetKind::Postgres => writeln!(
+                    out,
+                    "     postgres: roles {}{}",
+                    list_or_none(&rule.pg_roles),
+                    if rule.pg_set_role {
+                        " (SET ROLE allowed)"
+                    } else {
+                        ""
+                    },
+                )?,
+                TargetKind::Ssh => {
+                    let forwards: Vec<String> = rule
+                        .ssh
+                        .port_forwards
+                        .iter()
+                        .map(|f| f.to_string())
+                        .collect();
+                    writeln!(
+                        out,
+                        "     ssh: groups {}; sudo {}; port forwards {}; sftp {}; home {}",
+                        list_or_none(&rule.ssh.groups),
+                        yes_no(rule.ssh.sudo),
+                        list_or_none(&forwards),
+                        yes_no(rule.ssh.sftp),
+                        rule.ssh.home,
+                    )?;
+                }
+            }
         } else {
             writeln!(out, "  => does not apply")?;
         }
+        if rule.ssh_section && kind == TargetKind::Ssh && rule.restricts_in_protocol_only() {
+            writeln!(out, "     note: {SHELL_BYPASS_NOTE}")?;
+        }
     }
     writeln!(out)?;
-    match own_name_choice(policies, identity, target) {
+    match own_name_choice(policies, identity, target, kind) {
         Ok(rule) => writeln!(
             out,
             "verdict: user={} gets grant {}{}",
@@ -348,7 +519,12 @@ fn write_report(
                 ""
             }
         ),
-        Err(denial) => writeln!(out, "verdict: user={} is denied: {denial}", identity.user),
+        Err(denial) => writeln!(
+            out,
+            "verdict: user={} is denied: {}",
+            identity.user,
+            denial.detail()
+        ),
     }
 }
 

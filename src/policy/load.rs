@@ -151,6 +151,7 @@ struct RawSubjects {
     users: Option<Vec<Spanned<String>>>,
     groups: Option<Vec<Spanned<String>>>,
     spiffe: Option<Vec<Spanned<String>>>,
+    workloads: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,8 +184,9 @@ fn validate(raw: &RawGrant, origin: String, problems: &mut Problems<'_>) -> Opti
         users,
         groups,
         spiffe,
+        workloads,
     } = &raw.subjects.value;
-    let listed = [users, groups, spiffe]
+    let listed = [users, groups, spiffe, workloads]
         .iter()
         .map(|list| list.as_ref().map_or(0, Vec::len))
         .sum::<usize>();
@@ -195,10 +197,21 @@ fn validate(raw: &RawGrant, origin: String, problems: &mut Problems<'_>) -> Opti
         yaml::plain_text("group", g, SUBJECT_MAX).map(|()| g.clone())
     });
     let spiffe = checked_list(spiffe.as_deref(), problems, |s| spiffe_glob(s));
+    let workloads = checked_list(workloads.as_deref(), problems, |w| {
+        yaml::plain_text("workload", w, SUBJECT_MAX).map(|()| w.clone())
+    });
     if listed == 0 {
         problems.at(
             raw.subjects.referenced,
-            "subjects must list at least one of users, groups, spiffe",
+            "subjects must list at least one of users, groups, workloads, spiffe",
+        );
+    }
+    if raw.postgres.is_none() && raw.ssh.is_none() {
+        // Before sections decided the kind, such a grant applied to every kind of target.
+        problems.at(
+            raw.name.referenced,
+            "the grant has neither a postgres: nor an ssh: section, so it applies to no \
+             target: add `postgres: {}` for databases and/or `ssh: {}` for hosts",
         );
     }
 
@@ -259,7 +272,14 @@ fn validate(raw: &RawGrant, origin: String, problems: &mut Problems<'_>) -> Opti
         users,
         groups,
         spiffe,
+        workloads,
         targets,
+        postgres_section: raw.postgres.is_some(),
+        ssh_section: raw.ssh.is_some(),
+        forwards_listed: raw
+            .ssh
+            .as_ref()
+            .is_some_and(|ssh| ssh.port_forwards.is_some()),
         pg_roles: roles,
         pg_set_role: raw
             .postgres

@@ -10,9 +10,10 @@ mod model;
 mod tests;
 
 pub use eval::{
-    evaluate, explain, explain_identity, AccessRequest, Denial, Grant, MAX_REASON_CHARS,
+    applicable_grants, evaluate, explain, explain_identity, no_access, offer, AccessRequest,
+    Denial, Grant, Offer, MAX_REASON_CHARS, SHELL_BYPASS_NOTE,
 };
 pub use load::PolicyError;
-pub use model::{HomeMode, PolicySet};
+pub use model::{HomeMode, PolicySet, TargetKind};
 
 pub use crate::yaml::LocatedMessage;

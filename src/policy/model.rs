@@ -7,7 +7,31 @@ use std::time::Duration;
 
 use wildmatch::WildMatch;
 
-use crate::identity::Identity;
+use crate::identity::{Identity, SubjectKind};
+
+/// What a target is, as far as a grant is concerned: a grant applies only to the kinds whose
+/// section (`postgres:`, `ssh:`) it has, so a grant written for databases never opens a shell
+/// on a host its `targets:` glob happens to match, nor the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TargetKind {
+    Postgres,
+    Ssh,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Postgres => "postgres",
+            TargetKind::Ssh => "ssh",
+        }
+    }
+}
+
+impl fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// All grant rules from a policy directory, in load order (files by name, then as written).
 /// An empty set denies everything.
@@ -31,19 +55,37 @@ impl PolicySet {
         self.rules.iter().map(|rule| rule.name.as_str())
     }
 
+    /// Warnings for `jitgate policy check`: valid grants whose options promise more than they
+    /// hold (one `file:line:col: grant …: …` line each).
+    pub fn warnings(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .filter(|rule| rule.restricts_in_protocol_only())
+            .map(|rule| {
+                format!(
+                    "{}: grant {}: {}",
+                    rule.origin,
+                    rule.name,
+                    super::eval::SHELL_BYPASS_NOTE
+                )
+            })
+            .collect()
+    }
+
     pub(super) fn rule(&self, name: &str) -> Option<&GrantRule> {
         self.rules.iter().find(|rule| rule.name == name)
     }
 
-    /// Rules that apply to `identity` for `target`, in load order.
+    /// Rules that apply to `identity` for `target` of `kind`, in load order.
     pub(super) fn applicable<'a, 'b>(
         &'a self,
         identity: &'b Identity,
         target: &'b str,
+        kind: TargetKind,
     ) -> impl Iterator<Item = &'a GrantRule> + use<'a, 'b> {
         self.rules
             .iter()
-            .filter(move |rule| rule.applies(identity, target))
+            .filter(move |rule| rule.applies(identity, target, kind))
     }
 }
 
@@ -57,7 +99,15 @@ pub(super) struct GrantRule {
     pub(super) users: Vec<String>,
     pub(super) groups: Vec<String>,
     pub(super) spiffe: Vec<Pattern>,
+    /// Workload names (`spiffe://<td>/workload/<name>`).
+    pub(super) workloads: Vec<String>,
     pub(super) targets: Vec<Pattern>,
+    /// Whether the grant has a `postgres:` section (applies to Postgres targets).
+    pub(super) postgres_section: bool,
+    /// Whether the grant has an `ssh:` section (applies to SSH targets).
+    pub(super) ssh_section: bool,
+    /// Whether `ssh.port_forwards` was written (even empty): the author meant to restrict.
+    pub(super) forwards_listed: bool,
     pub(super) pg_roles: Vec<String>,
     /// The JIT role may `SET ROLE` to the granted roles (PostgreSQL 16+; 15 always allows it).
     pub(super) pg_set_role: bool,
@@ -145,13 +195,24 @@ impl fmt::Display for HomeMode {
 }
 
 impl GrantRule {
-    /// The first subject entry that matches, if any (users, then groups, then SPIFFE globs).
+    /// The first subject entry that matches, if any: users, then groups for a person,
+    /// workloads for a workload, then SPIFFE globs for either. A workload never matches a
+    /// `users:` or `groups:` entry, whatever its name or OUs: machines are granted by name.
     pub(super) fn subject_match<'a>(&'a self, identity: &Identity) -> Option<SubjectMatch<'a>> {
-        if let Some(user) = self.users.iter().find(|u| **u == identity.user) {
-            return Some(SubjectMatch::User(user));
-        }
-        if let Some(group) = self.groups.iter().find(|g| identity.groups.contains(g)) {
-            return Some(SubjectMatch::Group(group));
+        match identity.kind {
+            SubjectKind::Person => {
+                if let Some(user) = self.users.iter().find(|u| **u == identity.user) {
+                    return Some(SubjectMatch::User(user));
+                }
+                if let Some(group) = self.groups.iter().find(|g| identity.groups.contains(g)) {
+                    return Some(SubjectMatch::Group(group));
+                }
+            }
+            SubjectKind::Workload => {
+                if let Some(name) = self.workloads.iter().find(|w| **w == identity.user) {
+                    return Some(SubjectMatch::Workload(name));
+                }
+            }
         }
         let spiffe_id = identity.spiffe_id.as_deref()?;
         self.spiffe
@@ -165,8 +226,24 @@ impl GrantRule {
         self.targets.iter().find(|p| p.matches(target))
     }
 
-    pub(super) fn applies(&self, identity: &Identity, target: &str) -> bool {
-        self.subject_match(identity).is_some() && self.target_match(target).is_some()
+    /// Whether the grant has the section for targets of `kind`.
+    pub(super) fn serves(&self, kind: TargetKind) -> bool {
+        match kind {
+            TargetKind::Postgres => self.postgres_section,
+            TargetKind::Ssh => self.ssh_section,
+        }
+    }
+
+    /// Whether the grant sets `sftp: false` or lists `port_forwards`: options that only bind
+    /// clients asking for the sftp subsystem or a direct-tcpip channel, not a shell.
+    pub(super) fn restricts_in_protocol_only(&self) -> bool {
+        self.ssh_section && (!self.ssh.sftp || self.forwards_listed)
+    }
+
+    pub(super) fn applies(&self, identity: &Identity, target: &str, kind: TargetKind) -> bool {
+        self.serves(kind)
+            && self.subject_match(identity).is_some()
+            && self.target_match(target).is_some()
     }
 }
 
@@ -175,6 +252,7 @@ impl GrantRule {
 pub(super) enum SubjectMatch<'a> {
     User(&'a str),
     Group(&'a str),
+    Workload(&'a str),
     Spiffe(&'a str),
 }
 
@@ -183,6 +261,7 @@ impl fmt::Display for SubjectMatch<'_> {
         match self {
             SubjectMatch::User(u) => write!(f, "user {u}"),
             SubjectMatch::Group(g) => write!(f, "group {g}"),
+            SubjectMatch::Workload(w) => write!(f, "workload {w}"),
             SubjectMatch::Spiffe(p) => write!(f, "spiffe {p}"),
         }
     }

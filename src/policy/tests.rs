@@ -28,8 +28,9 @@ grants:
     require_reason: true
   - name: svc-reports
     subjects:
-      spiffe: [\"spiffe://jitgate.local/svc/report-?\"]
+      spiffe: [\"spiffe://jitgate.local/workload/report-?\"]
     targets: [\"reports-*\"]
+    postgres: {}
 ";
 
 fn set(text: &str) -> Result<PolicySet, PolicyError> {
@@ -50,13 +51,42 @@ fn person(user: &str, groups: &[&str]) -> Identity {
         groups: groups.iter().map(|g| g.to_string()).collect(),
         spiffe_id: Some(format!("spiffe://jitgate.local/user/{user}")),
         serial: "01".to_string(),
+        kind: crate::identity::SubjectKind::Person,
     }
 }
 
+/// A Postgres connection attempt.
 fn ask(
     policies: &PolicySet,
     identity: &Identity,
     target: &str,
+    requested: &str,
+    reason: Option<&str>,
+) -> Result<Grant, Denial> {
+    ask_kind(
+        policies,
+        identity,
+        target,
+        TargetKind::Postgres,
+        requested,
+        reason,
+    )
+}
+
+fn ask_ssh(
+    policies: &PolicySet,
+    identity: &Identity,
+    target: &str,
+    requested: &str,
+) -> Result<Grant, Denial> {
+    ask_kind(policies, identity, target, TargetKind::Ssh, requested, None)
+}
+
+fn ask_kind(
+    policies: &PolicySet,
+    identity: &Identity,
+    target: &str,
+    kind: TargetKind,
     requested: &str,
     reason: Option<&str>,
 ) -> Result<Grant, Denial> {
@@ -65,10 +95,26 @@ fn ask(
         &AccessRequest {
             identity,
             target,
+            kind,
             requested,
             reason,
         },
     )
+}
+
+fn workload(name: &str) -> Identity {
+    Identity {
+        user: name.to_string(),
+        groups: Vec::new(),
+        spiffe_id: Some(format!("spiffe://jitgate.local/workload/{name}")),
+        serial: "02".to_string(),
+        kind: crate::identity::SubjectKind::Workload,
+    }
+}
+
+/// The user-facing text of a denial.
+fn said(denial: Option<Denial>) -> Option<String> {
+    denial.map(|d| d.to_string())
 }
 
 // ---- loading ---------------------------------------------------------------------------------
@@ -101,7 +147,9 @@ fn load_dir_reads_yaml_and_yml_sorted_and_skips_the_rest() -> Result<(), Box<dyn
 {
     let dir = tempfile::tempdir()?;
     let grant = |name: &str| {
-        format!("grants:\n  - {{name: {name}, subjects: {{users: [a]}}, targets: [t]}}\n")
+        format!(
+            "grants:\n  - {{name: {name}, subjects: {{users: [a]}}, targets: [t], postgres: {{}}}}\n"
+        )
     };
     fs::write(dir.path().join("b.yml"), grant("from-b"))?;
     fs::write(dir.path().join("a.yaml"), grant("from-a"))?;
@@ -125,18 +173,17 @@ fn empty_dir_denies_everything_and_missing_dir_is_an_error(
     let policies = PolicySet::load_dir(dir.path())?;
     assert!(policies.is_empty());
     assert_eq!(
-        ask(
-            &policies,
-            &person("alice", &["dba"]),
-            "orders",
-            "alice",
-            None
-        )
-        .err(),
-        Some(Denial::NoGrant {
-            user: "alice".into(),
-            target: "orders".into()
-        })
+        said(
+            ask(
+                &policies,
+                &person("alice", &["dba"]),
+                "orders",
+                "alice",
+                None
+            )
+            .err()
+        ),
+        Some("no grant gives alice access to target \"orders\"".to_string())
     );
     let missing = dir.path().join("nope");
     let err = PolicySet::load_dir(&missing).err();
@@ -193,7 +240,8 @@ fn bad_duration_and_out_of_range_values_point_at_the_value() {
 
 #[test]
 fn duplicate_grant_names_across_files_report_both_locations() {
-    let other = "grants:\n  - name: orders-dba\n    subjects: {users: [x]}\n    targets: [t]\n";
+    let other =
+        "grants:\n  - name: orders-dba\n    subjects: {users: [x]}\n    targets: [t]\n    ssh: {}\n";
     assert_eq!(
         errors(&[("p/a.yaml", POLICY), ("p/b.yaml", other)]),
         vec!["p/b.yaml:2:11: duplicate grant name `orders-dba` (first defined at p/a.yaml:2:11)"]
@@ -220,7 +268,9 @@ grants:
         vec![
             "p/a.yaml:2:11: grant name `bad name` may only contain A-Z, a-z, 0-9, `_`, `.` \
              and `-` (found ' ')",
-            "p/a.yaml:3:15: subjects must list at least one of users, groups, spiffe",
+            "p/a.yaml:2:11: the grant has neither a postgres: nor an ssh: section, so it \
+             applies to no target: add `postgres: {}` for databases and/or `ssh: {}` for hosts",
+            "p/a.yaml:3:15: subjects must list at least one of users, groups, workloads, spiffe",
             "p/a.yaml:4:14: targets must list at least one target name or glob",
             "p/a.yaml:7:16: spiffe entry `*` must be a SPIFFE id glob starting with spiffe://, \
              e.g. spiffe://jitgate.local/user/*",
@@ -234,11 +284,11 @@ grants:
 
 #[test]
 fn invalid_display_is_one_problem_per_line() {
-    let err = set("grants:\n  - name: x\n    subjects: {}\n    targets: []\n").err();
+    let err = set("grants:\n  - name: x\n    subjects: {}\n    targets: []\n    ssh: {}\n").err();
     assert_eq!(
         err.map(|e| e.to_string()),
         Some(
-            "p/a.yaml:3:15: subjects must list at least one of users, groups, spiffe\n\
+            "p/a.yaml:3:15: subjects must list at least one of users, groups, workloads, spiffe\n\
              p/a.yaml:4:14: targets must list at least one target name or glob"
                 .to_string()
         )
@@ -259,12 +309,13 @@ grants:
   - name: web-read
     subjects: {users: [alice]}
     targets: [\"web-*\"]
+    ssh: {}
 ";
 
 #[test]
 fn ssh_section_values_and_defaults() -> Result<(), Box<dyn std::error::Error>> {
     let policies = set(SSH_POLICY)?;
-    let ops = ask(&policies, &person("olga", &["ops"]), "web-1", "olga", None)?;
+    let ops = ask_ssh(&policies, &person("olga", &["ops"]), "web-1", "olga")?;
     assert_eq!(ops.ssh_groups(), ["adm", "systemd-journal"]);
     assert!(ops.sudo());
     assert!(!ops.sftp_allowed());
@@ -277,8 +328,8 @@ fn ssh_section_values_and_defaults() -> Result<(), Box<dyn std::error::Error>> {
     assert!(!ops.forward_allowed("localhost", 5432));
     assert!(!ops.forward_allowed("db.internal.evil", 443));
 
-    // No `ssh:` section: the defaults.
-    let read = ask(&policies, &person("alice", &[]), "web-1", "alice", None)?;
+    // An empty `ssh:` section: the defaults.
+    let read = ask_ssh(&policies, &person("alice", &[]), "web-1", "alice")?;
     assert!(read.ssh_groups().is_empty());
     assert!(!read.sudo());
     assert!(read.sftp_allowed());
@@ -334,7 +385,13 @@ fn ssh_problems_point_at_the_value() {
 #[test]
 fn explain_shows_what_an_ssh_account_gets() -> Result<(), PolicyError> {
     let policies = set(SSH_POLICY)?;
-    let report = explain(&policies, "olga", &["ops".to_string()], "web-1");
+    let report = explain(
+        &policies,
+        "olga",
+        &["ops".to_string()],
+        "web-1",
+        TargetKind::Ssh,
+    );
     assert!(
         report.contains(
             "     ssh: groups adm, systemd-journal; sudo yes; port forwards 127.0.0.1:5432, \
@@ -342,7 +399,7 @@ fn explain_shows_what_an_ssh_account_gets() -> Result<(), PolicyError> {
         ),
         "{report}"
     );
-    let report = explain(&policies, "alice", &[], "web-1");
+    let report = explain(&policies, "alice", &[], "web-1", TargetKind::Ssh);
     assert!(
         report.contains(
             "     ssh: groups none; sudo no; port forwards none; sftp yes; home persistent\n"
@@ -388,9 +445,15 @@ fn set_role_is_asked_for_and_explained() -> Result<(), Box<dyn std::error::Error
         None,
     )?;
     assert!(grant.pg_set_role());
-    let report = explain(&policies, "bob", &["dba".to_string()], "orders");
+    let report = explain(
+        &policies,
+        "bob",
+        &["dba".to_string()],
+        "orders",
+        TargetKind::Postgres,
+    );
     assert!(
-        report.contains("postgres roles orders_read, orders_write (SET ROLE allowed);"),
+        report.contains("postgres: roles orders_read, orders_write (SET ROLE allowed)"),
         "{report}"
     );
     Ok(())
@@ -408,8 +471,8 @@ fn grant_by_name_that_does_not_apply() -> Result<(), PolicyError> {
     )
     .err();
     assert_eq!(
-        denial.map(|d| d.to_string()),
-        Some("grant orders-dba does not apply to bob for target orders".to_string())
+        said(denial),
+        Some("no grant gives bob access to target \"orders\" as \"orders-dba\"".to_string())
     );
     // Right person, wrong target.
     let denial = ask(
@@ -421,8 +484,8 @@ fn grant_by_name_that_does_not_apply() -> Result<(), PolicyError> {
     )
     .err();
     assert_eq!(
-        denial.map(|d| d.to_string()),
-        Some("grant orders-dba does not apply to bob for target billing".to_string())
+        said(denial),
+        Some("no grant gives bob access to target \"billing\" as \"orders-dba\"".to_string())
     );
     Ok(())
 }
@@ -448,7 +511,7 @@ fn own_name_with_no_grant() -> Result<(), PolicyError> {
     .err();
     assert_eq!(
         denial.map(|d| d.to_string()),
-        Some("no policy grants bob access to orders_archive".to_string())
+        Some("no grant gives bob access to target \"orders_archive\"".to_string())
     );
     Ok(())
 }
@@ -467,7 +530,7 @@ fn own_name_with_several_grants_lists_them() -> Result<(), PolicyError> {
     assert_eq!(
         denial.as_ref().map(|d| d.to_string()),
         Some(
-            "alice has several grants for orders (orders-dba, orders-read): \
+            "alice has several grants for \"orders\" (orders-dba, orders-read): \
              connect with user=<grant name>"
                 .to_string()
         )
@@ -481,12 +544,8 @@ fn neither_grant_nor_own_name() -> Result<(), PolicyError> {
     let policies = set(POLICY)?;
     let denial = ask(&policies, &person("alice", &["dba"]), "orders", "xyz", None).err();
     assert_eq!(
-        denial.map(|d| d.to_string()),
-        Some(
-            "no grant named \"xyz\" and it is not your user name (alice): \
-             connect with user=alice or user=<grant name>"
-                .to_string()
-        )
+        said(denial),
+        Some("no grant gives alice access to target \"orders\" as \"xyz\"".to_string())
     );
     Ok(())
 }
@@ -562,14 +621,13 @@ fn target_globs() -> Result<(), Box<dyn std::error::Error>> {
 #[test]
 fn spiffe_globs() -> Result<(), Box<dyn std::error::Error>> {
     let policies = set(POLICY)?;
-    let mut svc = person("report-1", &[]);
-    svc.spiffe_id = Some("spiffe://jitgate.local/svc/report-1".into());
+    let mut svc = workload("report-1");
     let grant = ask(&policies, &svc, "reports-eu", "report-1", None)?;
     assert_eq!(grant.name(), "svc-reports");
     assert!(grant.pg_roles().is_empty());
 
     // `?` is one character; and no SPIFFE id means no SPIFFE match.
-    svc.spiffe_id = Some("spiffe://jitgate.local/svc/report-10".into());
+    svc.spiffe_id = Some("spiffe://jitgate.local/workload/report-10".into());
     assert!(ask(&policies, &svc, "reports-eu", "svc-reports", None).is_err());
     svc.spiffe_id = None;
     assert!(ask(&policies, &svc, "reports-eu", "svc-reports", None).is_err());
@@ -583,7 +641,7 @@ fn grant_name_takes_precedence_over_user_name() -> Result<(), Box<dyn std::error
     let odd = person("orders-dba", &["analyst"]);
     let denial = ask(&policies, &odd, "orders", "orders-dba", Some("T-1")).err();
     assert!(
-        matches!(denial, Some(Denial::NotApplicable { .. })),
+        matches!(denial, Some(Denial::NoAccess { .. })),
         "{denial:?}"
     );
     Ok(())
@@ -594,7 +652,13 @@ fn grant_name_takes_precedence_over_user_name() -> Result<(), Box<dyn std::error
 #[test]
 fn explain_names_the_matching_grant_and_the_verdict() -> Result<(), PolicyError> {
     let policies = set(POLICY)?;
-    let report = explain(&policies, "bob", &["dba".to_string()], "orders");
+    let report = explain(
+        &policies,
+        "bob",
+        &["dba".to_string()],
+        "orders",
+        TargetKind::Postgres,
+    );
     assert!(
         report.contains("grant orders-dba (p/a.yaml:2:11)"),
         "{report}"
@@ -602,7 +666,9 @@ fn explain_names_the_matching_grant_and_the_verdict() -> Result<(), PolicyError>
     assert!(report.contains("  subjects: match (group dba)"), "{report}");
     assert!(report.contains("  targets:  match (orders)"), "{report}");
     assert!(
-        report.contains("  => applies: postgres roles orders_read, orders_write; max session 1h"),
+        report.contains(
+            "  => applies: max session 1h\n     postgres: roles orders_read, orders_write\n"
+        ),
         "{report}"
     );
     assert!(
@@ -614,17 +680,26 @@ fn explain_names_the_matching_grant_and_the_verdict() -> Result<(), PolicyError>
         "{report}"
     );
 
-    let report = explain(&policies, "alice", &["dba".to_string()], "orders");
+    let report = explain(
+        &policies,
+        "alice",
+        &["dba".to_string()],
+        "orders",
+        TargetKind::Postgres,
+    );
     assert!(
         report.contains(
-            "verdict: user=alice is denied: alice has several grants for orders \
+            "verdict: user=alice is denied: alice has several grants for \"orders\" \
              (orders-dba, orders-read)"
         ),
         "{report}"
     );
-    let report = explain(&policies, "zed", &[], "orders");
+    let report = explain(&policies, "zed", &[], "orders", TargetKind::Postgres);
     assert!(
-        report.contains("verdict: user=zed is denied: no policy grants zed access to orders"),
+        report.contains(
+            "verdict: user=zed is denied: no grant gives zed access to target \"orders\" \
+             (no grant applies to them for this target)"
+        ),
         "{report}"
     );
     Ok(())
@@ -633,16 +708,261 @@ fn explain_names_the_matching_grant_and_the_verdict() -> Result<(), PolicyError>
 #[test]
 fn explain_identity_checks_spiffe() -> Result<(), PolicyError> {
     let policies = set(POLICY)?;
-    let mut svc = person("report-1", &[]);
-    svc.spiffe_id = Some("spiffe://jitgate.local/svc/report-1".into());
-    let report = explain_identity(&policies, &svc, "reports-eu");
+    let svc = workload("report-1");
+    let report = explain_identity(&policies, &svc, "reports-eu", TargetKind::Postgres);
     assert!(
-        report.contains("  subjects: match (spiffe spiffe://jitgate.local/svc/report-?)"),
+        report.contains("  subjects: match (spiffe spiffe://jitgate.local/workload/report-?)"),
         "{report}"
     );
     assert!(
         report.ends_with("verdict: user=report-1 gets grant svc-reports\n"),
         "{report}"
     );
+    Ok(())
+}
+
+// ---- target kinds (a grant applies only to the kinds whose section it has) ---------------------
+
+const KINDS_POLICY: &str = "\
+grants:
+  - name: db-all
+    subjects: {groups: [ops]}
+    targets: [\"*\"]
+    postgres: {roles: [reader]}
+  - name: hosts-orders
+    subjects: {groups: [ops]}
+    targets: [\"orders-*\"]
+    ssh: {}
+  - name: both
+    subjects: {users: [bea]}
+    targets: [\"*\"]
+    postgres: {}
+    ssh: {}
+";
+
+#[test]
+fn a_grant_applies_only_to_the_kinds_whose_section_it_has() -> Result<(), Box<dyn std::error::Error>>
+{
+    let policies = set(KINDS_POLICY)?;
+    let olga = person("olga", &["ops"]);
+    // Before: `db-all` (no ssh: section, targets "*") opened a shell on any SSH host.
+    assert_eq!(
+        ask_ssh(&policies, &olga, "web-1", "db-all")
+            .err()
+            .map(|d| d.sqlstate()),
+        Some("28000")
+    );
+    assert!(ask_ssh(&policies, &olga, "web-1", "olga").is_err());
+    // ...and `hosts-orders` (no postgres: section) minted LOGIN roles on `orders-db`.
+    assert!(ask(&policies, &olga, "orders-db", "hosts-orders", None).is_err());
+    // By own name, each kind sees only its own grant: no ambiguity across kinds.
+    assert_eq!(
+        ask(&policies, &olga, "orders-db", "olga", None)?.name(),
+        "db-all"
+    );
+    assert_eq!(
+        ask_ssh(&policies, &olga, "orders-web", "olga")?.name(),
+        "hosts-orders"
+    );
+    let bea = person("bea", &[]);
+    assert_eq!(ask(&policies, &bea, "x", "bea", None)?.name(), "both");
+    assert_eq!(ask_ssh(&policies, &bea, "x", "bea")?.name(), "both");
+
+    let denial = ask_ssh(&policies, &olga, "web-1", "db-all").err();
+    assert_eq!(
+        denial.as_ref().map(Denial::detail),
+        Some(
+            "no grant gives olga access to target \"web-1\" as \"db-all\" (grant db-all \
+             exists but it has no ssh: section)"
+                .to_string()
+        )
+    );
+    Ok(())
+}
+
+#[test]
+fn explain_says_when_a_grant_is_skipped_for_its_kind() -> Result<(), PolicyError> {
+    let policies = set(KINDS_POLICY)?;
+    let report = explain(
+        &policies,
+        "olga",
+        &["ops".to_string()],
+        "web-1",
+        TargetKind::Ssh,
+    );
+    assert!(
+        report.starts_with("person olga, groups ops, SPIFFE id none, target web-1 (ssh)\n"),
+        "{report}"
+    );
+    assert!(
+        report.contains(
+            "grant db-all (p/a.yaml:2:11)\n  kind:     skipped: no ssh: section, so it never \
+             applies to ssh targets\n  subjects: match (group ops)\n  targets:  match (*)\n  \
+             => does not apply\n"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains("verdict: user=olga is denied: no grant gives olga"),
+        "{report}"
+    );
+    let report = explain(
+        &policies,
+        "olga",
+        &["ops".to_string()],
+        "orders-web",
+        TargetKind::Ssh,
+    );
+    assert!(
+        report.contains("  kind:     match (ssh: section)\n"),
+        "{report}"
+    );
+    assert!(
+        report.ends_with("verdict: user=olga gets grant hosts-orders\n"),
+        "{report}"
+    );
+    Ok(())
+}
+
+// ---- workloads -------------------------------------------------------------------------------
+
+const WORKLOAD_POLICY: &str = "\
+grants:
+  - name: people
+    subjects: {users: [report], groups: [ops]}
+    targets: [orders]
+    postgres: {}
+  - name: machines
+    subjects: {workloads: [report]}
+    targets: [orders]
+    postgres: {roles: [orders_read]}
+";
+
+#[test]
+fn workloads_and_persons_never_match_each_others_subjects() -> Result<(), Box<dyn std::error::Error>>
+{
+    let policies = set(WORKLOAD_POLICY)?;
+    let machine = workload("report");
+    let grant = ask(&policies, &machine, "orders", "report", None)?;
+    assert_eq!(grant.name(), "machines");
+    // A workload with the same name as a user, or OUs naming a group, is still no person.
+    let mut with_ou = workload("report");
+    with_ou.groups = vec!["ops".to_string()];
+    assert!(ask(&policies, &with_ou, "orders", "people", None).is_err());
+    // A person called like the workload gets the person's grant only.
+    let person_report = person("report", &[]);
+    assert_eq!(
+        ask(&policies, &person_report, "orders", "report", None)?.name(),
+        "people"
+    );
+    assert!(ask(&policies, &person_report, "orders", "machines", None).is_err());
+
+    let denial = ask(&policies, &workload("other"), "orders", "other", None).err();
+    assert_eq!(
+        said(denial),
+        Some("no grant gives workload other access to target \"orders\"".to_string())
+    );
+    let report = explain_identity(&policies, &machine, "orders", TargetKind::Postgres);
+    assert!(
+        report.contains("  subjects: match (workload report)"),
+        "{report}"
+    );
+    assert!(report.starts_with("workload report, "), "{report}");
+    Ok(())
+}
+
+#[test]
+fn workload_names_are_checked() {
+    let text = WORKLOAD_POLICY.replace("workloads: [report]", "workloads: [\"a\\tb\"]");
+    let errs = errors(&[("p/a.yaml", &text)]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("p/a.yaml:7:28: workload `a\\tb` must not contain control"),
+        "{errs:?}"
+    );
+}
+
+// ---- what a refusal tells a stranger -----------------------------------------------------------
+
+#[test]
+fn refusals_do_not_tell_whether_a_grant_or_a_target_exists() -> Result<(), PolicyError> {
+    let policies = set(POLICY)?;
+    let mallory = person("mallory", &["sales"]);
+    // A grant that exists (but is not hers) and one that does not: the same words.
+    let exists = ask(&policies, &mallory, "orders", "orders-dba", None).err();
+    let invented = ask(&policies, &mallory, "orders", "orders-xyz", None).err();
+    let (exists, invented) = (said(exists), said(invented));
+    assert_eq!(
+        exists.as_deref().map(|t| t.replace("orders-dba", "NAME")),
+        invented.as_deref().map(|t| t.replace("orders-xyz", "NAME"))
+    );
+    // A target that exists but grants her nothing, and one that does not exist.
+    let existing = said(ask(&policies, &mallory, "orders", "mallory", None).err());
+    let missing = Denial::no_such_target(&mallory, "orders", Some("mallory")).to_string();
+    assert_eq!(existing.as_deref(), Some(missing.as_str()));
+    // Client-chosen names are escaped in the message.
+    let odd = ask(&policies, &mallory, "a\nb\u{1b}[31m", "mallory", None).err();
+    assert_eq!(
+        said(odd),
+        Some("no grant gives mallory access to target \"a\\nb\\x1b[31m\"".to_string())
+    );
+    Ok(())
+}
+
+#[test]
+fn an_offer_names_only_what_applies() -> Result<(), PolicyError> {
+    let policies = set(POLICY)?;
+    let targets = ["orders", "orders_archive", "billing"];
+    let alice = person("alice", &["dba"]);
+    assert_eq!(
+        offer(&policies, &alice, TargetKind::Postgres, targets).to_string(),
+        "grants you can use: orders-dba on orders; orders-read on orders, orders_archive"
+    );
+    let mallory = person("mallory", &[]);
+    assert_eq!(
+        offer(&policies, &mallory, TargetKind::Postgres, targets).to_string(),
+        "you have no grant for any postgres target here"
+    );
+    assert_eq!(
+        offer(&policies, &alice, TargetKind::Ssh, targets).to_string(),
+        "you have no grant for any ssh target here"
+    );
+    Ok(())
+}
+
+// ---- sftp: false and port_forwards only bind clients that ask for them -------------------------
+
+#[test]
+fn explain_and_check_say_a_shell_bypasses_sftp_and_forward_limits() -> Result<(), PolicyError> {
+    let policies = set(SSH_POLICY)?;
+    let report = explain(
+        &policies,
+        "olga",
+        &["ops".to_string()],
+        "web-1",
+        TargetKind::Ssh,
+    );
+    assert!(
+        report.contains(
+            "     note: sftp: false and port_forwards hold only against clients that ask for \
+             them (the sftp subsystem and scp, ssh -L): a shell or exec on the target can still \
+             move files"
+        ),
+        "{report}"
+    );
+    // web-read sets neither: no note for it.
+    assert_eq!(report.matches("     note: ").count(), 1, "{report}");
+    assert_eq!(
+        policies.warnings(),
+        vec![format!("p/a.yaml:2:11: grant web-ops: {SHELL_BYPASS_NOTE}")]
+    );
+    let only_forwards = SSH_POLICY.replace("      sftp: false\n", "");
+    assert_eq!(set(&only_forwards)?.warnings().len(), 1);
+    let neither = SSH_POLICY.replace("      sftp: false\n", "").replace(
+        "      port_forwards: [\"127.0.0.1:5432\", \"DB.internal:443\", \"[::1]:8080\"]\n",
+        "",
+    );
+    assert!(set(&neither)?.warnings().is_empty());
+    assert!(set(POLICY)?.warnings().is_empty());
     Ok(())
 }

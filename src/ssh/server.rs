@@ -17,7 +17,8 @@ use crate::identity::Identity;
 use crate::jit::linux::{LinuxLease, LinuxProvisioner};
 use crate::jit::reaper::LiveLeases;
 use crate::jit::LeaseId;
-use crate::policy::{self, AccessRequest, Denial, Grant, PolicySet};
+use crate::logsafe::{diagnostic, untrusted, Untrusted};
+use crate::policy::{self, AccessRequest, Denial, Grant, PolicySet, TargetKind};
 
 /// What a connection holds once its account exists; shared with `ssh::session`, which drops
 /// the account when the connection ends, whatever state the handler is in.
@@ -39,6 +40,8 @@ pub struct BastionHandler {
     pub reason: Option<String>,
     pub live: LiveLeases,
     pub account: AccountSlot,
+    /// The bastion's SSH target names, for telling a refused person what they can use.
+    offer_targets: Vec<String>,
     decision: Option<Result<Grant, Denial>>,
     grant: Option<Grant>,
     upstream: Option<Arc<client::Handle<PinnedHost>>>,
@@ -66,6 +69,7 @@ impl BastionHandler {
             reason,
             live,
             account,
+            offer_targets: Vec::new(),
             decision: None,
             grant: None,
             upstream: None,
@@ -73,7 +77,15 @@ impl BastionHandler {
         }
     }
 
-    /// Mints the account and logs in upstream. The error is the message for the user.
+    /// The SSH target names a refusal may list (those this person's grants apply to).
+    pub fn offering(mut self, targets: Vec<String>) -> Self {
+        self.offer_targets = targets;
+        self
+    }
+
+    /// Mints the account and logs in upstream. The error is the message for the user: which
+    /// target, and the lease id the operator finds the cause under (the target's script
+    /// output, its address, the admin's trouble stay in the log).
     async fn open(&mut self, grant: Grant) -> Result<(), String> {
         let id = LeaseId::random();
         self.live.insert(&id);
@@ -85,9 +97,10 @@ impl BastionHandler {
             Ok(lease) => Arc::new(lease),
             Err(e) => {
                 self.live.remove(&id);
-                tracing::error!(target_name = %self.target.name, user = %self.identity.user, error = %e, "mint failed");
+                tracing::error!(lease = %id, target_name = %self.target.name, user = %self.identity.user, error = %diagnostic(&e.to_string()), "mint failed");
                 return Err(format!(
-                    "jitgate could not create your account on {}: {e}",
+                    "jitgate could not create your account on target {}; ask the operator \
+                     (reference {id})",
                     self.target.name
                 ));
             }
@@ -95,7 +108,7 @@ impl BastionHandler {
         tracing::info!(
             event = "jit.account.created", lease = %lease.id, account = %lease.user, uid = lease.uid,
             target_name = %self.target.name, grant = grant.name(), user = %self.identity.user,
-            serial = %self.identity.serial, reason = grant.reason().unwrap_or(""), "account created"
+            serial = %self.identity.serial, reason = %untrusted(grant.reason().unwrap_or("")), "account created"
         );
         // Whatever happens next, the session's end drops this account.
         let slot = LiveAccount {
@@ -108,8 +121,12 @@ impl BastionHandler {
         let upstream = super::client::connect_pinned(&self.target, &lease.user, lease.key.expose())
             .await
             .map_err(|e| {
-                tracing::error!(target_name = %self.target.name, account = %lease.user, error = %e, "upstream login failed");
-                format!("jitgate could not log in to {}: {e}", self.target.name)
+                tracing::error!(lease = %lease.id, target_name = %self.target.name, account = %lease.user, error = %diagnostic(&e.to_string()), "upstream login failed");
+                format!(
+                    "jitgate could not log in to target {} with your account; ask the operator \
+                     (reference {})",
+                    self.target.name, lease.id
+                )
             })?;
         let upstream = Arc::new(upstream);
         if let Some(live) = self
@@ -132,6 +149,7 @@ impl BastionHandler {
         let request = AccessRequest {
             identity: &self.identity,
             target: &self.target.name,
+            kind: TargetKind::Ssh,
             requested: user,
             reason: self.reason.as_deref(),
         };
@@ -185,8 +203,13 @@ impl Handler for BastionHandler {
         let outcome = match self.decision.take() {
             Some(Ok(grant)) => self.open(grant).await,
             Some(Err(denial)) => {
-                tracing::info!(event = "access.denied", client = %self.peer, user = %self.identity.user, target_name = %self.target.name, reason = %denial, "login refused");
-                Err(denial.to_string())
+                tracing::info!(event = "access.denied", client = %self.peer, user = %self.identity.user, target_name = %self.target.name, reason = %denial.detail(), "login refused");
+                Err(super::session::refusal_text(
+                    &denial,
+                    &self.policies,
+                    &self.identity,
+                    &self.offer_targets,
+                ))
             }
             None => Err("jitgate: no authentication decision was made".to_string()),
         };
@@ -219,7 +242,7 @@ impl Handler for BastionHandler {
                 self.channels.insert(id, spliced);
             }
             Err(e) => {
-                tracing::warn!(target_name = %self.target.name, error = %e, "upstream refused a session channel");
+                tracing::warn!(target_name = %self.target.name, error = %diagnostic(&e.to_string()), "upstream refused a session channel");
                 reply.reject(ChannelOpenFailure::ConnectFailed).await;
             }
         }
@@ -241,7 +264,7 @@ impl Handler for BastionHandler {
                 .as_ref()
                 .is_some_and(|g| g.forward_allowed(host_to_connect, port))
         });
-        tracing::info!(event = "ssh.port_forward", user = %self.identity.user, target_name = %self.target.name, destination = %format!("{host_to_connect}:{port_to_connect}"), allowed, "direct-tcpip requested");
+        tracing::info!(event = "ssh.port_forward", user = %self.identity.user, target_name = %self.target.name, destination = %untrusted(&format!("{host_to_connect}:{port_to_connect}")), allowed, "direct-tcpip requested");
         let Some(upstream) = self.upstream.as_ref().filter(|_| allowed) else {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
@@ -262,7 +285,7 @@ impl Handler for BastionHandler {
                 splice_stream(channel, up);
             }
             Err(e) => {
-                tracing::info!(error = %e, "upstream could not open the forward");
+                tracing::info!(destination = %untrusted(&format!("{host_to_connect}:{port_to_connect}")), error = %diagnostic(&e.to_string()), "upstream could not open the forward");
                 reply.reject(ChannelOpenFailure::ConnectFailed).await;
             }
         }
@@ -313,6 +336,8 @@ impl Handler for BastionHandler {
         variable_value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // The name only: values (tokens, passwords) are the user's business.
+        tracing::debug!(event = "ssh.env", user = %self.identity.user, name = %untrusted(variable_name), "env");
         let ok = match self.channel(channel) {
             Some(ch) => {
                 let (name, value) = (variable_name.to_string(), variable_value.to_string());
@@ -348,7 +373,7 @@ impl Handler for BastionHandler {
     ) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data).into_owned();
         let allowed = self.sftp_allowed() || !is_scp(&command);
-        tracing::info!(event = "ssh.exec", user = %self.identity.user, target_name = %self.target.name, command = %command, allowed, "exec");
+        tracing::info!(event = "ssh.exec", user = %self.identity.user, target_name = %self.target.name, command = %Untrusted::bytes(data), allowed, "exec");
         let ok = match self.channel(channel).filter(|_| allowed) {
             Some(ch) => {
                 let data = data.to_vec();
@@ -367,7 +392,7 @@ impl Handler for BastionHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let allowed = name != "sftp" || self.sftp_allowed();
-        tracing::info!(event = "ssh.subsystem", user = %self.identity.user, target_name = %self.target.name, subsystem = %name, allowed, "subsystem");
+        tracing::info!(event = "ssh.subsystem", user = %self.identity.user, target_name = %self.target.name, subsystem = %untrusted(name), allowed, "subsystem");
         let ok = match self.channel(channel).filter(|_| allowed) {
             Some(ch) => {
                 let name = name.to_string();

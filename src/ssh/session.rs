@@ -17,7 +17,7 @@ use crate::config::SshTarget;
 use crate::identity::Identity;
 use crate::jit::linux::LinuxProvisioner;
 use crate::jit::reaper::LiveLeases;
-use crate::policy::{self, AccessRequest, Denial, PolicySet};
+use crate::policy::{self, Denial, PolicySet, TargetKind};
 use crate::tls::ServerTls;
 
 type ClientStream = tokio_rustls::server::TlsStream<TcpStream>;
@@ -67,7 +67,7 @@ enum AdmitError {
     Tls(std::io::Error),
     #[error("{0}")]
     Preamble(#[from] preamble::PreambleError),
-    /// Refused, with the message already sent to the tunnel.
+    /// Refused, with the message already sent to the tunnel; this is the operator's version.
     #[error("refused: {0}")]
     Refused(String),
 }
@@ -102,7 +102,8 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
         reason,
         ctx.live.clone(),
         account.clone(),
-    );
+    )
+    .offering(ctx.targets.keys().cloned().collect());
     match russh::server::run_stream(ctx.russh.clone(), stream, handler).await {
         Ok(running) => {
             let handle = running.handle();
@@ -163,7 +164,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
                 tracing::info!(event = "jit.account.dropped", lease = %lease.id, account = %lease.user, target_name = %target.name, "account dropped")
             }
             Err(e) => {
-                tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, account = %lease.user, target_name = %target.name, error = %e, "account NOT dropped; the reaper will retry")
+                tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, account = %lease.user, target_name = %target.name, error = %crate::logsafe::diagnostic(&e.to_string()), "account NOT dropped; the reaper will retry")
             }
         }
         ctx.live.remove(&lease.id);
@@ -204,32 +205,29 @@ async fn admit(tcp: TcpStream, ctx: &SshContext) -> Result<Admitted, AdmitError>
     };
     let identity = match identity {
         Ok(identity) => identity,
-        Err(message) => return refuse(stream, message).await,
+        Err(message) => return refuse(stream, message.clone(), message).await,
     };
     let Some(name) = sni else {
-        return refuse(
-            stream,
-            "no target name was sent (jitgate tunnel sends it as TLS SNI)".into(),
-        )
-        .await;
+        let message = "no target name was sent (jitgate tunnel sends it as TLS SNI)".to_string();
+        return refuse(stream, message.clone(), message).await;
     };
+    let policies = (ctx.policies)();
+    // A target that does not exist and one that exists but grants this person nothing are
+    // refused in the same words: certificate holders learn no target names.
     let Some((target, provisioner)) = ctx.targets.get(&name) else {
-        return refuse(
-            stream,
-            format!("jitgate has no SSH target named \"{name}\""),
-        )
-        .await;
+        let denial = Denial::no_such_target(&identity, &name, None);
+        return refuse_denied(stream, &denial, &policies, &identity, ctx).await;
     };
     // Refuse early when nothing at all would let this person in; which grant applies is
     // decided by the SSH user name, inside SSH.
-    let request = AccessRequest {
-        identity: &identity,
-        target: &name,
-        requested: &identity.user,
-        reason: reason.as_deref(),
-    };
-    if let Err(denial @ Denial::NoGrant { .. }) = policy::evaluate(&(ctx.policies)(), &request) {
-        return refuse(stream, denial.to_string()).await;
+    if policy::applicable_grants(&policies, &identity, &name, TargetKind::Ssh).is_empty() {
+        let denial = policy::no_access(
+            &identity,
+            &name,
+            None,
+            "no grant applies to them for this target".to_string(),
+        );
+        return refuse_denied(stream, &denial, &policies, &identity, ctx).await;
     }
     stream
         .write_all(preamble::ok().as_bytes())
@@ -245,8 +243,49 @@ async fn admit(tcp: TcpStream, ctx: &SshContext) -> Result<Admitted, AdmitError>
     })
 }
 
-async fn refuse(mut stream: ClientStream, message: String) -> Result<Admitted, AdmitError> {
+/// Sends `message` to the tunnel and closes; `detail` is what the log gets.
+async fn refuse(
+    mut stream: ClientStream,
+    message: String,
+    detail: String,
+) -> Result<Admitted, AdmitError> {
     let _ = stream.write_all(preamble::error(&message).as_bytes()).await;
     let _ = stream.shutdown().await;
-    Err(AdmitError::Refused(message))
+    Err(AdmitError::Refused(detail))
+}
+
+async fn refuse_denied(
+    stream: ClientStream,
+    denial: &Denial,
+    policies: &PolicySet,
+    identity: &Identity,
+    ctx: &SshContext,
+) -> Result<Admitted, AdmitError> {
+    let message = refusal_text(denial, policies, identity, ctx.targets.keys());
+    refuse(stream, message, denial.detail()).await
+}
+
+/// A policy refusal as one line for the user: the denial, and for a `NoAccess` what they can
+/// use instead (among the SSH targets in `targets`).
+pub fn refusal_text<'t>(
+    denial: &Denial,
+    policies: &PolicySet,
+    identity: &Identity,
+    targets: impl IntoIterator<Item = &'t String>,
+) -> String {
+    match denial {
+        Denial::NoAccess { .. } => {
+            let offer = policy::offer(
+                policies,
+                identity,
+                TargetKind::Ssh,
+                targets.into_iter().map(String::as_str),
+            );
+            format!("{denial}; {offer}")
+        }
+        Denial::Ambiguous { .. }
+        | Denial::ReasonRequired { .. }
+        | Denial::ReasonTooLong { .. }
+        | Denial::ReasonNotPrintable { .. } => denial.to_string(),
+    }
 }
