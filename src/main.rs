@@ -295,7 +295,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 target,
                 reason,
             };
-            if let Err(e) = runtime()?.block_on(jitgate::ssh::tunnel::run(opts)) {
+            let runtime = runtime()?;
+            let result = runtime.block_on(jitgate::ssh::tunnel::run(opts));
+            // tokio reads stdin on a blocking thread that only returns once ssh writes or
+            // closes stdin, and dropping a runtime waits for its blocking threads: once the
+            // gateway side has ended, leave that thread behind (the process exits) so ssh
+            // sees the connection close at once instead of hanging.
+            runtime.shutdown_background();
+            if let Err(e) = result {
                 // One line for ssh to show on stderr; exit non-zero so ssh reports failure.
                 eprintln!("jitgate: {e}");
                 return Ok(ExitCode::from(1));

@@ -334,7 +334,7 @@ fn authentication_ok_at_once_is_refused() {
     };
     let err = refused_login(&gw);
     assert!(
-        err.contains("jitgate refused to log in to target orders"),
+        err.contains("jitgate could not log in to target orders with your account"),
         "{err}"
     );
     check_fake_got_nothing(&fake, &gw);
@@ -354,7 +354,7 @@ fn authentication_ok_without_sasl_final_is_refused() {
     };
     let err = refused_login(&gw);
     assert!(
-        err.contains("jitgate refused to log in to target orders"),
+        err.contains("jitgate could not log in to target orders with your account"),
         "{err}"
     );
     check_fake_got_nothing(&fake, &gw);
@@ -367,7 +367,7 @@ fn forged_server_signature_is_refused() {
     };
     let err = refused_login(&gw);
     assert!(
-        err.contains("jitgate refused to log in to target orders"),
+        err.contains("jitgate could not log in to target orders with your account"),
         "{err}"
     );
     check_fake_got_nothing(&fake, &gw);
@@ -382,8 +382,13 @@ fn cleartext_and_md5_requests_get_no_password() {
         };
         let err = refused_login(&gw);
         assert!(
-            err.contains("authentication method other than SCRAM-SHA-256"),
+            err.contains("jitgate could not log in to target orders with your account"),
             "{mode:?}: {err}"
+        );
+        assert!(
+            gw.log().contains("jitgate logs in with SCRAM-SHA-256"),
+            "{mode:?}: {}",
+            gw.log()
         );
         check_fake_got_nothing(&fake, &gw);
         assert!(
@@ -487,7 +492,15 @@ fn tls_relay_with_its_own_certificate_fails_the_binding() {
     let fake = Fake::start(pg.port, Mode::TlsRelay(true));
     let relayed = gateway_via(&pg, fake.port, "tls: require");
     let err = refused_login(&relayed);
-    assert!(err.contains("channel binding"), "{err}");
+    assert!(
+        err.contains("jitgate could not log in to target orders with your account"),
+        "{err}"
+    );
+    assert!(
+        relayed.log().contains("channel binding"),
+        "{}",
+        relayed.log()
+    );
     assert!(
         pg.server_log()
             .contains("SCRAM channel binding check failed"),
@@ -507,7 +520,7 @@ fn tls_without_channel_binding_is_refused() {
     };
     let err = refused_login(&gw);
     assert!(
-        err.contains("jitgate refused to log in to target orders"),
+        err.contains("jitgate could not log in to target orders with your account"),
         "{err}"
     );
     assert!(

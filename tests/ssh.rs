@@ -966,3 +966,159 @@ fn max_session_ends_a_running_connection() {
     assert!(err(&o).contains("reached the max_session"), "{}", err(&o));
     assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
 }
+
+/// A client that passes TLS and the preamble, then sends half an SSH version line and goes
+/// silent, is not held: handshake_timeout (3 s here) covers the SSH handshake too
+/// (issue 7 item 4).
+#[test]
+fn a_client_silent_inside_the_ssh_handshake_is_let_go() {
+    let Some(env) = env_with(1) else { return };
+    let config = jitgate::tls::tunnel_client_config(
+        &env.gw.path("certs/ca.crt"),
+        &env.cert,
+        &env.key,
+        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let port = env.gw.ssh_port;
+    let held = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let sni = rustls::pki_types::ServerName::try_from("web-1").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(config)
+                .connect(sni, tcp)
+                .await
+                .unwrap();
+            tls.write_all(jitgate::ssh::preamble::hello(None).as_bytes())
+                .await
+                .unwrap();
+            let answer = jitgate::ssh::preamble::read_line(&mut tls).await.unwrap();
+            assert!(answer.contains("OK"), "{answer}");
+            tls.write_all(b"SSH-2.0-half").await.unwrap();
+            tls.flush().await.unwrap();
+            let start = Instant::now();
+            let mut buf = vec![0u8; 4096];
+            // Read what the gateway says (its version line) until it hangs up.
+            loop {
+                match tokio::time::timeout(Duration::from_secs(30), tls.read(&mut buf)).await {
+                    Err(_) => return None,
+                    Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+                    Ok(Ok(_)) => continue,
+                }
+            }
+        });
+    assert!(
+        held.is_some(),
+        "the gateway still holds a silent client after 30 s: {}",
+        env.gw.log()
+    );
+    assert!(
+        env.gw
+            .log()
+            .contains("SSH handshake did not finish within handshake_timeout"),
+        "{}",
+        env.gw.log()
+    );
+    assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
+}
+
+/// kill -9 of the gateway under a live `ssh … sleep 60`: the tunnel exits, and ssh with it,
+/// instead of freezing (issue 7 item 5). The restarted gateway reaps the account.
+#[test]
+fn the_tunnel_exits_when_the_gateway_dies() {
+    let Some(mut env) = env_with(1) else { return };
+    let mut child = Command::new("ssh")
+        .args(env.opts(&env.cert, &env.key, ""))
+        .args(["alice@web-1", "sleep 60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while env.sshd.own_accounts().is_empty() || !env.gw.log().contains("session started") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no session: {}",
+            env.gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    env.gw.kill_hard();
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if killed.elapsed() > Duration::from_secs(20) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stderr_text = {
+        let mut s = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    };
+    assert!(
+        status.is_some(),
+        "ssh still runs 20 s after the gateway died"
+    );
+    assert_ne!(status.unwrap().code(), Some(0), "{stderr_text}");
+    env.gw.restart();
+    assert_eq!(
+        env.wait_no_accounts(),
+        Vec::<String>::new(),
+        "{}",
+        env.gw.log()
+    );
+}
+
+/// `scp f web-1:` then at once `ssh web-1 cat f`, ten times: the second connection waits for
+/// the first one's account to give the persistent home back, and finds the file
+/// (issue 7 item 8).
+#[test]
+fn back_to_back_connections_keep_the_persistent_home() {
+    let Some(env) = env_with(1) else { return };
+    for round in 0..10 {
+        let name = format!("b2b-{round}.txt");
+        let local = env.work.path().join(&name);
+        fs::write(&local, format!("round {round}\n")).unwrap();
+        let o = Command::new("scp")
+            .args(env.opts(&env.cert, &env.key, ""))
+            .arg(&local)
+            .arg(format!("alice@web-1:{name}"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "scp: {}", err(&o));
+        let o = env.ssh(&["cat", &name]);
+        assert_eq!(
+            out(&o),
+            format!("round {round}"),
+            "round {round}: {}\n{}",
+            err(&o),
+            env.gw.log()
+        );
+    }
+    assert!(
+        !env.gw
+            .log()
+            .contains("this connection gets an ephemeral home"),
+        "{}",
+        env.gw.log()
+    );
+    assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
+}

@@ -142,7 +142,43 @@ pub struct LinuxProvisioner {
     admin_key: Secret<PrivateKey>,
     /// One admin connection, reused while it is up (its channels multiplex).
     admin: tokio::sync::Mutex<Option<Arc<Handle<PinnedHost>>>>,
+    /// Persistent homes (by person directory) whose account is being removed right now, and
+    /// how many such removals run; a mint for that person waits for them (see `mint`).
+    releasing: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    released: tokio::sync::Notify,
 }
+
+/// While it lives, a person's persistent home counts as "being released": taken by
+/// [`LinuxProvisioner::releasing`] when a connection ends, before its account's removal.
+pub struct Releasing<'a> {
+    prov: &'a LinuxProvisioner,
+    person: Option<String>,
+}
+
+impl Drop for Releasing<'_> {
+    fn drop(&mut self) {
+        let Some(person) = self.person.take() else {
+            return;
+        };
+        let mut map = self
+            .prov
+            .releasing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&person) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&person);
+            }
+        }
+        drop(map);
+        self.prov.released.notify_waiters();
+    }
+}
+
+/// Longest a mint waits for the same person's previous account to give their persistent home
+/// back; after that the new connection gets an ephemeral home (as a concurrent one does).
+const RELEASE_WAIT: Duration = Duration::from_secs(30);
 
 impl LinuxProvisioner {
     /// Loads the admin key and checks the pinned host key; connects only when first used.
@@ -164,11 +200,53 @@ impl LinuxProvisioner {
             instance_id,
             admin_key: Secret::new(admin_key),
             admin: tokio::sync::Mutex::new(None),
+            releasing: std::sync::Mutex::new(std::collections::HashMap::new()),
+            released: tokio::sync::Notify::new(),
         }))
     }
 
     pub fn target(&self) -> &SshTarget {
         &self.target
+    }
+
+    /// Marks `lease`'s persistent home as being given back, until the guard is dropped (after
+    /// the removal). Taken as soon as a connection ends, so that the same person's next
+    /// connection (`scp f web-1:` then `ssh web-1 cat f`) waits for its home rather than
+    /// finding it still lent and getting an ephemeral one.
+    pub fn releasing(&self, lease: &LinuxLease) -> Releasing<'_> {
+        let person = (lease.home_mode == HomeMode::Persistent).then(|| lease.home.clone());
+        if let Some(person) = &person {
+            *self
+                .releasing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(person.clone())
+                .or_default() += 1;
+        }
+        Releasing { prov: self, person }
+    }
+
+    /// Waits (at most [`RELEASE_WAIT`]) until no removal holds `home`.
+    async fn wait_released(&self, home: &str) {
+        let until = tokio::time::Instant::now() + RELEASE_WAIT;
+        loop {
+            let notified = self.released.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a release between the two is not missed.
+            notified.as_mut().enable();
+            let busy = self
+                .releasing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(home);
+            if !busy {
+                return;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                tracing::warn!(target_name = %self.target.name, home, "the previous account of this person still holds the home after {}s", RELEASE_WAIT.as_secs());
+                return;
+            }
+        }
     }
 
     /// Creates the account for `grant` and `identity`. Nothing is left on the target on
@@ -179,6 +257,12 @@ impl LinuxProvisioner {
         grant: &Grant,
         identity: &Identity,
     ) -> Result<LinuxLease, LinuxError> {
+        let person = person_dir_name(&identity.home_key());
+        if grant.home() == HomeMode::Persistent {
+            // The same person's previous connection may still be giving the home back.
+            self.wait_released(&format!("{}/home/{person}", self.target.state_dir))
+                .await;
+        }
         let account = account_name(&identity.account_stem());
         let mut key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
             .map_err(|e| LinuxError::KeyGeneration(e.to_string()))?;
@@ -202,7 +286,7 @@ impl LinuxProvisioner {
         let vars = Vars::default()
             .set("state", self.target.state_dir.as_str())
             .set("account", account.as_str())
-            .set("person", person_dir_name(&identity.home_key()))
+            .set("person", person)
             .set("home_mode", grant.home().as_str())
             .set("uid_lo", uid_lo.to_string())
             .set("uid_hi", uid_hi.to_string())

@@ -15,16 +15,19 @@ use super::client::PinnedHost;
 use crate::config::SshTarget;
 use crate::identity::Identity;
 use crate::jit::linux::{LinuxLease, LinuxProvisioner};
-use crate::jit::reaper::LiveLeases;
+use crate::jit::reaper::{LiveGuard, LiveLeases};
 use crate::jit::LeaseId;
 use crate::logsafe::{diagnostic, untrusted, Untrusted};
 use crate::policy::{self, AccessRequest, Denial, Grant, PolicySet, TargetKind};
 
-/// What a connection holds once its account exists; shared with `ssh::session`, which drops
-/// the account when the connection ends, whatever state the handler is in.
+/// What a connection holds once it has authenticated (the client's part of the handshake is
+/// done) and, after the mint, its account; shared with `ssh::session`, which drops the
+/// account when the connection ends, whatever state the handler is in.
 #[derive(Default)]
 pub struct LiveAccount {
     pub lease: Option<Arc<LinuxLease>>,
+    /// Keeps the lease registered as live until the account is dropped (or the task dies).
+    pub live: Option<LiveGuard>,
     pub upstream: Option<Arc<client::Handle<PinnedHost>>>,
     pub grant: Option<String>,
 }
@@ -88,7 +91,7 @@ impl BastionHandler {
     /// output, its address, the admin's trouble stay in the log).
     async fn open(&mut self, grant: Grant) -> Result<(), String> {
         let id = LeaseId::random();
-        self.live.insert(&id);
+        let live = self.live.register(&id);
         let lease = match self
             .provisioner
             .mint(id.clone(), &grant, &self.identity)
@@ -96,7 +99,7 @@ impl BastionHandler {
         {
             Ok(lease) => Arc::new(lease),
             Err(e) => {
-                self.live.remove(&id);
+                drop(live);
                 tracing::error!(lease = %id, target_name = %self.target.name, user = %self.identity.user, error = %diagnostic(&e.to_string()), "mint failed");
                 return Err(format!(
                     "jitgate could not create your account on target {}; ask the operator \
@@ -113,6 +116,7 @@ impl BastionHandler {
         // Whatever happens next, the session's end drops this account.
         let slot = LiveAccount {
             lease: Some(lease.clone()),
+            live: Some(live),
             upstream: None,
             grant: Some(grant.name().to_string()),
         };
@@ -154,6 +158,12 @@ impl BastionHandler {
             reason: self.reason.as_deref(),
         };
         self.decision = Some(policy::evaluate(&self.policies, &request));
+        // The client has done its part of the handshake: from here its deadline is the
+        // mint's and the login's own, not handshake_timeout.
+        self.account
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(LiveAccount::default);
         Auth::Accept
     }
 

@@ -74,6 +74,10 @@ enum AdmitError {
 
 pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
     let _ = tcp.set_nodelay(true);
+    // handshake_timeout covers the client's whole part up to a started session: TLS, the
+    // preamble, then SSH's version exchange, key exchange and authentication request (as
+    // OpenSSH's LoginGraceTime does), so a client that goes silent half-way is not held.
+    let deadline = tokio::time::Instant::now() + ctx.handshake_timeout;
     let admitted = match tokio::time::timeout(ctx.handshake_timeout, admit(tcp, &ctx)).await {
         Err(_) => return tracing::info!(client = %peer, "bastion handshake timed out"),
         Ok(Err(AdmitError::Refused(reason))) => {
@@ -104,7 +108,16 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
         account.clone(),
     )
     .offering(ctx.targets.keys().cloned().collect());
-    match russh::server::run_stream(ctx.russh.clone(), stream, handler).await {
+    // run_stream itself waits for the client's version line.
+    let Ok(started) = tokio::time::timeout_at(
+        deadline,
+        russh::server::run_stream(ctx.russh.clone(), stream, handler),
+    )
+    .await
+    else {
+        return handshake_timed_out(peer, &ctx);
+    };
+    match started {
         Ok(running) => {
             let handle = running.handle();
             tokio::pin!(running);
@@ -121,6 +134,12 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
                     Some(at) => at.duration_since(SystemTime::now()).unwrap_or_default(),
                     None => Duration::from_secs(1),
                 };
+                let authenticated = account.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+                if !authenticated && tokio::time::Instant::now() >= deadline {
+                    // Before authentication there may be no SSH transport to say goodbye on.
+                    handshake_timed_out(peer, &ctx);
+                    break;
+                }
                 let why = if expires_at.is_some() && wait.is_zero() {
                     "jitgate: this session reached the max_session of its grant"
                 } else {
@@ -153,6 +172,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
     let Some(live) = live else {
         return;
     };
+    let _releasing = live.lease.as_ref().map(|l| provisioner.releasing(l));
     if let Some(upstream) = live.upstream {
         let _ = upstream
             .disconnect(russh::Disconnect::ByApplication, "", "en")
@@ -167,9 +187,14 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
                 tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, account = %lease.user, target_name = %target.name, error = %crate::logsafe::diagnostic(&e.to_string()), "account NOT dropped; the reaper will retry")
             }
         }
-        ctx.live.remove(&lease.id);
+        // `live.live` (the lease's registration) goes here, after the drop was tried.
+        drop(live.live);
         tracing::info!(event = "session.end", lease = %lease.id, user = %user, target_name = %target.name, "session ended");
     }
+}
+
+fn handshake_timed_out(peer: SocketAddr, ctx: &SshContext) {
+    tracing::info!(client = %peer, seconds = ctx.handshake_timeout.as_secs(), "SSH handshake did not finish within handshake_timeout; connection closed");
 }
 
 async fn admit(tcp: TcpStream, ctx: &SshContext) -> Result<Admitted, AdmitError> {
