@@ -324,6 +324,12 @@ fn jit_refusal(e: &JitError) -> Refusal {
             Refusal::new("08006", format!("jitgate cannot create your account on target {target}: its admin access is misconfigured"))
                 .hint("ask the jitgate operator to check the target's admin credential; details are in the gateway log")
         }
+        // Short for the user, as for the JIT login: what the server sent is in the gateway log.
+        JitError::AdminUnauthenticated { target, .. } => Refusal::new(
+            "08006",
+            format!("jitgate cannot create your account on target {target}: the server did not prove it is the real target"),
+        )
+        .hint("ask the jitgate operator; details are in the gateway log"),
         JitError::Sql { target, reason, sqlstate, .. } => Refusal::new(
             sqlstate.as_deref().unwrap_or("08006"),
             format!("jitgate could not create your account on target {target}: {reason}"),
