@@ -633,11 +633,6 @@ fn tls_without_channel_binding_is_refused() {
 fn check_admin_refused(pg: &Postgres, fake: &Fake, gw: &Gateway) {
     let err = refused_login(gw);
     assert!(
-        err.contains("jitgate cannot create your account on target orders"),
-        "{err}\n{}",
-        gw.log()
-    );
-    assert!(
         !fake.admin_startups().is_empty(),
         "the fake saw no admin login"
     );
@@ -650,6 +645,11 @@ fn check_admin_refused(pg: &Postgres, fake: &Fake, gw: &Gateway) {
     assert!(
         received.is_empty(),
         "the admin connection sent the fake {text:?}"
+    );
+    assert!(
+        err.contains("jitgate cannot create your account on target orders"),
+        "{err}\n{}",
+        gw.log()
     );
     assert_eq!(fake.jit_logins(), 0, "{}", gw.log());
     assert!(

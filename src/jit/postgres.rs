@@ -310,10 +310,10 @@ impl PgProvisioner {
     /// Logs in as the target's admin. The login must be a complete SCRAM-SHA-256 exchange
     /// whose server signature verifies (`admin_login::AuthGuard`: a server asking for the
     /// password in cleartext or MD5, or saying AuthenticationOk without SCRAM, gets nothing),
-    /// and over TLS it must be SCRAM-SHA-256-PLUS, bound to this TLS connection: a relay that
-    /// terminates TLS, even one `tls: require` lets through, cannot pass it on to the real
-    /// server. Otherwise whoever answers would get the admin's session, and with it the
-    /// verifier of every JIT role minted over it.
+    /// and over TLS it must be SCRAM-SHA-256-PLUS, bound to this TLS connection, so that a
+    /// relay terminating TLS with its own certificate (which `tls: require` does not check)
+    /// cannot pass the exchange on to the real server. Otherwise whoever answers would get the
+    /// admin's session, and with it the verifier of every JIT role minted over it.
     async fn connect_admin(&self, database: &str) -> Result<Client, JitError> {
         let t = &self.target;
         let password = t
@@ -406,7 +406,9 @@ impl PgProvisioner {
         }
         let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
         // tokio-postgres's own authentication failures (no channel binding over TLS, a server
-        // signature that does not verify) only show as its "authentication error" kind.
+        // signature that does not verify) only show as its "authentication error" kind, which
+        // it does not expose otherwise. Should that text change, such a login still fails, only
+        // reported as unreachable.
         if LoginRefusal::find(&e).is_some() || e.to_string() == "authentication error" {
             return JitError::AdminUnauthenticated {
                 target: t.name.clone(),
