@@ -3,6 +3,8 @@
 //! (AuthenticationOk at once, a forged SCRAM signature, cleartext/MD5 requests, a TLS relay).
 //! psql through the real gateway must get a FATAL, and the fake must never see a query or the
 //! minted password. Over TLS the login uses SCRAM-SHA-256-PLUS against a real PostgreSQL.
+//! The admin login is held to the same: a fake answering it (cleartext request, AuthenticationOk
+//! at once, a TLS relay to the real server) gets neither the admin password nor a statement.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -38,15 +40,28 @@ enum Mode {
     Md5,
     /// Terminates TLS with its own certificate and relays the JIT login to the real server,
     /// over TLS (`true`: the server offers -PLUS for its own certificate) or plain (`false`:
-    /// only SCRAM-SHA-256 reaches the gateway). The admin connection is relayed plain.
+    /// only SCRAM-SHA-256 reaches the gateway). The first connection, the admin's (opened by the
+    /// start-up reaper before the gateway listens, then reused from the pool), is passed through
+    /// untouched, TLS and all: the gateway binds its admin login to the TLS connection, so a
+    /// relay that terminates TLS cannot carry it (see `AdminTlsRelay`).
     TlsRelay(bool),
+    /// Answers the admin login with AuthenticationCleartextPassword, and should a password come,
+    /// plays a logged-in server.
+    AdminCleartext,
+    /// Answers the admin login with AuthenticationOk at once and plays a logged-in server.
+    AdminOkAtOnce,
+    /// Terminates TLS with its own certificate and relays the admin login plain to the real
+    /// server (which then offers SCRAM-SHA-256 only), recording what the gateway sends.
+    AdminTlsRelay,
 }
 
 /// The fake upstream; `received` is everything the gateway sent on JIT logins.
+/// In the admin modes, `received` is what the gateway sent on its admin logins.
 struct Fake {
     port: u16,
     received: Arc<Mutex<Vec<u8>>>,
     jit_logins: Arc<Mutex<usize>>,
+    admin_startups: Arc<Mutex<Vec<Vec<u8>>>>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -61,16 +76,21 @@ impl Fake {
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let jit_logins = Arc::new(Mutex::new(0));
+        let admin_startups = Arc::new(Mutex::new(Vec::new()));
         let acceptor = tokio_rustls::TlsAcceptor::from(relay_tls_config());
-        let (r, j) = (received.clone(), jit_logins.clone());
+        let record = Record {
+            received: received.clone(),
+            jit_logins: jit_logins.clone(),
+            admin_startups: admin_startups.clone(),
+        };
         rt.spawn(async move {
-            loop {
+            for index in 0.. {
                 let Ok((sock, _)) = listener.accept().await else {
                     return;
                 };
-                let (r, j, acceptor) = (r.clone(), j.clone(), acceptor.clone());
+                let (record, acceptor) = (record.clone(), acceptor.clone());
                 tokio::spawn(async move {
-                    let _ = serve(sock, pg_port, mode, acceptor, r, j).await;
+                    let _ = serve(sock, index, pg_port, mode, acceptor, record).await;
                 });
             }
         });
@@ -78,8 +98,13 @@ impl Fake {
             port,
             received,
             jit_logins,
+            admin_startups,
             _rt: rt,
         }
+    }
+
+    fn admin_startups(&self) -> Vec<Vec<u8>> {
+        self.admin_startups.lock().unwrap().clone()
     }
 
     fn received(&self) -> Vec<u8> {
@@ -94,17 +119,35 @@ impl Fake {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
+/// What the fake keeps for the test to look at.
+#[derive(Clone)]
+struct Record {
+    received: Arc<Mutex<Vec<u8>>>,
+    jit_logins: Arc<Mutex<usize>>,
+    admin_startups: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
 async fn serve(
     mut sock: TcpStream,
+    index: usize,
     pg_port: u16,
     mode: Mode,
     acceptor: tokio_rustls::TlsAcceptor,
-    received: Arc<Mutex<Vec<u8>>>,
-    jit_logins: Arc<Mutex<usize>>,
+    record: Record,
 ) -> std::io::Result<()> {
+    let Record {
+        received,
+        jit_logins,
+        admin_startups,
+    } = record;
+    if let (Mode::TlsRelay(_), 0) = (mode, index) {
+        let mut pg = TcpStream::connect(("127.0.0.1", pg_port)).await?;
+        tokio::io::copy_bidirectional(&mut sock, &mut pg).await?;
+        return Ok(());
+    }
     let mut startup = read_startup(&mut sock).await?;
     let mut client: Box<dyn Io> = if code(&startup) == SSL_REQUEST {
-        if let Mode::TlsRelay(_) = mode {
+        if let Mode::TlsRelay(_) | Mode::AdminTlsRelay = mode {
             sock.write_all(b"S").await?;
             let mut tls = acceptor.accept(sock).await?;
             startup = read_startup(&mut tls).await?;
@@ -119,14 +162,48 @@ async fn serve(
     };
     let user = startup_user(&startup);
     if !user.starts_with("jit_") {
-        // The admin connection goes to the real server as it came, plain.
-        let mut pg = TcpStream::connect(("127.0.0.1", pg_port)).await?;
-        pg.write_all(&startup).await?;
-        tokio::io::copy_bidirectional(&mut client, &mut pg).await?;
-        return Ok(());
+        admin_startups.lock().unwrap().push(startup.clone());
+        match mode {
+            Mode::AdminCleartext => {
+                client.write_all(&auth(3, b"")).await?;
+                // A PasswordMessage is recorded; then the gateway gets what it expects next.
+                if read_record(&mut client, &received).await.is_ok() {
+                    session(&mut client, &received).await;
+                }
+                return Ok(());
+            }
+            Mode::AdminOkAtOnce => {
+                session(&mut client, &received).await;
+                return Ok(());
+            }
+            Mode::AdminTlsRelay => {
+                let pg = TcpStream::connect(("127.0.0.1", pg_port)).await?;
+                return relay_recording(client, pg, &startup, &received).await;
+            }
+            Mode::OkAtOnce
+            | Mode::OkWithoutFinal
+            | Mode::ForgedFinal
+            | Mode::Cleartext
+            | Mode::Md5
+            | Mode::TlsRelay(_) => {
+                // The admin connection goes to the real server as it came, plain.
+                let mut pg = TcpStream::connect(("127.0.0.1", pg_port)).await?;
+                pg.write_all(&startup).await?;
+                tokio::io::copy_bidirectional(&mut client, &mut pg).await?;
+                return Ok(());
+            }
+        }
     }
     *jit_logins.lock().unwrap() += 1;
     match mode {
+        // Only reached if the admin login went through the fake (which it must not).
+        Mode::AdminCleartext | Mode::AdminOkAtOnce => Ok(()),
+        Mode::AdminTlsRelay => {
+            let mut pg = TcpStream::connect(("127.0.0.1", pg_port)).await?;
+            pg.write_all(&startup).await?;
+            tokio::io::copy_bidirectional(&mut client, &mut pg).await?;
+            Ok(())
+        }
         Mode::TlsRelay(upstream_tls) => {
             let mut pg = TcpStream::connect(("127.0.0.1", pg_port)).await?;
             let mut pg: Box<dyn Io> = if upstream_tls {
@@ -206,6 +283,31 @@ async fn session(client: &mut Box<dyn Io>, received: &Arc<Mutex<Vec<u8>>>) {
             return;
         }
     }
+}
+
+/// Relays `client` to `pg` (after sending `startup`), appending what the client sends to
+/// `received`.
+async fn relay_recording(
+    client: Box<dyn Io>,
+    mut pg: TcpStream,
+    startup: &[u8],
+    received: &Arc<Mutex<Vec<u8>>>,
+) -> std::io::Result<()> {
+    pg.write_all(startup).await?;
+    let (mut from_client, mut to_client) = tokio::io::split(client);
+    let (mut from_pg, mut to_pg) = pg.into_split();
+    let down = tokio::spawn(async move { tokio::io::copy(&mut from_pg, &mut to_client).await });
+    let mut buf = vec![0; 8192];
+    loop {
+        let n = from_client.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        received.lock().unwrap().extend_from_slice(&buf[..n]);
+        to_pg.write_all(&buf[..n]).await?;
+    }
+    down.abort();
+    Ok(())
 }
 
 fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -514,10 +616,18 @@ fn tls_relay_with_its_own_certificate_fails_the_binding() {
 #[test]
 fn tls_without_channel_binding_is_refused() {
     // The relay terminates TLS and talks plain to the server: the gateway sees TLS but only
-    // SCRAM-SHA-256, as from a TLS-terminating proxy or a man in the middle.
-    let Some((_pg, fake, gw)) = fake_env(Mode::TlsRelay(false), "tls: require") else {
+    // SCRAM-SHA-256, as from a TLS-terminating proxy or a man in the middle. The server has
+    // TLS for the admin connection, which the relay passes through untouched.
+    if which("psql").is_none() {
+        unavailable("psql (apt-get install postgresql-client)");
+        return;
+    }
+    let Some(pg) = Postgres::start() else {
         return;
     };
+    enable_ssl(&pg);
+    let fake = Fake::start(pg.port, Mode::TlsRelay(false));
+    let gw = gateway_via(&pg, fake.port, "tls: require");
     let err = refused_login(&gw);
     assert!(
         err.contains("jitgate could not log in to target orders with your account"),
@@ -529,4 +639,128 @@ fn tls_without_channel_binding_is_refused() {
         gw.log()
     );
     assert_eq!(fake.jit_logins(), 1);
+}
+
+/// Checks that the admin login to the fake was abandoned before it sent anything (no password,
+/// no statement), and that psql was told its account could not be created.
+fn check_admin_refused(pg: &Postgres, fake: &Fake, gw: &Gateway) {
+    let err = refused_login(gw);
+    assert!(
+        !fake.admin_startups().is_empty(),
+        "the fake saw no admin login"
+    );
+    let received = fake.received();
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        !text.contains(&pg.admin_password),
+        "the fake got the admin password: {text:?}"
+    );
+    assert!(
+        received.is_empty(),
+        "the admin connection sent the fake {text:?}"
+    );
+    assert!(
+        err.contains("jitgate could not create your account on target orders"),
+        "{err}\n{}",
+        gw.log()
+    );
+    assert_eq!(fake.jit_logins(), 0, "{}", gw.log());
+    assert!(
+        gw.log()
+            .contains("did not authenticate itself to jitgate's admin login"),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(pg.jit_roles(), Vec::<String>::new());
+}
+
+#[test]
+fn admin_login_sends_no_cleartext_password() {
+    let Some((pg, fake, gw)) = fake_env(Mode::AdminCleartext, "tls: disable") else {
+        return;
+    };
+    check_admin_refused(&pg, &fake, &gw);
+    assert!(gw.log().contains("cleartext password"), "{}", gw.log());
+}
+
+#[test]
+fn admin_login_refuses_authentication_ok_at_once() {
+    let Some((pg, fake, gw)) = fake_env(Mode::AdminOkAtOnce, "tls: disable") else {
+        return;
+    };
+    check_admin_refused(&pg, &fake, &gw);
+    assert!(
+        gw.log()
+            .contains("AuthenticationOk before a complete SCRAM exchange"),
+        "{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn admin_login_over_tls_requires_channel_binding() {
+    // `tls: require` checks no certificate: a relay with its own certificate that talks plain
+    // to the real server would pass the admin's SCRAM through (SCRAM-SHA-256 with the `y` flag)
+    // and then read every CREATE ROLE, verifiers included, unless the login is bound to TLS.
+    if which("psql").is_none() {
+        unavailable("psql (apt-get install postgresql-client)");
+        return;
+    }
+    let Some(pg) = Postgres::start() else {
+        return;
+    };
+    enable_ssl(&pg);
+    let fake = Fake::start(pg.port, Mode::AdminTlsRelay);
+    let gw = gateway_via(&pg, fake.port, "tls: require");
+    check_admin_refused(&pg, &fake, &gw);
+    assert!(
+        gw.log().contains("server did not use channel binding"),
+        "{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn admin_login_over_tls_require_works_with_real_postgres() {
+    // The other side of the test above: a real server with TLS offers SCRAM-SHA-256-PLUS, and
+    // channel binding required still logs in (under `require`, with no CA).
+    if which("psql").is_none() {
+        unavailable("psql (apt-get install postgresql-client)");
+        return;
+    }
+    let Some(pg) = Postgres::start() else {
+        return;
+    };
+    enable_ssl(&pg);
+    let gw = Gateway::start_edited(Some(&pg), None, DEFAULT_POLICY, |c| {
+        c.replace("tls: disable", "tls: require")
+    });
+    let (crt, key) = gw.issue("alice", &["dba"]);
+    let out = psql(&gw.conninfo("alice", Some((&crt, &key)), ""), "SELECT 1");
+    assert!(out.status.success(), "{}\n{}", stderr(&out), gw.log());
+    let admin_ssl = pg.superuser_sql(
+        "postgres",
+        &format!(
+            "SELECT DISTINCT ssl FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE usename = '{ADMIN_USER}'"
+        ),
+    );
+    assert_eq!(admin_ssl, "t", "{}", gw.log());
+    assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new(), "{}", gw.log());
+}
+
+#[test]
+fn admin_sessions_start_with_statement_and_lock_timeouts() {
+    // The start-up reaper's admin login passes through the fake, which keeps its StartupMessage.
+    let Some((_pg, fake, gw)) = fake_env(Mode::OkAtOnce, "tls: disable") else {
+        return;
+    };
+    let startups = fake.admin_startups();
+    assert!(!startups.is_empty(), "{}", gw.log());
+    for startup in startups {
+        let text = String::from_utf8_lossy(&startup);
+        assert!(
+            text.contains("options\0-c statement_timeout=10s -c lock_timeout=5s\0"),
+            "{text:?}"
+        );
+    }
 }

@@ -2,6 +2,7 @@
 //! when the session ends. The lease (who, until when, which gateway) is written on the account
 //! itself, so a reaper can clean up after a crash without any state of the gateway's own.
 
+pub mod admin_login;
 pub mod lease;
 pub mod linux;
 pub mod postgres;

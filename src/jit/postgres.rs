@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 use tokio_postgres::Client;
 
+use super::admin_login::{AdminTls, AuthGuard, LoginRefusal};
 use super::lease::{random_password, random_suffix, LeaseId, Marker, PgLease};
 use crate::config::{PgTarget, UpstreamTls};
 use crate::identity::Identity;
@@ -17,6 +18,15 @@ use crate::policy::Grant;
 /// PostgreSQL's NAMEDATALEN - 1.
 const MAX_ROLE_NAME: usize = 63;
 const ADMIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// TLS handshake and authentication of an admin connection, after the TCP connect.
+const ADMIN_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin statements are small (one CREATE ROLE, one DROP, a catalogue lookup): one that runs
+/// longer is stuck. Longer than the 5 s `pg_terminate_backend` waits for a backend to exit.
+const ADMIN_STATEMENT_TIMEOUT: &str = "10s";
+/// A lock someone else holds on a JIT role or an object it owns must not stall a drop forever
+/// (`DROP OWNED` / `DROP ROLE` wait for it): the statement fails with SQLSTATE 55P03, and the
+/// drop is tried again later. Shorter than the statement timeout, so a lock wait says so.
+const ADMIN_LOCK_TIMEOUT: &str = "5s";
 const IDLE_ADMIN_CONNECTIONS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +39,11 @@ pub enum JitError {
     },
     #[error("target {target} rejected jitgate's admin login: {reason}")]
     AdminRejected { target: String, reason: String },
+    /// The server answering the admin login did not prove it is the target (see
+    /// `connect_admin`): a fake server, a man in the middle, or a pg_hba.conf method other than
+    /// scram-sha-256. The admin password was not sent.
+    #[error("target {target} did not authenticate itself to jitgate's admin login, login abandoned: {reason}")]
+    AdminUnauthenticated { target: String, reason: String },
     #[error("cannot read the admin password of target {target}: {reason}")]
     AdminCredential { target: String, reason: String },
     #[error("target {target}: {statement} failed: {reason}")]
@@ -51,6 +66,7 @@ impl JitError {
             JitError::Unreachable { .. } => true,
             JitError::Sql { sqlstate, .. } => sqlstate.is_none(),
             JitError::AdminRejected { .. }
+            | JitError::AdminUnauthenticated { .. }
             | JitError::AdminCredential { .. }
             | JitError::NotOurs { .. }
             | JitError::Tls { .. } => false,
@@ -325,6 +341,13 @@ impl PgProvisioner {
         }
     }
 
+    /// Logs in as the target's admin. The login must be a complete SCRAM-SHA-256 exchange
+    /// whose server signature verifies (`admin_login::AuthGuard`: a server asking for the
+    /// password in cleartext or MD5, or saying AuthenticationOk without SCRAM, gets nothing),
+    /// and over TLS it must be SCRAM-SHA-256-PLUS, bound to this TLS connection, so that a
+    /// relay terminating TLS with its own certificate (which `tls: require` does not check)
+    /// cannot pass the exchange on to the real server. Otherwise whoever answers would get the
+    /// admin's session, and with it the verifier of every JIT role minted over it.
     async fn connect_admin(&self, database: &str) -> Result<Client, JitError> {
         let t = &self.target;
         let password = t
@@ -337,59 +360,124 @@ impl PgProvisioner {
             })?;
         let mut config = tokio_postgres::Config::new();
         config
-            .host(&t.host)
-            .port(t.port)
             .user(&t.admin.user)
             .password(password.expose().as_bytes())
             .dbname(database)
             .application_name("jitgate")
-            .connect_timeout(ADMIN_CONNECT_TIMEOUT);
-        let result = match &t.tls {
-            UpstreamTls::Disable => {
-                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                config
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map(|(client, conn)| {
-                        spawn_connection(conn);
-                        client
-                    })
-            }
-            UpstreamTls::Require | UpstreamTls::VerifyFull { .. } => {
-                let ca = match &t.tls {
-                    UpstreamTls::VerifyFull { ca } => Some(ca.as_path()),
-                    UpstreamTls::Require | UpstreamTls::Disable => None,
-                };
-                let tls = crate::tls::upstream_client_config(ca).map_err(|e| JitError::Tls {
-                    target: t.name.clone(),
-                    reason: e.to_string(),
-                })?;
-                config.ssl_mode(tokio_postgres::config::SslMode::Require);
-                let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
-                config.connect(connector).await.map(|(client, conn)| {
+            .options(admin_options())
+            .channel_binding(tokio_postgres::config::ChannelBinding::Require);
+        let unreachable = |reason: String| JitError::Unreachable {
+            target: t.name.clone(),
+            addr: format!("{}:{}", t.host, t.port),
+            reason,
+        };
+        let tcp = tokio::time::timeout(
+            ADMIN_CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((t.host.as_str(), t.port)),
+        )
+        .await
+        .map_err(|_| unreachable("connect timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| unreachable(e.to_string()))?;
+        // `connect_raw` applies no timeout of its own: a server that stalls the login must not
+        // stall the mint or drop waiting on it.
+        let login = async {
+            match &t.tls {
+                UpstreamTls::Disable => {
+                    // Nothing to bind SCRAM to without TLS; tokio-postgres must not insist.
+                    config
+                        .ssl_mode(tokio_postgres::config::SslMode::Disable)
+                        .channel_binding(tokio_postgres::config::ChannelBinding::Disable);
+                    let (client, conn) = config
+                        .connect_raw(AuthGuard::new(tcp), tokio_postgres::NoTls)
+                        .await?;
                     spawn_connection(conn);
-                    client
-                })
+                    Ok(client)
+                }
+                UpstreamTls::Require | UpstreamTls::VerifyFull { .. } => {
+                    config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                    let (client, conn) = config.connect_raw(tcp, self.admin_tls()?).await?;
+                    spawn_connection(conn);
+                    Ok::<_, AdminConnect>(client)
+                }
             }
         };
-        result.map_err(|e| self.connect_error(e))
+        match tokio::time::timeout(ADMIN_LOGIN_TIMEOUT, login).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(AdminConnect::Tls(e))) => Err(e),
+            Ok(Err(AdminConnect::Postgres(e))) => Err(self.connect_error(e)),
+            Err(_) => Err(unreachable("admin login timed out".into())),
+        }
+    }
+
+    fn admin_tls(&self) -> Result<AdminTls, JitError> {
+        let t = &self.target;
+        let tls_err = |reason: String| JitError::Tls {
+            target: t.name.clone(),
+            reason,
+        };
+        let ca = match &t.tls {
+            UpstreamTls::VerifyFull { ca } => Some(ca.as_path()),
+            UpstreamTls::Require | UpstreamTls::Disable => None,
+        };
+        let config = crate::tls::upstream_client_config(ca).map_err(|e| tls_err(e.to_string()))?;
+        let server_name = rustls_pki_types::ServerName::try_from(t.host.clone())
+            .map_err(|e| tls_err(e.to_string()))?;
+        Ok(AdminTls {
+            config,
+            server_name,
+        })
     }
 
     fn connect_error(&self, e: tokio_postgres::Error) -> JitError {
         let t = &self.target;
-        match e.as_db_error() {
-            Some(db) => JitError::AdminRejected {
+        if let Some(db) = e.as_db_error() {
+            return JitError::AdminRejected {
                 target: t.name.clone(),
                 reason: db.message().to_string(),
-            },
-            None => JitError::Unreachable {
+            };
+        }
+        let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        // tokio-postgres's own authentication failures (no channel binding over TLS, a server
+        // signature that does not verify) only show as its "authentication error" kind, which
+        // it does not expose otherwise. Should that text change, such a login still fails, only
+        // reported as unreachable.
+        if LoginRefusal::find(&e).is_some() || e.to_string() == "authentication error" {
+            return JitError::AdminUnauthenticated {
                 target: t.name.clone(),
-                addr: format!("{}:{}", t.host, t.port),
-                reason: std::error::Error::source(&e)
-                    .map_or_else(|| e.to_string(), |s| s.to_string()),
-            },
+                reason,
+            };
+        }
+        JitError::Unreachable {
+            target: t.name.clone(),
+            addr: format!("{}:{}", t.host, t.port),
+            reason,
         }
     }
+}
+
+/// What can end `connect_admin`'s login.
+enum AdminConnect {
+    Tls(JitError),
+    Postgres(tokio_postgres::Error),
+}
+
+impl From<JitError> for AdminConnect {
+    fn from(e: JitError) -> Self {
+        AdminConnect::Tls(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for AdminConnect {
+    fn from(e: tokio_postgres::Error) -> Self {
+        AdminConnect::Postgres(e)
+    }
+}
+
+/// `-c` options for every admin session, so that no admin statement can hang (issue 7 item 10).
+fn admin_options() -> String {
+    format!("-c statement_timeout={ADMIN_STATEMENT_TIMEOUT} -c lock_timeout={ADMIN_LOCK_TIMEOUT}")
 }
 
 fn spawn_connection<S, T>(conn: tokio_postgres::Connection<S, T>)

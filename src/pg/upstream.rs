@@ -430,7 +430,7 @@ fn channel_binding(stream: &UpstreamStream) -> Result<Option<Vec<u8>>, String> {
 /// signature algorithm, SHA-256 for MD5 and SHA-1. PostgreSQL computes the same on its side
 /// (`be_tls_get_certificate_hash`) and refuses certificates whose signature has no single hash
 /// (Ed25519, RSA-PSS): so do we, as no login with -PLUS could succeed anyway.
-fn tls_server_end_point(der: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn tls_server_end_point(der: &[u8]) -> Result<Vec<u8>, String> {
     use x509_parser::oid_registry as oid;
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| format!("cannot read the server certificate: {e}"))?;
