@@ -18,9 +18,18 @@ const HOLD_SECS: u64 = 25;
 
 #[test]
 fn a_held_lock_does_not_stall_the_drop() {
-    let Some((pg, gw)) = pg_env(DEFAULT_POLICY) else {
+    if which("psql").is_none() {
+        unavailable("psql");
         return;
-    };
+    }
+    let Some(pg) = Postgres::start() else { return };
+    // A short reap interval, so the hand-over to the reaper is seen within the test.
+    let gw = Gateway::start_edited(Some(&pg), None, DEFAULT_POLICY, |config| {
+        config.replace(
+            "handshake_timeout: 3s\n",
+            "handshake_timeout: 3s\nreap_interval: 2s\n",
+        )
+    });
     let (crt, key) = gw.issue("alice", &["dba"]);
     let conninfo = gw.conninfo("alice", Some((&crt, &key)), "");
     let session = std::thread::spawn(move || psql(&conninfo, "SELECT pg_sleep(4)"));
@@ -92,6 +101,23 @@ fn a_held_lock_does_not_stall_the_drop() {
         statement.contains("STATEMENT:") && statement.contains(&format!("DROP ROLE \"{role}\"")),
         "{statement}"
     );
+    // The session did not wait for the lock: it handed the role to the reaper and ended.
+    let handed = Instant::now();
+    while !gw.log().contains("handed to the reaper") {
+        assert!(
+            handed.elapsed() < Duration::from_secs(10),
+            "the session did not hand the role over: {}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(gw.log().contains("session ended"), "{}", gw.log());
+    // Once the lock is gone, the reaper (the lease is no longer live) drops the role.
     let _ = holder.kill();
     let _ = holder.wait();
+    pg.superuser_sql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%COMMENT ON ROLE%held%' AND pid <> pg_backend_pid()",
+    );
+    assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new(), "{}", gw.log());
 }
