@@ -698,20 +698,31 @@ fn no_certificate_answer(env: &Env) -> String {
         .build()
         .unwrap()
         .block_on(async move {
-            use tokio::io::AsyncWriteExt;
-            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .unwrap();
-            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let mut tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await
-                .unwrap();
-            tls.write_all(jitgate::ssh::preamble::hello(None).as_bytes())
-                .await
-                .unwrap();
+            let mut tls = raw_tunnel(config, port, "localhost").await;
             jitgate::ssh::preamble::read_line(&mut tls).await.unwrap()
         })
+}
+
+/// What `jitgate tunnel` does up to the preamble, by hand: TLS to the bastion with `sni`, then
+/// the hello line; the answer is left for the caller to read.
+async fn raw_tunnel(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    port: u16,
+    sni: &'static str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sni).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(jitgate::ssh::preamble::hello(None).as_bytes())
+        .await
+        .unwrap();
+    tls
 }
 
 #[test]
@@ -987,17 +998,7 @@ fn a_client_silent_inside_the_ssh_handshake_is_let_go() {
         .unwrap()
         .block_on(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .unwrap();
-            let sni = rustls::pki_types::ServerName::try_from("web-1").unwrap();
-            let mut tls = tokio_rustls::TlsConnector::from(config)
-                .connect(sni, tcp)
-                .await
-                .unwrap();
-            tls.write_all(jitgate::ssh::preamble::hello(None).as_bytes())
-                .await
-                .unwrap();
+            let mut tls = raw_tunnel(config, port, "web-1").await;
             let answer = jitgate::ssh::preamble::read_line(&mut tls).await.unwrap();
             assert!(answer.contains("OK"), "{answer}");
             tls.write_all(b"SSH-2.0-half").await.unwrap();

@@ -168,6 +168,28 @@ mod tests {
     use super::*;
     use crate::jit::lease::Marker;
 
+    /// A session task that panics after registering its lease leaves no "live" lease behind
+    /// (which would keep the reaper away from its account for good).
+    #[test]
+    fn a_panicking_task_deregisters_its_lease() {
+        let live = LiveLeases::default();
+        let id = LeaseId::random();
+        let task = {
+            let (live, id) = (live.clone(), id.clone());
+            std::thread::spawn(move || {
+                let _guard = live.register(&id);
+                assert!(live.contains(id.as_str()));
+                #[allow(clippy::panic)]
+                {
+                    panic!("the session task dies");
+                }
+            })
+        };
+        assert!(task.join().is_err(), "the task should have panicked");
+        assert!(!live.contains(id.as_str()));
+        assert!(live.is_empty());
+    }
+
     fn role(instance: &str, lease: &str, expires_at: SystemTime) -> ManagedRole {
         ManagedRole {
             role: "jit_x".into(),
