@@ -483,9 +483,23 @@ pub fn upstream_client_config(verify_ca: Option<&Path>) -> Result<Arc<ClientConf
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(EncryptOnly { provider }))
             .with_no_client_auth(),
-        Some(ca) => builder
-            .with_root_certificates(root_store(ca, &load_certs(ca)?)?)
-            .with_no_client_auth(),
+        Some(ca) => {
+            let roots = Arc::new(root_store(ca, &load_certs(ca)?)?);
+            let inner =
+                rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .map_err(|source| TlsError::Verifier {
+                        context: format!("target certificate verifier for CA {}", ca.display()),
+                        source,
+                    })?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(TargetCa {
+                    inner,
+                    ca: ca.to_path_buf(),
+                }))
+                .with_no_client_auth()
+        }
     };
     Ok(Arc::new(config))
 }
@@ -705,6 +719,107 @@ impl ServerCertVerifier for EncryptOnly {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// `verify-full` against a target's `tls_ca`: webpki decides; its refusals are reworded for
+/// the operator, whose log would otherwise say only `UnknownIssuer`, or `BadSignature` when the
+/// target's certificate names an issuer with the same subject as the CA in `tls_ca` (two CAs
+/// from `jitgate certs init`, say), or a bare name mismatch. Both the admin connection and the
+/// JIT login go through here, so both log the same reason.
+#[derive(Debug)]
+struct TargetCa {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    ca: PathBuf,
+}
+
+impl ServerCertVerifier for TargetCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map_err(|e| match e {
+                rustls::Error::InvalidCertificate(problem) => {
+                    match TargetCertificateError::explain(&problem, &self.ca, server_name) {
+                        Some(explained) => rustls::Error::InvalidCertificate(
+                            CertificateError::Other(rustls::OtherError(Arc::new(explained))),
+                        ),
+                        None => rustls::Error::InvalidCertificate(problem),
+                    }
+                }
+                other => other,
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Why a target's certificate failed `verify-full`, in the operator's terms. rustls shows it
+/// with `Debug` (`CertificateError::Other`), so `Debug` prints the message too.
+#[derive(thiserror::Error)]
+enum TargetCertificateError {
+    #[error("the target's certificate is not signed by the CA in tls_ca {} (webpki: {problem:?})", ca.display())]
+    NotFromCa {
+        ca: PathBuf,
+        problem: CertificateError,
+    },
+    #[error("the target's certificate does not name its configured host {host:?} (webpki: {problem}); set host to a name in the certificate, or reissue it")]
+    WrongName {
+        host: String,
+        problem: CertificateError,
+    },
+}
+
+impl TargetCertificateError {
+    fn explain(problem: &CertificateError, ca: &Path, host: &ServerName<'_>) -> Option<Self> {
+        match problem {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                Some(TargetCertificateError::NotFromCa {
+                    ca: ca.to_path_buf(),
+                    problem: problem.clone(),
+                })
+            }
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                Some(TargetCertificateError::WrongName {
+                    host: host.to_str().into_owned(),
+                    problem: problem.clone(),
+                })
+            }
+            // Expiry, revocation, usage and the rest: rustls's own words say it already.
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for TargetCertificateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 

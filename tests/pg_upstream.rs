@@ -10,12 +10,8 @@
 
 mod common;
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use common::*;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -501,47 +497,9 @@ fn cleartext_and_md5_requests_get_no_password() {
     }
 }
 
-/// Turns TLS on in a running `Postgres` with a certificate from `jitgate certs init` (ECDSA
-/// P-256, signed with SHA-256, for 127.0.0.1); returns the CA file.
+/// TLS on in the running `Postgres`, with a certificate for 127.0.0.1; returns its CA file.
 fn enable_ssl(pg: &Postgres) -> PathBuf {
-    let certs = pg.dir.path().join("certs");
-    jitgate(&["certs", "init", "--dir", certs.to_str().unwrap()]);
-    let data = pg.dir.path().join("data");
-    for (from, to) in [("server.crt", "ssl.crt"), ("server.key", "ssl.key")] {
-        let dest = data.join(to);
-        fs::copy(certs.join(from), &dest).unwrap();
-        fs::set_permissions(&dest, fs::Permissions::from_mode(0o600)).unwrap();
-        chown_postgres(&dest);
-    }
-    for sql in [
-        "ALTER SYSTEM SET ssl_cert_file = 'ssl.crt'",
-        "ALTER SYSTEM SET ssl_key_file = 'ssl.key'",
-        "ALTER SYSTEM SET ssl = on",
-        "SELECT pg_reload_conf()",
-    ] {
-        pg.superuser_sql("postgres", sql);
-    }
-    let start = Instant::now();
-    while pg.superuser_sql("postgres", "SHOW ssl") != "on" {
-        assert!(start.elapsed() < Duration::from_secs(10), "ssl stayed off");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    certs.join("ca.crt")
-}
-
-fn chown_postgres(path: &Path) {
-    if Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-    {
-        let status = Command::new("chown")
-            .arg("postgres:postgres")
-            .arg(path)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
+    pg.enable_ssl(&[])
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! re-sent to that backend. Unknown keys are dropped silently, as PostgreSQL does.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
@@ -66,8 +67,9 @@ impl CancelRegistry {
             .remove(&key);
     }
 
-    /// Forwards a cancel for `key`, if it belongs to a live session.
-    pub async fn cancel(&self, key: CancelKey) {
+    /// Forwards a cancel for `key`, if it belongs to a live session. `client` and `client_tls`
+    /// (whether the request came inside TLS) are for the log.
+    pub async fn cancel(&self, key: CancelKey, client: SocketAddr, client_tls: bool) {
         let backend = self
             .sessions
             .lock()
@@ -75,7 +77,7 @@ impl CancelRegistry {
             .get(&key)
             .cloned();
         let Some(backend) = backend else {
-            tracing::debug!("cancel request with an unknown key dropped");
+            tracing::debug!(client = %client, client_tls, "cancel request with an unknown key dropped");
             return;
         };
         let mut buf = BytesMut::new();
@@ -90,10 +92,10 @@ impl CancelRegistry {
         .await;
         match result {
             Ok(()) => {
-                tracing::info!(target_name = %backend.target.name, "cancel request forwarded")
+                tracing::info!(client = %client, client_tls, target_name = %backend.target.name, "cancel request forwarded")
             }
             Err(e) => {
-                tracing::warn!(target_name = %backend.target.name, error = %e, "cancel request could not be forwarded")
+                tracing::warn!(client = %client, client_tls, target_name = %backend.target.name, error = %e, "cancel request could not be forwarded")
             }
         }
     }

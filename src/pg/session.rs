@@ -116,7 +116,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<PgContext>) {
         }
         // Port probes and health checks land here: not worth an info line each.
         Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "connection closed before login"),
-        Ok(Ok(Arrival::Cancel(key))) => ctx.cancels.cancel(key).await,
+        Ok(Ok(Arrival::Cancel { key, tls })) => ctx.cancels.cancel(key, peer, tls).await,
         Ok(Ok(Arrival::Login(login))) => run_login(*login, peer, &ctx).await,
     }
 }

@@ -24,7 +24,12 @@ pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 /// What a new connection turned out to be.
 pub enum Arrival {
     Login(Box<Login>),
-    Cancel(CancelKey),
+    /// A CancelRequest; `tls`: it came inside TLS (libpq 17's `PQcancelBlocking` and friends),
+    /// not as the bare 16-byte packet (`PQcancel`, which psql's Ctrl-C still uses).
+    Cancel {
+        key: CancelKey,
+        tls: bool,
+    },
 }
 
 /// A login attempt over TLS from a verified client certificate.
@@ -94,7 +99,9 @@ pub async fn accept(
                 tcp.write_all(b"N").await.map_err(WireError::Io)?;
                 gssenc_answered = true;
             }
-            CANCEL_REQUEST_CODE => return cancel_key(&packet).map(Arrival::Cancel),
+            CANCEL_REQUEST_CODE => {
+                return cancel_key(&packet).map(|key| Arrival::Cancel { key, tls: false })
+            }
             code if code >> 16 == 3 => {
                 return refuse(
                     &mut tcp,
@@ -123,7 +130,7 @@ async fn after_tls(
 ) -> Result<Arrival, FrontDoorError> {
     let packet = read_startup_packet(&mut stream).await?;
     match packet.code {
-        CANCEL_REQUEST_CODE => cancel_key(&packet).map(Arrival::Cancel),
+        CANCEL_REQUEST_CODE => cancel_key(&packet).map(|key| Arrival::Cancel { key, tls: true }),
         code if code >> 16 == 3 => {
             let params = match parse_startup_params(&packet.body) {
                 Ok(params) => params,

@@ -396,12 +396,24 @@ async fn upstream_require_encrypts_without_verifying_and_verify_full_verifies() 
         .await
         .unwrap_err();
     assert!(err.contains("not valid for name"), "{err}");
+    assert!(
+        err.contains("the target's certificate does not name its configured host \"db.internal\""),
+        "{err}"
+    );
 
     let wrong_ca = upstream_client_config(Some(&other.join("ca.crt"))).unwrap();
     let err = upstream_handshake(&dir, wrong_ca, "localhost")
         .await
         .unwrap_err();
     assert!(err.contains("invalid peer certificate"), "{err}");
+    // The operator learns which file holds the CA that did not sign it.
+    assert!(
+        err.contains(&format!(
+            "the target's certificate is not signed by the CA in tls_ca {}",
+            other.join("ca.crt").display()
+        )),
+        "{err}"
+    );
 }
 
 #[test]

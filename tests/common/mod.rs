@@ -138,6 +138,40 @@ impl Postgres {
         }
     }
 
+    /// Turns TLS on in the running server (ALTER SYSTEM + reload) with a certificate from its
+    /// own `jitgate certs init` (ECDSA P-256, signed with SHA-256) for `hosts` (empty: the
+    /// command's default, localhost and 127.0.0.1); returns that CA's file. Each call makes a
+    /// new CA.
+    pub fn enable_ssl(&self, hosts: &[&str]) -> PathBuf {
+        let certs = self.dir.path().join(format!("certs-{}", random_word(8)));
+        let mut args = vec!["certs", "init", "--dir", certs.to_str().unwrap()];
+        for h in hosts {
+            args.extend(["--host", h]);
+        }
+        jitgate(&args);
+        let data = self.dir.path().join("data");
+        for (from, to) in [("server.crt", "ssl.crt"), ("server.key", "ssl.key")] {
+            let dest = data.join(to);
+            fs::copy(certs.join(from), &dest).unwrap();
+            fs::set_permissions(&dest, fs::Permissions::from_mode(0o600)).unwrap();
+            chown_postgres(&dest);
+        }
+        for sql in [
+            "ALTER SYSTEM SET ssl_cert_file = 'ssl.crt'",
+            "ALTER SYSTEM SET ssl_key_file = 'ssl.key'",
+            "ALTER SYSTEM SET ssl = on",
+            "SELECT pg_reload_conf()",
+        ] {
+            self.superuser_sql("postgres", sql);
+        }
+        let start = Instant::now();
+        while self.superuser_sql("postgres", "SHOW ssl") != "on" {
+            assert!(start.elapsed() < Duration::from_secs(10), "ssl stayed off");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        certs.join("ca.crt")
+    }
+
     /// Backends of client sessions other than the superuser's and the admin's.
     pub fn jit_backends(&self) -> Vec<String> {
         let out = self.superuser_sql(
@@ -148,6 +182,21 @@ impl Postgres {
             .map(str::to_string)
             .filter(|l| !l.is_empty())
             .collect()
+    }
+}
+
+fn chown_postgres(path: &Path) {
+    if Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    {
+        let status = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 }
 
@@ -405,28 +454,32 @@ impl Drop for Gateway {
 
 /// Runs real psql with a connection string; returns its output.
 pub fn psql(conninfo: &str, sql: &str) -> Output {
+    psql_command(conninfo, sql).output().unwrap()
+}
+
+/// The `psql` command line `psql` runs, to spawn or give an environment first.
+pub fn psql_command(conninfo: &str, sql: &str) -> Command {
     let Some(psql) = which("psql") else {
         panic!("psql not on PATH");
     };
-    Command::new(psql)
-        .args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-v",
-            "VERBOSITY=verbose",
-            conninfo,
-            "-c",
-            sql,
-        ])
-        .env_remove("PGPASSWORD")
-        .env_remove("PGSSLCERT")
-        .env_remove("PGSSLKEY")
-        .output()
-        .unwrap()
+    let mut cmd = Command::new(psql);
+    cmd.args([
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-v",
+        "VERBOSITY=verbose",
+        conninfo,
+        "-c",
+        sql,
+    ])
+    .env_remove("PGPASSWORD")
+    .env_remove("PGSSLCERT")
+    .env_remove("PGSSLKEY");
+    cmd
 }
 
 pub fn stdout(out: &Output) -> String {
