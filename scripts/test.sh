@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests drive, then runs every test against real
 # PostgreSQL and psql started by the tests themselves — the whole suite on the system's
-# PostgreSQL (15 on Debian 12), then the Postgres end-to-end tests (tests/postgres.rs) once per
+# PostgreSQL (15 on Debian 12), then the Postgres end-to-end tests (tests/postgres.rs) and
+# `jitgate doctor`'s (tests/doctor.rs, whose checks differ per version) once per
 # other supported major (JITGATE_PG_MATRIX, default "16 17 18"; the servers come from
 # install-deps.sh). The majors run side by side: each run is bound by max_session's minute of
 # waiting, not by CPU. With arguments (a filter, --lib, ...) only `cargo test <arguments>` runs.
@@ -28,7 +29,7 @@ for major in "${majors[@]}"; do
             continue
         fi
     fi
-    JITGATE_TEST_PG=$major cargo test --locked --test postgres >"$logs/$major" 2>&1 &
+    JITGATE_TEST_PG=$major cargo test --locked --test postgres --test doctor >"$logs/$major" 2>&1 &
     pids[$major]=$!
 done
 failed=()
@@ -37,7 +38,7 @@ for major in "${majors[@]}"; do
     if ! wait "${pids[$major]}"; then
         failed+=("$major")
     fi
-    echo "=== tests/postgres.rs on PostgreSQL $major"
+    echo "=== tests/postgres.rs and tests/doctor.rs on PostgreSQL $major"
     grep -E '^test result' "$logs/$major" || true
 done
 for major in "${failed[@]}"; do

@@ -191,6 +191,14 @@ fn what_is_missing_is_named_with_its_fix() {
         )
     };
     pg.superuser_sql("postgres", &revoke);
+    if major >= 16 {
+        // And an admin that may use a granted role's privileges itself (INHERIT), which the
+        // README's set-up rules out.
+        pg.superuser_sql(
+            "postgres",
+            &format!("GRANT orders_read TO {ADMIN_USER} WITH INHERIT TRUE"),
+        );
+    }
     // web-2 is the same sshd, pinned with another key.
     let wrong = tempfile::tempdir().unwrap();
     let status = Command::new("ssh-keygen")
@@ -221,6 +229,18 @@ fn what_is_missing_is_named_with_its_fix() {
             fix_for(&out, "dry run in orders: creating a role failed"),
             privilege_fix
         );
+        assert!(!out.contains("dry run in postgres"), "{out}");
+        let inherit_fix = fix_for(
+            &out,
+            &format!("admin {ADMIN_USER} holds orders_read's privileges itself"),
+        );
+        assert_eq!(
+            inherit_fix,
+            format!(
+                "GRANT orders_read TO {ADMIN_USER} WITH ADMIN OPTION, INHERIT FALSE, SET FALSE;"
+            )
+        );
+        pg.superuser_sql("postgres", &inherit_fix);
     } else {
         assert_eq!(
             privilege_fix,
@@ -314,6 +334,7 @@ fn a_mint_failure_logs_the_fix_and_serve_warns_at_start() {
         .lines()
         .find(|l| l.contains("mint failed"))
         .unwrap_or_else(|| panic!("no mint failure logged:\n{log}"));
+    eprintln!("{line}");
     assert!(line.contains(&format!("fix={fix}")), "{line}");
     // serve's own start-up check saw it too, in the background, and the gateway served.
     let start = std::time::Instant::now();
@@ -326,5 +347,8 @@ fn a_mint_failure_logs_the_fix_and_serve_warns_at_start() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(warned(&gw.log()), "{}", gw.log());
+    for l in gw.log().lines().filter(|l| l.contains("doctor:")) {
+        eprintln!("{l}");
+    }
     assert_eq!(pg.jit_roles(), Vec::<String>::new());
 }

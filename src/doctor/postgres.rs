@@ -707,15 +707,19 @@ pub(super) async fn check(
     }
 
     if mode == Mode::Full {
+        // One failure is enough: the next database would fail the same way.
         for database in &databases_ok {
-            dry_run(&mut s, t, &admin, &existing, database, instance).await;
+            if !dry_run(&mut s, t, &admin, &existing, database, instance).await {
+                break;
+            }
         }
     }
     s
 }
 
 /// Mints a throwaway role for the doctor's own grant, logs in as it through `pg::upstream`
-/// (SCRAM, TLS and pg_hba exactly as for a user), drops it, and checks it is gone.
+/// (SCRAM, TLS and pg_hba exactly as for a user), drops it, and checks it is gone. True if
+/// all of that worked.
 async fn dry_run(
     s: &mut Section,
     t: &PgTarget,
@@ -723,13 +727,13 @@ async fn dry_run(
     roles: &[String],
     database: &str,
     instance: &str,
-) {
+) -> bool {
     let prefix = format!("dry run in {database}");
     let (grant, identity) = match policy::probe_grant(&t.name, TargetKind::Postgres, roles, false) {
         Ok(g) => g,
         Err(e) => {
             s.fail(format!("{prefix}: no grant for the dry run: {e}"), None);
-            return;
+            return false;
         }
     };
     let provisioner = PgProvisioner::new(t.clone(), instance.to_string());
@@ -743,7 +747,7 @@ async fn dry_run(
                 format!("{prefix}: creating a role failed: {e}"),
                 fix_for_mint_error(&e, t, &grant),
             );
-            return;
+            return false;
         }
     };
     let login = upstream::login(t, &lease, &[])
@@ -754,6 +758,7 @@ async fn dry_run(
         .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&lease.role])
         .await;
     let role = &lease.role;
+    let ok = matches!((&login, &dropped, &left), (Ok(()), Ok(()), Ok(None)));
     match (login, dropped, left) {
         (Ok(()), Ok(()), Ok(None)) => s.pass(format!(
             "{prefix}: created role {role}{}, logged in as it, dropped it; nothing left",
@@ -783,6 +788,7 @@ async fn dry_run(
             s.fail(format!("{prefix}: checking that {role} is gone: {e}"), None)
         }
     }
+    ok
 }
 
 /// The fix for a JIT role's failed login, when there is one.
