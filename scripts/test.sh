@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests drive, then runs every test against real
 # PostgreSQL and psql started by the tests themselves — the whole suite on the system's
-# PostgreSQL (15 on Debian 12), then the Postgres end-to-end tests (tests/postgres.rs) and the
-# TLS tests (tests/pg_tls.rs: upstream ssl=on with its own CA, libpq 17 clients) once per other
-# supported major (JITGATE_PG_MATRIX, default "16 17 18"; the servers come from
+# PostgreSQL (15 on Debian 12), then the version-sensitive tests once per other supported major
+# (JITGATE_PG_MATRIX, default "16 17 18"; the servers come from
 # install-deps.sh). The majors run side by side: each run is bound by max_session's minute of
 # waiting, not by CPU. With arguments (a filter, --lib, ...) only `cargo test <arguments>` runs.
 set -euo pipefail
@@ -29,7 +28,10 @@ for major in "${majors[@]}"; do
             continue
         fi
     fi
-    JITGATE_TEST_PG=$major cargo test --locked --test postgres --test pg_tls >"$logs/$major" 2>&1 &
+    # The Postgres end-to-end tests, the TLS tests (upstream ssl=on with its own CA, libpq 17
+    # clients), `jitgate doctor`'s (its checks differ per version) and the drop under a lock.
+    JITGATE_TEST_PG=$major cargo test --locked --test postgres --test pg_tls --test doctor \
+        --test pg_admin >"$logs/$major" 2>&1 &
     pids[$major]=$!
 done
 failed=()
@@ -38,7 +40,10 @@ for major in "${majors[@]}"; do
     if ! wait "${pids[$major]}"; then
         failed+=("$major")
     fi
-    echo "=== tests/postgres.rs, tests/pg_tls.rs on PostgreSQL $major"
+    # The Postgres end-to-end tests, the TLS tests (upstream ssl=on with its own CA, libpq 17
+    # clients), `jitgate doctor`'s (its checks differ per version) and the drop under a lock.
+    JITGATE_TEST_PG=$major cargo test --locked --test postgres --test pg_tls --test doctor \
+        --test pg_admin >"$logs/$major" 2>&1 &
     grep -E '^test result' "$logs/$major" || true
 done
 for major in "${failed[@]}"; do

@@ -17,6 +17,7 @@
 //! pg::cancel    route CancelRequests by the gateway's own keys
 //! server     accept loops, reloads and shutdown
 //! certs      `jitgate certs init|issue|revoke` (rcgen)
+//! doctor     `jitgate doctor`: is each target ready, and the exact fix where it is not
 //! logsafe    `Untrusted`: client-chosen text escaped and capped for logs and refusals
 //! sandbox    throwaway PostgreSQL and sshd targets (for `demo` and the tests)
 //! demo       `jitgate demo`: sandbox + certificates + config + the gateway, in the foreground
@@ -28,6 +29,7 @@
 pub mod certs;
 pub mod config;
 pub mod demo;
+pub mod doctor;
 pub mod identity;
 pub mod jit;
 pub mod logsafe;

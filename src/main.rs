@@ -1,4 +1,5 @@
-//! The `jitgate` command line: `serve`, `demo`, `tunnel`, `ssh-config`, `certs`, `policy`, `reap`.
+//! The `jitgate` command line: `serve`, `demo`, `tunnel`, `ssh-config`, `certs`, `policy`,
+//! `doctor`, `reap`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +79,20 @@ enum Command {
     Probe {
         /// host:port of a jitgate listener.
         addr: String,
+    },
+    /// Check that every target (or the one named) is ready for jitgate: one line per check,
+    /// ✓ or ✗ with the command or SQL that fixes it; exits 1 if any check fails.
+    ///
+    /// Connects with each target's admin credential, checks what jitgate needs there
+    /// (reachability, TLS, version, the admin's privileges, the roles and groups the grants
+    /// name, ...) and proves it with a dry run: a throwaway account is created, logged in as
+    /// and removed. Without --target the policies are checked too.
+    Doctor {
+        #[arg(long, short, default_value = "jitgate.yaml")]
+        config: PathBuf,
+        /// Check only this target.
+        #[arg(long)]
+        target: Option<String>,
     },
     /// Remove JIT accounts that have no live session (expired ones of any instance, and this
     /// instance's that have no backend on the target), then exit.
@@ -273,6 +288,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     jitgate::demo::DemoError::Interrupted => 130,
                     _ => 1,
                 }));
+            }
+        }
+        Command::Doctor { config, target } => {
+            let config = jitgate::config::Config::load(&config)?;
+            let policies = jitgate::policy::PolicySet::load_dir(&config.policy_dir)
+                .map(std::sync::Arc::new)
+                .map_err(|e| e.to_string());
+            let report = runtime()?.block_on(jitgate::doctor::run(
+                &config,
+                policies,
+                target.as_deref(),
+                jitgate::doctor::Mode::Full,
+            ))?;
+            print!("{report}");
+            if report.failures() > 0 {
+                return Ok(ExitCode::from(1));
             }
         }
         Command::Reap { config } => {

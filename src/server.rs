@@ -169,6 +169,17 @@ pub async fn serve_until(
         None => None,
     };
 
+    // The doctor's read-only checks, in the background: they log what a target still needs,
+    // and never hold up (or stop) the gateway.
+    let doctor_stop = shutdown.clone();
+    let doctor = crate::doctor::warn_at_start(config.clone(), policies.current());
+    tokio::spawn(async move {
+        tokio::select! {
+            () = doctor => {}
+            () = doctor_stop.cancelled() => {}
+        }
+    });
+
     // Leftovers of a crashed run of this instance go before anyone connects.
     reap_all(&ctx, ssh_ctx.as_deref()).await;
     let reaper = tokio::spawn(reap_loop(

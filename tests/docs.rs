@@ -139,6 +139,7 @@ fn every_subcommand_has_help_and_the_readme_names_only_real_ones() {
         "reap",
         "probe",
         "demo",
+        "doctor",
     ] {
         assert!(help.contains(sub), "jitgate --help does not list {sub}");
         let out = Command::new(jitgate_bin())

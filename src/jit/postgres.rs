@@ -14,6 +14,7 @@ use super::lease::{random_password, random_suffix, LeaseId, Marker, PgLease};
 use crate::config::{PgTarget, UpstreamTls};
 use crate::identity::Identity;
 use crate::policy::Grant;
+use crate::secret::Secret;
 
 /// PostgreSQL's NAMEDATALEN - 1.
 const MAX_ROLE_NAME: usize = 63;
@@ -341,13 +342,7 @@ impl PgProvisioner {
         }
     }
 
-    /// Logs in as the target's admin. The login must be a complete SCRAM-SHA-256 exchange
-    /// whose server signature verifies (`admin_login::AuthGuard`: a server asking for the
-    /// password in cleartext or MD5, or saying AuthenticationOk without SCRAM, gets nothing),
-    /// and over TLS it must be SCRAM-SHA-256-PLUS, bound to this TLS connection, so that a
-    /// relay terminating TLS with its own certificate (which `tls: require` does not check)
-    /// cannot pass the exchange on to the real server. Otherwise whoever answers would get the
-    /// admin's session, and with it the verifier of every JIT role minted over it.
+    /// A new admin session ([`admin_session`]), its failure told as a `JitError`.
     async fn connect_admin(&self, database: &str) -> Result<Client, JitError> {
         let t = &self.target;
         let password = t
@@ -358,76 +353,19 @@ impl PgProvisioner {
                 target: t.name.clone(),
                 reason: e.to_string(),
             })?;
-        let mut config = tokio_postgres::Config::new();
-        config
-            .user(&t.admin.user)
-            .password(password.expose().as_bytes())
-            .dbname(database)
-            .application_name("jitgate")
-            .options(admin_options())
-            .channel_binding(tokio_postgres::config::ChannelBinding::Require);
-        let unreachable = |reason: String| JitError::Unreachable {
-            target: t.name.clone(),
-            addr: format!("{}:{}", t.host, t.port),
-            reason,
-        };
-        let tcp = tokio::time::timeout(
-            ADMIN_CONNECT_TIMEOUT,
-            tokio::net::TcpStream::connect((t.host.as_str(), t.port)),
-        )
-        .await
-        .map_err(|_| unreachable("connect timed out".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
-        tcp.set_nodelay(true)
-            .map_err(|e| unreachable(e.to_string()))?;
-        // `connect_raw` applies no timeout of its own: a server that stalls the login must not
-        // stall the mint or drop waiting on it.
-        let login = async {
-            match &t.tls {
-                UpstreamTls::Disable => {
-                    // Nothing to bind SCRAM to without TLS; tokio-postgres must not insist.
-                    config
-                        .ssl_mode(tokio_postgres::config::SslMode::Disable)
-                        .channel_binding(tokio_postgres::config::ChannelBinding::Disable);
-                    let (client, conn) = config
-                        .connect_raw(AuthGuard::new(tcp), tokio_postgres::NoTls)
-                        .await?;
-                    spawn_connection(conn);
-                    Ok(client)
-                }
-                UpstreamTls::Require | UpstreamTls::VerifyFull { .. } => {
-                    config.ssl_mode(tokio_postgres::config::SslMode::Require);
-                    let (client, conn) = config.connect_raw(tcp, self.admin_tls()?).await?;
-                    spawn_connection(conn);
-                    Ok::<_, AdminConnect>(client)
-                }
-            }
-        };
-        match tokio::time::timeout(ADMIN_LOGIN_TIMEOUT, login).await {
-            Ok(Ok(client)) => Ok(client),
-            Ok(Err(AdminConnect::Tls(e))) => Err(e),
-            Ok(Err(AdminConnect::Postgres(e))) => Err(self.connect_error(e)),
-            Err(_) => Err(unreachable("admin login timed out".into())),
+        match admin_session(t, database, &password, "jitgate").await {
+            Ok(client) => Ok(client),
+            Err(AdminConnect::Unreachable(reason)) => Err(JitError::Unreachable {
+                target: t.name.clone(),
+                addr: format!("{}:{}", t.host, t.port),
+                reason,
+            }),
+            Err(AdminConnect::Tls(reason)) => Err(JitError::Tls {
+                target: t.name.clone(),
+                reason,
+            }),
+            Err(AdminConnect::Postgres(e)) => Err(self.connect_error(e)),
         }
-    }
-
-    fn admin_tls(&self) -> Result<AdminTls, JitError> {
-        let t = &self.target;
-        let tls_err = |reason: String| JitError::Tls {
-            target: t.name.clone(),
-            reason,
-        };
-        let ca = match &t.tls {
-            UpstreamTls::VerifyFull { ca } => Some(ca.as_path()),
-            UpstreamTls::Require | UpstreamTls::Disable => None,
-        };
-        let config = crate::tls::upstream_client_config(ca).map_err(|e| tls_err(e.to_string()))?;
-        let server_name = rustls_pki_types::ServerName::try_from(t.host.clone())
-            .map_err(|e| tls_err(e.to_string()))?;
-        Ok(AdminTls {
-            config,
-            server_name,
-        })
     }
 
     fn connect_error(&self, e: tokio_postgres::Error) -> JitError {
@@ -457,22 +395,94 @@ impl PgProvisioner {
     }
 }
 
-/// What can end `connect_admin`'s login.
-enum AdminConnect {
-    Tls(JitError),
+/// Why an admin session could not be had: the server never answered in time, the TLS set-up
+/// failed, or PostgreSQL (or the login check) refused; the last keeps tokio-postgres's error,
+/// whose SQLSTATE `jitgate doctor` turns into a fix.
+pub(crate) enum AdminConnect {
+    Unreachable(String),
+    Tls(String),
     Postgres(tokio_postgres::Error),
-}
-
-impl From<JitError> for AdminConnect {
-    fn from(e: JitError) -> Self {
-        AdminConnect::Tls(e)
-    }
 }
 
 impl From<tokio_postgres::Error> for AdminConnect {
     fn from(e: tokio_postgres::Error) -> Self {
         AdminConnect::Postgres(e)
     }
+}
+
+/// Logs in as the target's admin, on `database`: the one way jitgate (the provisioner and
+/// `jitgate doctor`) opens an admin session. The login must be a complete SCRAM-SHA-256
+/// exchange whose server signature verifies (`admin_login::AuthGuard`: a server asking for the
+/// password in cleartext or MD5, or saying AuthenticationOk without SCRAM, gets nothing), and
+/// over TLS it must be SCRAM-SHA-256-PLUS, bound to this TLS connection, so that a relay
+/// terminating TLS with its own certificate (which `tls: require` does not check) cannot pass
+/// the exchange on to the real server. Otherwise whoever answers would get the admin's
+/// session, and with it the verifier of every JIT role minted over it. Every session carries
+/// the statement and lock timeouts of [`admin_options`].
+pub(crate) async fn admin_session(
+    t: &PgTarget,
+    database: &str,
+    password: &Secret<String>,
+    application_name: &str,
+) -> Result<Client, AdminConnect> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .user(&t.admin.user)
+        .password(password.expose().as_bytes())
+        .dbname(database)
+        .application_name(application_name)
+        .options(admin_options())
+        .channel_binding(tokio_postgres::config::ChannelBinding::Require);
+    let tcp = tokio::time::timeout(
+        ADMIN_CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect((t.host.as_str(), t.port)),
+    )
+    .await
+    .map_err(|_| AdminConnect::Unreachable("connect timed out".into()))?
+    .map_err(|e| AdminConnect::Unreachable(e.to_string()))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| AdminConnect::Unreachable(e.to_string()))?;
+    // `connect_raw` applies no timeout of its own: a server that stalls the login must not
+    // stall the mint or drop waiting on it.
+    let login = async {
+        match &t.tls {
+            UpstreamTls::Disable => {
+                // Nothing to bind SCRAM to without TLS; tokio-postgres must not insist.
+                config
+                    .ssl_mode(tokio_postgres::config::SslMode::Disable)
+                    .channel_binding(tokio_postgres::config::ChannelBinding::Disable);
+                let (client, conn) = config
+                    .connect_raw(AuthGuard::new(tcp), tokio_postgres::NoTls)
+                    .await?;
+                spawn_connection(conn);
+                Ok(client)
+            }
+            UpstreamTls::Require | UpstreamTls::VerifyFull { .. } => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let (client, conn) = config.connect_raw(tcp, admin_tls(t)?).await?;
+                spawn_connection(conn);
+                Ok::<_, AdminConnect>(client)
+            }
+        }
+    };
+    tokio::time::timeout(ADMIN_LOGIN_TIMEOUT, login)
+        .await
+        .unwrap_or_else(|_| Err(AdminConnect::Unreachable("admin login timed out".into())))
+}
+
+fn admin_tls(t: &PgTarget) -> Result<AdminTls, AdminConnect> {
+    let ca = match &t.tls {
+        UpstreamTls::VerifyFull { ca } => Some(ca.as_path()),
+        UpstreamTls::Require | UpstreamTls::Disable => None,
+    };
+    let config =
+        crate::tls::upstream_client_config(ca).map_err(|e| AdminConnect::Tls(e.to_string()))?;
+    let server_name = rustls_pki_types::ServerName::try_from(t.host.clone())
+        .map_err(|e| AdminConnect::Tls(e.to_string()))?;
+    Ok(AdminTls {
+        config,
+        server_name,
+    })
 }
 
 /// `-c` options for every admin session, so that no admin statement can hang (issue 7 item 10).

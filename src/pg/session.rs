@@ -258,7 +258,9 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
     {
         Ok(lease) => lease,
         Err(e) => {
-            tracing::error!(lease = %lease_id, target_name = %target.name, user = %identity.user, error = %diagnostic(&e.to_string()), "mint failed");
+            // The user hears "ask the operator"; the operator's line says what fixes it.
+            let fix = crate::doctor::fix_for_mint_error(&e, target, &grant);
+            tracing::error!(lease = %lease_id, target_name = %target.name, user = %identity.user, error = %diagnostic(&e.to_string()), fix = fix.as_deref().map(tracing::field::display), "mint failed");
             return refuse(
                 &mut stream,
                 peer,

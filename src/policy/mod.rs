@@ -14,6 +14,6 @@ pub use eval::{
     Denial, Grant, Offer, MAX_REASON_CHARS, SHELL_BYPASS_NOTE,
 };
 pub use load::PolicyError;
-pub use model::{HomeMode, PolicySet, TargetKind};
+pub use model::{GrantInfo, HomeMode, PolicySet, TargetKind};
 
 pub use crate::yaml::LocatedMessage;

@@ -72,6 +72,12 @@ impl PolicySet {
             .collect()
     }
 
+    /// Every grant rule, read-only, in load order (for `jitgate doctor`, which checks what
+    /// each asks of the targets it names).
+    pub fn grants(&self) -> impl Iterator<Item = GrantInfo<'_>> {
+        self.rules.iter().map(GrantInfo)
+    }
+
     pub(super) fn rule(&self, name: &str) -> Option<&GrantRule> {
         self.rules.iter().find(|rule| rule.name == name)
     }
@@ -86,6 +92,54 @@ impl PolicySet {
         self.rules
             .iter()
             .filter(move |rule| rule.applies(identity, target, kind))
+    }
+}
+
+/// What one grant asks of the targets it names, for `jitgate doctor`. Reading it decides
+/// nothing: only `policy::evaluate` makes a `Grant`.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantInfo<'a>(&'a GrantRule);
+
+impl<'a> GrantInfo<'a> {
+    pub fn name(&self) -> &'a str {
+        &self.0.name
+    }
+
+    /// `file:line:col` of its name.
+    pub fn origin(&self) -> &'a str {
+        &self.0.origin
+    }
+
+    /// Its `targets:` entries (names or globs), as written.
+    pub fn target_globs(&self) -> impl Iterator<Item = &'a str> {
+        self.0.targets.iter().map(|p| p.text.as_str())
+    }
+
+    /// Whether `glob` (one of [`Self::target_globs`]) matches `target`.
+    pub fn glob_matches(glob: &str, target: &str) -> bool {
+        Pattern::new(glob).matches(target)
+    }
+
+    /// Whether the grant has the section for targets of `kind`.
+    pub fn serves(&self, kind: TargetKind) -> bool {
+        self.0.serves(kind)
+    }
+
+    /// Whether the grant applies to `target` of `kind` (for some subject).
+    pub fn names_target(&self, target: &str, kind: TargetKind) -> bool {
+        self.0.serves(kind) && self.0.target_match(target).is_some()
+    }
+
+    pub fn pg_roles(&self) -> &'a [String] {
+        &self.0.pg_roles
+    }
+
+    pub fn ssh_groups(&self) -> &'a [String] {
+        &self.0.ssh.groups
+    }
+
+    pub fn sudo(&self) -> bool {
+        self.0.ssh.sudo
     }
 }
 
