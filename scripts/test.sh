@@ -40,10 +40,7 @@ for major in "${majors[@]}"; do
     if ! wait "${pids[$major]}"; then
         failed+=("$major")
     fi
-    # The Postgres end-to-end tests, the TLS tests (upstream ssl=on with its own CA, libpq 17
-    # clients), `jitgate doctor`'s (its checks differ per version) and the drop under a lock.
-    JITGATE_TEST_PG=$major cargo test --locked --test postgres --test pg_tls --test doctor \
-        --test pg_admin >"$logs/$major" 2>&1 &
+    echo "=== the version-sensitive tests on PostgreSQL $major"
     grep -E '^test result' "$logs/$major" || true
 done
 for major in "${failed[@]}"; do
