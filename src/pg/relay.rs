@@ -83,11 +83,10 @@ where
         result = &mut copy => return closed(result),
         reason = &mut until => reason,
     };
-    let drain = async {
-        terminate().await;
-        let _ = tokio::time::timeout(DRAIN, &mut copy).await;
-    };
-    drain.await;
+    // The relay goes on while the target is asked to end the backend: the reason's notice
+    // (sent just before `until` resolved) goes out first, then the server's FATAL.
+    let relay = tokio::time::timeout(DRAIN, &mut copy);
+    let _ = tokio::join!(terminate(), relay);
     End::Ended(reason)
 }
 
@@ -109,6 +108,17 @@ where
     let mut total = 0u64;
     loop {
         tokio::select! {
+            // A notice already queued goes before whatever the upstream sends next (the
+            // reason a session ends, before the FATAL that ends it).
+            biased;
+            notice = notices.recv(), if notices_open => match notice {
+                Some(notice) if frames.at_boundary() => {
+                    client.write_all(&notice).await?;
+                    client.flush().await?;
+                }
+                Some(notice) => pending.push_back(notice),
+                None => notices_open = false,
+            },
             // `read` is cancel-safe: a notice arriving first loses no upstream bytes.
             n = upstream.read(&mut buf) => {
                 let n = n?;
@@ -133,14 +143,6 @@ where
                 client.flush().await?;
                 total += n as u64;
             }
-            notice = notices.recv(), if notices_open => match notice {
-                Some(notice) if frames.at_boundary() => {
-                    client.write_all(&notice).await?;
-                    client.flush().await?;
-                }
-                Some(notice) => pending.push_back(notice),
-                None => notices_open = false,
-            },
         }
     }
 }

@@ -40,8 +40,10 @@ pub struct SshContext {
     pub shutdown: CancellationToken,
 }
 
-/// How often the connection looks for its account before the session is registered.
-const REGISTER_POLL: Duration = Duration::from_millis(200);
+/// How often the connection looks for its account before the session is registered. A trust
+/// change in between is not missed (registration checks once more), but the shorter this
+/// is, the sooner the session shows in the registry.
+const REGISTER_POLL: Duration = Duration::from_millis(50);
 
 /// A russh server config for the bastion: our host key, `none` (and, for clients that never
 /// try it, any public key) — the TLS client certificate is the authentication — and
