@@ -294,11 +294,11 @@ impl Sessions {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    pub(super) fn info(user: &str, grant: &str) -> SessionInfo {
+    pub(crate) fn info(user: &str, grant: &str) -> SessionInfo {
         SessionInfo {
             id: LeaseId::random(),
             protocol: TargetKind::Postgres,

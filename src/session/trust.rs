@@ -2,8 +2,8 @@
 //! connection with the same certificate and request would still be let in with the same grant.
 //! After a CRL reload every live session's certificate chain is verified again exactly as a new
 //! one would be (CA, validity, CRL); after a policy reload every live session's request
-//! (identity, target, kind, requested name, reason) is evaluated again and must yield the grant
-//! it was opened with. A session registered while either changed is checked once more at
+//! (identity, target, kind, reason) is evaluated again for the grant it was opened with, which
+//! must still exist and apply. A session registered while either changed is checked once more at
 //! registration ([`recheck_new`]), so no change slips between a login's decision and its
 //! registration.
 
@@ -30,13 +30,18 @@ pub fn certificate_verdict(tls: &ServerTls, session: &SessionInfo) -> Option<End
     }
 }
 
-/// Why `policies` would not give this session its grant now, if they would not.
+/// Why `policies` would not give this session its grant now, if they would not: the grant
+/// is gone, no longer applies to this identity, target or kind, or now wants a reason the
+/// session did not give. The request is asked again *by the grant's name*, not by what the
+/// client typed: a session asked for by the user's own name is not ended because a reload
+/// added a second grant that makes that name ambiguous for new logins — trust in it was not
+/// withdrawn.
 pub fn policy_verdict(policies: &PolicySet, session: &SessionInfo) -> Option<EndReason> {
     let request = AccessRequest {
         identity: &session.identity,
         target: &session.target,
         kind: session.protocol,
-        requested: &session.requested,
+        requested: &session.grant,
         reason: session.reason.as_deref(),
     };
     let detail = match policy::evaluate(policies, &request) {
@@ -93,5 +98,55 @@ fn log_ended(ended: &[(Arc<SessionInfo>, EndReason)], trigger: &str) {
             end_reason = reason.as_str(), reason = %diagnostic(&reason.to_string()),
             "live session ended: trust in it was withdrawn"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::path::Path;
+
+    use super::*;
+    use crate::session::tests::info;
+
+    fn set(text: &str) -> PolicySet {
+        PolicySet::from_sources([(Path::new("p/a.yaml"), text)]).unwrap()
+    }
+
+    const BEFORE: &str = "grants:
+  - name: db
+    subjects: { users: [alice] }
+    targets: [orders]
+    postgres: { roles: [orders_read] }
+";
+
+    #[test]
+    fn a_session_goes_on_while_its_grant_applies() {
+        let session = info("alice", "db");
+        assert_eq!(policy_verdict(&set(BEFORE), &session), None);
+        // Asked for by her own name: a second grant for her makes that name ambiguous for
+        // new logins, but takes nothing from the live session.
+        let mut own_name = info("alice", "db");
+        own_name.requested = "alice".into();
+        let two = format!(
+            "{BEFORE}  - name: db2\n    subjects: {{ users: [alice] }}\n    targets: [orders]\n    postgres: {{ roles: [orders_read] }}\n"
+        );
+        assert_eq!(policy_verdict(&set(&two), &own_name), None);
+    }
+
+    #[test]
+    fn removed_narrowed_or_reason_wanting_grants_end_it() {
+        let session = info("alice", "db");
+        let removed = set(&BEFORE.replace("name: db", "name: other"));
+        let narrowed = set(&BEFORE.replace("users: [alice]", "users: [bob]"));
+        let retargeted = set(&BEFORE.replace("targets: [orders]", "targets: [billing]"));
+        let reason = set(&format!("{BEFORE}    require_reason: true\n"));
+        for new in [removed, narrowed, retargeted, reason] {
+            let verdict = policy_verdict(&new, &session);
+            assert!(
+                matches!(&verdict, Some(EndReason::PolicyChanged { grant, .. }) if grant == "db"),
+                "{verdict:?}"
+            );
+        }
     }
 }
