@@ -53,6 +53,9 @@ pub struct Config {
     pub policy_dir: PathBuf,
     pub audit_dir: PathBuf,
     pub reap_interval: Duration,
+    /// How long before a session's end (max_session or certificate expiry) its user is
+    /// warned, longest first; `session_warnings: []` warns never. Default 5m and 1m.
+    pub session_warnings: Vec<Duration>,
     /// The gateway's own persistent SSH host key (OpenSSH private key file), resolved against
     /// the config's directory; created on first use by `ssh::hostkey::load_or_create_host_key`.
     pub ssh_host_key: PathBuf,
@@ -345,6 +348,7 @@ struct RawConfig {
     policy_dir: Option<Spanned<String>>,
     audit_dir: Option<Spanned<String>>,
     reap_interval: Option<Spanned<String>>,
+    session_warnings: Option<Vec<Spanned<String>>>,
     ssh_host_key: Option<Spanned<String>>,
     targets: Option<SpannedMap<Spanned<RawTarget>>>,
 }
@@ -498,6 +502,15 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<
         DEFAULT_REAP_INTERVAL,
         problems,
     );
+    let session_warnings = match &raw.session_warnings {
+        None => Some(crate::session::lifetime::DEFAULT_WARNINGS.to_vec()),
+        Some(leads) => leads
+            .iter()
+            .map(|lead| duration("session_warnings", Some(lead), Duration::ZERO, problems))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .collect::<Option<Vec<_>>>(),
+    };
     let policy_dir = dir_path(
         base,
         "policy_dir",
@@ -536,6 +549,7 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<
         policy_dir: policy_dir?,
         audit_dir: audit_dir?,
         reap_interval: reap_interval?,
+        session_warnings: session_warnings?,
         ssh_host_key: ssh_host_key?,
         targets,
     })

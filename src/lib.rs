@@ -15,6 +15,7 @@
 //! pg::upstream  log in to the target as the JIT role (SCRAM-SHA-256, password never shown)
 //! pg::relay     splice client and upstream bytes untouched
 //! pg::cancel    route CancelRequests by the gateway's own keys
+//! session    live sessions: registry, lifetime (deadline, warnings), trust rechecks
 //! server     accept loops, reloads and shutdown
 //! certs      `jitgate certs init|issue|revoke` (rcgen)
 //! doctor     `jitgate doctor`: is each target ready, and the exact fix where it is not
@@ -38,6 +39,7 @@ pub mod policy;
 pub mod sandbox;
 pub mod secret;
 pub mod server;
+pub mod session;
 pub mod ssh;
 pub mod tls;
 mod yaml;

@@ -19,13 +19,18 @@ use crate::jit::reaper::{reap_linux, reap_postgres, LiveLeases};
 use crate::pg::cancel::CancelRegistry;
 use crate::pg::session::PgContext;
 use crate::pg::startup::ALPN_POSTGRESQL;
-use crate::policy::{PolicyError, PolicySet};
+use crate::policy::{PolicyError, PolicySet, TargetKind};
+use crate::session::{trust, Sessions};
 use crate::ssh::hostkey::{load_or_create_host_key, HostKeyError};
 use crate::ssh::session::{russh_config, SshContext};
 use crate::tls::{ServerTls, ServerTlsFiles, TlsError};
 
 /// How long shutdown waits for sessions to end and their accounts to be dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// How often the trust watcher looks at the CRL file: a revocation ends live sessions within
+/// this plus the time the session's own goodbye takes (well under 1 s in the tests).
+const TRUST_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -128,6 +133,7 @@ pub async fn serve_until(
 
     let shutdown = CancellationToken::new();
     let live = LiveLeases::default();
+    let live_sessions = Sessions::default();
     let sessions = TaskTracker::new();
     let policy_view = policies.clone();
     let current_policies: Arc<dyn Fn() -> Arc<PolicySet> + Send + Sync> =
@@ -141,6 +147,8 @@ pub async fn serve_until(
         targets,
         cancels: CancelRegistry::default(),
         live: live.clone(),
+        sessions: live_sessions.clone(),
+        warnings: config.session_warnings.clone(),
         shutdown: shutdown.clone(),
     });
     let ssh_ctx = match config.listen.ssh {
@@ -163,6 +171,8 @@ pub async fn serve_until(
                 targets: ssh_targets,
                 russh: Arc::new(russh_config(host_key)),
                 live: live.clone(),
+                sessions: live_sessions.clone(),
+                warnings: config.session_warnings.clone(),
                 shutdown: shutdown.clone(),
             }))
         }
@@ -188,6 +198,11 @@ pub async fn serve_until(
         config.reap_interval,
         shutdown.clone(),
     ));
+    let mut watched = vec![(TargetKind::Postgres, ctx.tls.clone())];
+    if let Some(ssh) = &ssh_ctx {
+        watched.push((TargetKind::Ssh, ssh.tls.clone()));
+    }
+    let watcher = tokio::spawn(watch_crl(live_sessions.clone(), watched, shutdown.clone()));
 
     if config.listen.postgres.is_none() && config.listen.ssh.is_none() {
         return Err(ServeError::NoListener);
@@ -228,7 +243,11 @@ pub async fn serve_until(
                 (Err(e), _) => accept_failed(e).await,
             },
             _ = hangup.recv() => match policies.reload() {
-                Ok(n) => tracing::info!(grants = n, "policies reloaded"),
+                Ok(n) => {
+                    // Sessions that relied on a grant the new set no longer gives end now.
+                    let ended = trust::recheck_policies(&live_sessions, &policies.current());
+                    tracing::info!(grants = n, sessions_ended = ended, "policies reloaded");
+                }
                 Err(e) => tracing::error!(error = %e, "policy reload refused; the previous policies stay in force"),
             },
             _ = terminate.recv() => break,
@@ -254,6 +273,7 @@ pub async fn serve_until(
         );
     }
     reaper.abort();
+    watcher.abort();
     tracing::info!("jitgate stopped");
     Ok(())
 }
@@ -287,6 +307,54 @@ async fn accept_failed(e: std::io::Error) {
     // EMFILE and friends: back off instead of spinning.
     tracing::warn!(error = %e, "accept failed");
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Looks at the CRL file every `TRUST_CHECK_INTERVAL` (through each listener's `ServerTls`);
+/// whenever a new CRL took effect, checks every live session's certificate against it and
+/// ends those it refuses. The checks (a signature verification each) run on a blocking
+/// thread, so thousands of sessions do not hold up the runtime.
+async fn watch_crl(
+    sessions: Sessions,
+    watched: Vec<(TargetKind, Arc<ServerTls>)>,
+    shutdown: CancellationToken,
+) {
+    let mut seen: Vec<u64> = watched.iter().map(|(_, tls)| tls.refresh_crl()).collect();
+    let mut tick = tokio::time::interval(TRUST_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let mut changed = false;
+        for ((_, tls), seen) in watched.iter().zip(seen.iter_mut()) {
+            let generation = tls.refresh_crl();
+            changed |= generation != *seen;
+            *seen = generation;
+        }
+        if !changed || sessions.is_empty() {
+            continue;
+        }
+        let (sessions, watched) = (sessions.clone(), watched.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            trust::recheck_certificates(&sessions, |kind| {
+                watched
+                    .iter()
+                    .find(|(k, _)| *k == kind)
+                    .map(|(_, tls)| &**tls)
+            })
+        })
+        .await;
+        match checked {
+            Ok(ended) => tracing::info!(
+                sessions_ended = ended,
+                "live sessions checked against the new CRL"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "checking live sessions against the new CRL failed")
+            }
+        }
+    }
 }
 
 async fn reap_loop(

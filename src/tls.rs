@@ -6,6 +6,7 @@ use std::fmt;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -168,6 +169,8 @@ pub struct ServerTls {
     current: RwLock<Current>,
     last_check: Mutex<Instant>,
     check_interval: Duration,
+    /// How many CRLs were installed after the first (see `refresh_crl`).
+    crl_generation: AtomicU64,
 }
 
 /// Everything a `ServerConfig` is built from, except the CRL.
@@ -267,6 +270,7 @@ impl ServerTls {
             }),
             last_check: Mutex::new(Instant::now()),
             check_interval: CRL_CHECK_INTERVAL,
+            crl_generation: AtomicU64::new(0),
         })
     }
 
@@ -305,17 +309,32 @@ impl ServerTls {
     }
 
     fn reload_crl_if_changed(&self) {
+        self.check_crl(false);
+    }
+
+    /// Looks at the CRL file now (not throttled to once a second as the accept path is),
+    /// installs it if it changed, and returns the CRL generation: it grows by one each time a
+    /// new CRL takes effect, whoever loaded it (this call or an accept), so a caller that saw
+    /// it change must check every live session's certificate again (`session::trust`). The
+    /// gateway's trust watcher calls this a few times a second, so a revocation reaches live
+    /// sessions within 1 s.
+    pub fn refresh_crl(&self) -> u64 {
+        self.check_crl(true);
+        self.crl_generation.load(Ordering::Acquire)
+    }
+
+    fn check_crl(&self, now: bool) -> bool {
         let Some(path) = &self.crl_path else {
-            return;
+            return false;
         };
         // One caller checks; the others take the current config instead of queueing.
         let mut last_check = match self.last_check.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
+            Err(TryLockError::WouldBlock) => return false,
         };
-        if last_check.elapsed() < self.check_interval {
-            return;
+        if !now && last_check.elapsed() < self.check_interval {
+            return false;
         }
         *last_check = Instant::now();
 
@@ -337,11 +356,11 @@ impl ServerTls {
             }
         };
         if stamp == seen {
-            return;
+            return false;
         }
         if stamp.is_none() {
             self.set_seen(None);
-            return;
+            return false;
         }
         let rebuilt = self
             .material
@@ -349,12 +368,14 @@ impl ServerTls {
             .and_then(|crls| self.material.build(crls));
         match rebuilt {
             Ok((acceptor, verifier)) => {
-                tracing::info!(crl = %path.display(), "CRL changed; new connections use it");
+                tracing::info!(crl = %path.display(), "CRL changed; new connections use it and live sessions are checked against it");
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = Current {
                     acceptor,
                     verifier,
                     crl_seen: stamp,
                 };
+                self.crl_generation.fetch_add(1, Ordering::AcqRel);
+                true
             }
             Err(e) => {
                 tracing::warn!(
@@ -364,6 +385,7 @@ impl ServerTls {
                 // Remember this version so the warning is not repeated every second; the next
                 // change to the file is tried again.
                 self.set_seen(stamp);
+                false
             }
         }
     }

@@ -787,8 +787,18 @@ grants:
         "{}",
         stderr(&out)
     );
+    // The reason comes first, as a WARNING, then PostgreSQL's own FATAL.
+    assert!(
+        stderr(&out).contains("jitgate: this session reached the max_session of its grant"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new());
-    assert!(gw.log().contains("Expired"), "{}", gw.log());
+    assert!(
+        gw.log().contains("end_reason=\"max_session\""),
+        "{}",
+        gw.log()
+    );
 }
 
 /// A JIT role may give itself a password (`ALTER ROLE CURRENT_USER PASSWORD`): that password

@@ -42,6 +42,28 @@ fn errors(text: &str) -> Vec<String> {
 }
 
 #[test]
+fn session_warnings_are_durations_or_none() -> Result<(), ConfigError> {
+    let config = load(&EXAMPLE.replace("reap_interval: 60s", "session_warnings: [10m, 30s]"))?;
+    assert_eq!(
+        config.session_warnings,
+        vec![Duration::from_secs(600), Duration::from_secs(30)]
+    );
+    let config = load(&EXAMPLE.replace("reap_interval: 60s", "session_warnings: []"))?;
+    assert!(config.session_warnings.is_empty());
+    let bad = errors(&EXAMPLE.replace("reap_interval: 60s", "session_warnings: [5m, soon, 0s]"));
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert!(
+        bad[0].contains("session_warnings: invalid duration `soon`"),
+        "{bad:?}"
+    );
+    assert!(
+        bad[1].contains("session_warnings must be between 1s and 1day"),
+        "{bad:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn example_config_loads() -> Result<(), ConfigError> {
     let config = load(EXAMPLE)?;
     assert_eq!(config.instance_id, "gw-1");
@@ -104,6 +126,10 @@ targets:
     assert_eq!(config.listen, Listen::default());
     assert_eq!(config.handshake_timeout, Duration::from_secs(10));
     assert_eq!(config.reap_interval, Duration::from_secs(60));
+    assert_eq!(
+        config.session_warnings,
+        vec![Duration::from_secs(300), Duration::from_secs(60)]
+    );
     assert_eq!(config.policy_dir, PathBuf::from("policies"));
     assert_eq!(config.audit_dir, PathBuf::from("audit"));
     assert_eq!(config.tls.crl, None);

@@ -151,6 +151,24 @@ pub fn fatal(code: &str, message: &str, hint: Option<&str>) -> BytesMut {
     })
 }
 
+/// NoticeResponse with severity WARNING and SQLSTATE 01000 (`warning`): what the gateway
+/// itself tells a client in a running session (psql prints `WARNING:  <message>`). WARNING,
+/// not NOTICE: PostgreSQL uses it for what will affect the user, and a default
+/// `client_min_messages` shows both.
+pub fn warning(message: &str) -> BytesMut {
+    tagged(b'N', |b| {
+        for (field, value) in [
+            (b'S', "WARNING"),
+            (b'V', "WARNING"),
+            (b'C', "01000"),
+            (b'M', message),
+        ] {
+            put_field(b, field, value);
+        }
+        b.put_u8(0);
+    })
+}
+
 fn put_field(b: &mut BytesMut, field: u8, value: &str) {
     b.put_u8(field);
     // A NUL inside a value would end the field early and desynchronise the client.
@@ -191,6 +209,13 @@ mod tests {
     fn fatal_golden_bytes() {
         let msg = fatal("28000", "no", None);
         let expected: &[u8] = b"E\0\0\0\x1eSFATAL\0VFATAL\0C28000\0Mno\0\0";
+        assert_eq!(&msg[..], expected);
+    }
+
+    #[test]
+    fn warning_golden_bytes() {
+        let msg = warning("soon");
+        let expected: &[u8] = b"N\0\0\0\x24SWARNING\0VWARNING\0C01000\0Msoon\0\0";
         assert_eq!(&msg[..], expected);
     }
 

@@ -13,7 +13,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::cancel::CancelRegistry;
-use super::message::{authentication_ok, backend_key_data, fatal, negotiate_protocol_version};
+use super::message::{
+    authentication_ok, backend_key_data, fatal, negotiate_protocol_version, warning,
+};
 use super::options::take_reason;
 use super::relay::{splice, End};
 use super::startup::{accept, Arrival, ClientStream, FrontDoorError, Login};
@@ -25,6 +27,8 @@ use crate::jit::reaper::LiveLeases;
 use crate::jit::{LeaseId, PgLease};
 use crate::logsafe::{diagnostic, untrusted};
 use crate::policy::{self, AccessRequest, Denial, PolicySet, TargetKind};
+use crate::session::lifetime::{Event, Lifetime};
+use crate::session::{trust, Credential, Registered, SessionInfo, Sessions};
 use crate::tls::ServerTls;
 
 /// Longest a session's end waits for its role's drop (retries included) before handing the
@@ -42,6 +46,10 @@ pub struct PgContext {
     pub targets: HashMap<String, (Arc<PgTarget>, Arc<PgProvisioner>)>,
     pub cancels: CancelRegistry,
     pub live: LiveLeases,
+    /// The live sessions, for trust changes to end (`session::trust`).
+    pub sessions: Sessions,
+    /// How long before a session's end the user is warned (`session_warnings`).
+    pub warnings: Vec<Duration>,
     pub shutdown: CancellationToken,
 }
 
@@ -277,6 +285,24 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         "account created"
     );
 
+    // From here trust changes can end the session: register it, then check once more what a
+    // CRL or policy reload during the mint may have changed.
+    let credential = Credential::from_chain(stream.get_ref().1.peer_certificates().unwrap_or(&[]));
+    let registered = ctx.sessions.register(SessionInfo {
+        id: lease.id.clone(),
+        protocol: TargetKind::Postgres,
+        identity: identity.clone(),
+        credential,
+        target: target.name.clone(),
+        requested: requested.user.clone(),
+        reason: requested.reason.clone(),
+        grant: grant.name().to_string(),
+        account: lease.role.clone(),
+        client: peer,
+        since: std::time::SystemTime::now(),
+    });
+    trust::recheck_new(&registered, &ctx.tls, &(ctx.policies)());
+
     let (end, upstream) = serve(
         &mut stream,
         peer,
@@ -284,10 +310,11 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         target,
         provisioner,
         &lease,
-        &identity.user,
+        &registered,
         &requested.forward,
     )
     .await;
+    drop(registered);
     let _ = stream.shutdown().await;
     drop(stream);
 
@@ -309,7 +336,13 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
     }
     drop(upstream);
     // `_live` goes here: from now on the reaper may take whatever is left of the role.
-    tracing::info!(event = "session.end", lease = %lease.id, user = %identity.user, target_name = %target.name, end = ?end, seconds = started.elapsed().as_secs(), "session ended");
+    let end_reason = match &end {
+        Some(End::Ended(reason)) => reason.as_str(),
+        Some(End::Closed { .. } | End::ClientHungUp) => "closed",
+        Some(End::Failed(_)) => "failed",
+        None => "not_started",
+    };
+    tracing::info!(event = "session.end", lease = %lease.id, user = %identity.user, target_name = %target.name, end_reason, end = ?end, seconds = started.elapsed().as_secs(), "session ended");
 }
 
 /// Logs in upstream, completes the client's handshake, and relays. Returns how it ended.
@@ -321,9 +354,10 @@ async fn serve(
     target: &Arc<PgTarget>,
     provisioner: &Arc<PgProvisioner>,
     lease: &PgLease,
-    user: &str,
+    registered: &Registered,
     forward: &[(String, String)],
 ) -> (Option<End>, Option<upstream::UpstreamStream>) {
+    let user = registered.info().identity.user.as_str();
     let mut upstream = match upstream::login(target, lease, forward).await {
         Ok(u) => u,
         Err(e) => {
@@ -350,26 +384,35 @@ async fn serve(
     hello.extend_from_slice(&upstream.ready.raw);
     let end = if stream.write_all(&hello).await.is_ok() {
         tracing::info!(event = "session.start", client = %peer, lease = %lease.id, role = %lease.role, user = %user, target_name = %target.name, "session started");
-        let deadline = tokio::time::Instant::from_std(StdInstant::now())
-            + lease
-                .expires_at
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
         let terminate = || async {
             if let Err(e) = provisioner.terminate_backends(lease).await {
                 tracing::warn!(role = %lease.role, error = %e, "could not terminate the upstream backend");
             }
         };
-        Some(
-            splice(
-                stream,
-                &mut upstream.stream,
-                deadline,
-                &ctx.shutdown,
-                terminate,
-            )
-            .await,
-        )
+        let mut lifetime = Lifetime::new(
+            lease.expires_at,
+            registered.info().credential.not_after,
+            &ctx.warnings,
+        );
+        // The warnings, and at the end the reason, reach the client as WARNING notices put
+        // between the upstream's messages (see pg::relay); the end itself is the target's
+        // own FATAL 57P01 after `terminate`, as for any administrator's termination.
+        let (notices, notices_rx) = tokio::sync::mpsc::channel(4);
+        let until = async move {
+            loop {
+                match lifetime.next(registered.switch(), &ctx.shutdown).await {
+                    Event::Warning(text) => {
+                        tracing::info!(event = "session.warning", lease = %lease.id, user = %user, message = %text, "end of session announced");
+                        let _ = notices.try_send(warning(&text).freeze());
+                    }
+                    Event::End(reason) => {
+                        let _ = notices.try_send(warning(&reason.user_message()).freeze());
+                        return reason;
+                    }
+                }
+            }
+        };
+        Some(splice(stream, &mut upstream.stream, until, notices_rx, terminate).await)
     } else {
         None
     };

@@ -30,6 +30,11 @@ pub struct LiveAccount {
     pub live: Option<LiveGuard>,
     pub upstream: Option<Arc<client::Handle<PinnedHost>>>,
     pub grant: Option<String>,
+    /// The SSH user name the client asked with (a grant name or its own), for re-evaluating
+    /// the request when the policies change.
+    pub requested: Option<String>,
+    /// Open session channels, where a warning before the session's end is written (stderr).
+    pub channels: Vec<ChannelId>,
 }
 
 pub type AccountSlot = Arc<Mutex<Option<LiveAccount>>>;
@@ -46,6 +51,7 @@ pub struct BastionHandler {
     /// The bastion's SSH target names, for telling a refused person what they can use.
     offer_targets: Vec<String>,
     decision: Option<Result<Grant, Denial>>,
+    requested: Option<String>,
     grant: Option<Grant>,
     upstream: Option<Arc<client::Handle<PinnedHost>>>,
     channels: HashMap<ChannelId, SplicedChannel>,
@@ -74,6 +80,7 @@ impl BastionHandler {
             account,
             offer_targets: Vec::new(),
             decision: None,
+            requested: None,
             grant: None,
             upstream: None,
             channels: HashMap::new(),
@@ -119,6 +126,8 @@ impl BastionHandler {
             live: Some(live),
             upstream: None,
             grant: Some(grant.name().to_string()),
+            requested: self.requested.clone(),
+            channels: Vec::new(),
         };
         *self.account.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
 
@@ -158,6 +167,7 @@ impl BastionHandler {
             reason: self.reason.as_deref(),
         };
         self.decision = Some(policy::evaluate(&self.policies, &request));
+        self.requested = Some(user.to_string());
         // The client has done its part of the handshake: from here its deadline is the
         // mint's and the login's own, not handshake_timeout.
         self.account
@@ -250,6 +260,14 @@ impl Handler for BastionHandler {
                     tracing::info!(event = "ssh.exit", user = %user, channel = ?account, exit_status = ?outcome.exit_status, exit_signal = ?outcome.exit_signal, "channel closed");
                 });
                 self.channels.insert(id, spliced);
+                if let Some(live) = self
+                    .account
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_mut()
+                {
+                    live.channels.push(id);
+                }
             }
             Err(e) => {
                 tracing::warn!(target_name = %self.target.name, error = %diagnostic(&e.to_string()), "upstream refused a session channel");
@@ -308,6 +326,14 @@ impl Handler for BastionHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
+        if let Some(live) = self
+            .account
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            live.channels.retain(|c| *c != channel);
+        }
         Ok(())
     }
 

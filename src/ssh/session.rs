@@ -18,6 +18,8 @@ use crate::identity::Identity;
 use crate::jit::linux::LinuxProvisioner;
 use crate::jit::reaper::LiveLeases;
 use crate::policy::{self, Denial, PolicySet, TargetKind};
+use crate::session::lifetime::{Event, Lifetime};
+use crate::session::{trust, Credential, EndReason, Registered, SessionInfo, Sessions};
 use crate::tls::ServerTls;
 
 type ClientStream = tokio_rustls::server::TlsStream<TcpStream>;
@@ -31,8 +33,17 @@ pub struct SshContext {
     pub targets: HashMap<String, (Arc<SshTarget>, Arc<LinuxProvisioner>)>,
     pub russh: Arc<russh::server::Config>,
     pub live: LiveLeases,
+    /// The live sessions, for trust changes to end (`session::trust`).
+    pub sessions: Sessions,
+    /// How long before a session's end the user is warned (`session_warnings`).
+    pub warnings: Vec<Duration>,
     pub shutdown: CancellationToken,
 }
+
+/// How often the connection looks for its account before the session is registered. A trust
+/// change in between is not missed (registration checks once more), but the shorter this
+/// is, the sooner the session shows in the registry.
+const REGISTER_POLL: Duration = Duration::from_millis(50);
 
 /// A russh server config for the bastion: our host key, `none` (and, for clients that never
 /// try it, any public key) — the TLS client certificate is the authentication — and
@@ -56,6 +67,7 @@ pub fn russh_config(host_key: russh::keys::PrivateKey) -> russh::server::Config 
 struct Admitted {
     stream: ClientStream,
     identity: Identity,
+    credential: Credential,
     target: Arc<SshTarget>,
     provisioner: Arc<LinuxProvisioner>,
     reason: Option<String>,
@@ -91,6 +103,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
     let Admitted {
         stream,
         identity,
+        credential,
         target,
         provisioner,
         reason,
@@ -99,15 +112,21 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
     let account = AccountSlot::default();
     let handler = BastionHandler::new(
         peer,
-        identity,
+        identity.clone(),
         target.clone(),
         provisioner.clone(),
         (ctx.policies)(),
-        reason,
+        reason.clone(),
         ctx.live.clone(),
         account.clone(),
     )
     .offering(ctx.targets.keys().cloned().collect());
+    let who = Who {
+        identity,
+        credential,
+        reason,
+        peer,
+    };
     // run_stream itself waits for the client's version line.
     let Ok(started) = tokio::time::timeout_at(
         deadline,
@@ -117,53 +136,59 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
     else {
         return handshake_timed_out(peer, &ctx);
     };
+    let mut ended_by: Option<EndReason> = None;
     match started {
         Ok(running) => {
             let handle = running.handle();
             tokio::pin!(running);
-            loop {
-                let expires_at = account
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_ref()
-                    .and_then(|a| a.lease.as_ref())
-                    .map(|l| l.expires_at);
-                // The lease's expiry is only known after authentication: until then, look
-                // again every second; after, sleep until it.
-                let wait = match expires_at {
-                    Some(at) => at.duration_since(SystemTime::now()).unwrap_or_default(),
-                    None => Duration::from_secs(1),
-                };
+            // Until the account exists, look at the slot a few times a second; from then on
+            // the session is registered and its lifetime (deadline, warnings, the switch a
+            // trust change flips) drives this loop.
+            let mut live: Option<(Registered, Lifetime)> = None;
+            let why = loop {
+                if live.is_none() {
+                    live = register(&account, &ctx, &who, &target);
+                }
                 let authenticated = account.lock().unwrap_or_else(|p| p.into_inner()).is_some();
                 if !authenticated && tokio::time::Instant::now() >= deadline {
                     // Before authentication there may be no SSH transport to say goodbye on.
                     handshake_timed_out(peer, &ctx);
-                    break;
+                    break None;
                 }
-                let why = if expires_at.is_some() && wait.is_zero() {
-                    "jitgate: this session reached the max_session of its grant"
-                } else {
-                    tokio::select! {
+                let event = match &mut live {
+                    Some((registered, lifetime)) => tokio::select! {
                         result = &mut running => {
-                            if let Err(e) = result {
-                                tracing::debug!(client = %peer, error = %e, "SSH session ended with an error");
-                            }
-                            break;
+                            session_error(peer, result);
+                            break None;
                         }
-                        _ = ctx.shutdown.cancelled() => "jitgate: the gateway is shutting down",
-                        _ = tokio::time::sleep(wait) => continue,
-                    }
+                        event = lifetime.next(registered.switch(), &ctx.shutdown) => event,
+                    },
+                    None => tokio::select! {
+                        result = &mut running => {
+                            session_error(peer, result);
+                            break None;
+                        }
+                        () = ctx.shutdown.cancelled() => Event::End(EndReason::Shutdown),
+                        () = tokio::time::sleep(REGISTER_POLL) => continue,
+                    },
                 };
+                match event {
+                    Event::Warning(text) => warn_channels(&handle, &account, &user, &text).await,
+                    Event::End(reason) => break Some(reason),
+                }
+            };
+            if let Some(reason) = why {
                 let _ = handle
                     .disconnect(
                         russh::Disconnect::ByApplication,
-                        why.to_string(),
+                        reason.user_message(),
                         "en".to_string(),
                     )
                     .await;
                 let _ = tokio::time::timeout(Duration::from_secs(5), &mut running).await;
-                break;
+                ended_by = Some(reason);
             }
+            // The registration goes with `live` here; the account is dropped below.
         }
         Err(e) => tracing::info!(client = %peer, error = %e, "SSH handshake failed"),
     }
@@ -189,7 +214,83 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
         }
         // `live.live` (the lease's registration) goes here, after the drop was tried.
         drop(live.live);
-        tracing::info!(event = "session.end", lease = %lease.id, user = %user, target_name = %target.name, "session ended");
+        let end_reason = ended_by.as_ref().map_or("closed", EndReason::as_str);
+        tracing::info!(event = "session.end", lease = %lease.id, user = %user, target_name = %target.name, end_reason, "session ended");
+    }
+}
+
+/// Who a connection is for, as the session registry records it.
+struct Who {
+    identity: Identity,
+    credential: Credential,
+    reason: Option<String>,
+    peer: SocketAddr,
+}
+
+/// Registers the session once its account exists (the mint is done), then checks it once
+/// against the CRL and policies as they are now (`session::trust::recheck_new`).
+fn register(
+    account: &AccountSlot,
+    ctx: &SshContext,
+    who: &Who,
+    target: &SshTarget,
+) -> Option<(Registered, Lifetime)> {
+    let info = {
+        let slot = account.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = slot.as_ref()?;
+        let lease = slot.lease.as_ref()?;
+        SessionInfo {
+            id: lease.id.clone(),
+            protocol: TargetKind::Ssh,
+            identity: who.identity.clone(),
+            credential: who.credential.clone(),
+            target: target.name.clone(),
+            requested: slot.requested.clone().unwrap_or_default(),
+            reason: who.reason.clone(),
+            grant: slot.grant.clone().unwrap_or_default(),
+            account: lease.user.clone(),
+            client: who.peer,
+            since: SystemTime::now(),
+        }
+    };
+    let lifetime = {
+        let slot = account.lock().unwrap_or_else(|p| p.into_inner());
+        let expires_at = slot.as_ref()?.lease.as_ref()?.expires_at;
+        Lifetime::new(expires_at, who.credential.not_after, &ctx.warnings)
+    };
+    let registered = ctx.sessions.register(info);
+    trust::recheck_new(&registered, &ctx.tls, &(ctx.policies)());
+    Some((registered, lifetime))
+}
+
+/// Writes `text` on the stderr (extended data type 1, RFC 4254 §5.2) of every open session
+/// channel: OpenSSH's client prints it on its own stderr, or on the terminal of a pty session,
+/// between the target's output. One short message, so russh's unbounded handle queue is fine.
+async fn warn_channels(
+    handle: &russh::server::Handle,
+    account: &AccountSlot,
+    user: &str,
+    text: &str,
+) {
+    let channels = account
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|a| a.channels.clone())
+        .unwrap_or_default();
+    tracing::info!(event = "session.warning", user = %user, channels = channels.len(), message = %text, "end of session announced");
+    // \r\n: a pty's terminal is in raw mode and does not add the carriage return itself.
+    let line = format!("\r\n{text}\r\n");
+    for channel in channels {
+        let _ = handle
+            .extended_data(channel, 1, bytes::Bytes::from(line.clone()))
+            .await;
+    }
+}
+
+fn session_error(peer: SocketAddr, result: Result<(), russh::Error>) {
+    if let Err(e) = result {
+        tracing::debug!(client = %peer, error = %e, "SSH session ended with an error");
     }
 }
 
@@ -262,6 +363,7 @@ async fn admit(tcp: TcpStream, ctx: &SshContext) -> Result<Admitted, AdmitError>
     Ok(Admitted {
         stream,
         identity,
+        credential: Credential::from_chain(&chain),
         target: target.clone(),
         provisioner: provisioner.clone(),
         reason,

@@ -415,6 +415,16 @@ impl Gateway {
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
+    /// Sends a signal to the gateway process (`kill -<signal> <pid>`), e.g. HUP to reload.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// Kills the gateway without letting it clean up (a crash).
     pub fn kill_hard(&mut self) {
         if let Some(mut child) = self.child.take() {
