@@ -11,6 +11,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::*;
@@ -36,10 +37,11 @@ enum Mode {
     Md5,
     /// Terminates TLS with its own certificate and relays the JIT login to the real server,
     /// over TLS (`true`: the server offers -PLUS for its own certificate) or plain (`false`:
-    /// only SCRAM-SHA-256 reaches the gateway). The first connection, the admin's (opened by the
-    /// start-up reaper before the gateway listens, then reused from the pool), is passed through
-    /// untouched, TLS and all: the gateway binds its admin login to the TLS connection, so a
-    /// relay that terminates TLS cannot carry it (see `AdminTlsRelay`).
+    /// only SCRAM-SHA-256 reaches the gateway). Connections before `Fake::intercept_from_now`
+    /// (the start-up reaper's admin connection, later reused from the pool, and the start-up
+    /// checks') are passed through untouched, TLS and all: the gateway binds its admin login
+    /// to the TLS connection, so a relay that terminates TLS cannot carry it (see
+    /// `AdminTlsRelay`).
     TlsRelay(bool),
     /// Answers the admin login with AuthenticationCleartextPassword, and should a password come,
     /// plays a logged-in server.
@@ -58,6 +60,7 @@ struct Fake {
     received: Arc<Mutex<Vec<u8>>>,
     jit_logins: Arc<Mutex<usize>>,
     admin_startups: Arc<Mutex<Vec<Vec<u8>>>>,
+    intercept: Arc<AtomicBool>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -74,19 +77,21 @@ impl Fake {
         let jit_logins = Arc::new(Mutex::new(0));
         let admin_startups = Arc::new(Mutex::new(Vec::new()));
         let acceptor = tokio_rustls::TlsAcceptor::from(relay_tls_config());
+        let intercept = Arc::new(AtomicBool::new(!matches!(mode, Mode::TlsRelay(_))));
         let record = Record {
             received: received.clone(),
             jit_logins: jit_logins.clone(),
             admin_startups: admin_startups.clone(),
+            intercept: intercept.clone(),
         };
         rt.spawn(async move {
-            for index in 0.. {
+            loop {
                 let Ok((sock, _)) = listener.accept().await else {
                     return;
                 };
                 let (record, acceptor) = (record.clone(), acceptor.clone());
                 tokio::spawn(async move {
-                    let _ = serve(sock, index, pg_port, mode, acceptor, record).await;
+                    let _ = serve(sock, pg_port, mode, acceptor, record).await;
                 });
             }
         });
@@ -95,8 +100,24 @@ impl Fake {
             received,
             jit_logins,
             admin_startups,
+            intercept,
             _rt: rt,
         }
+    }
+
+    /// From now on the relay modes play their part (until now they passed connections through).
+    /// Called once the gateway's start-up (reaper pass, start-up checks) is over.
+    fn intercept_from_now(&self, gw: &Gateway) {
+        let start = std::time::Instant::now();
+        while !gw.log().contains("doctor: ") {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "the start-up checks did not finish: {}",
+                gw.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.intercept.store(true, Ordering::SeqCst);
     }
 
     fn admin_startups(&self) -> Vec<Vec<u8>> {
@@ -121,11 +142,11 @@ struct Record {
     received: Arc<Mutex<Vec<u8>>>,
     jit_logins: Arc<Mutex<usize>>,
     admin_startups: Arc<Mutex<Vec<Vec<u8>>>>,
+    intercept: Arc<AtomicBool>,
 }
 
 async fn serve(
     mut sock: TcpStream,
-    index: usize,
     pg_port: u16,
     mode: Mode,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -135,8 +156,9 @@ async fn serve(
         received,
         jit_logins,
         admin_startups,
+        intercept,
     } = record;
-    if let (Mode::TlsRelay(_), 0) = (mode, index) {
+    if !intercept.load(Ordering::SeqCst) {
         let mut pg = TcpStream::connect(("127.0.0.1", pg_port)).await?;
         tokio::io::copy_bidirectional(&mut sock, &mut pg).await?;
         return Ok(());
@@ -551,6 +573,7 @@ fn tls_relay_with_its_own_certificate_fails_the_binding() {
     enable_ssl(&pg);
     let fake = Fake::start(pg.port, Mode::TlsRelay(true));
     let relayed = gateway_via(&pg, fake.port, "tls: require");
+    fake.intercept_from_now(&relayed);
     let err = refused_login(&relayed);
     assert!(
         err.contains("jitgate could not log in to target orders with your account"),
@@ -586,6 +609,7 @@ fn tls_without_channel_binding_is_refused() {
     enable_ssl(&pg);
     let fake = Fake::start(pg.port, Mode::TlsRelay(false));
     let gw = gateway_via(&pg, fake.port, "tls: require");
+    fake.intercept_from_now(&gw);
     let err = refused_login(&gw);
     assert!(
         err.contains("jitgate could not log in to target orders with your account"),
