@@ -147,6 +147,14 @@ fn verify_full_refuses_a_certificate_from_another_ca() {
         );
         let lines = log_lines(&gw, "mint failed");
         assert!(lines.iter().any(|l| l.contains(&expected)), "{}", gw.log());
+        // A refused certificate is a TLS problem, not a target that is down.
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.contains("TLS setup for target orders") && !l.contains("cannot reach")),
+            "{}",
+            gw.log()
+        );
     }
 }
 

@@ -387,12 +387,44 @@ impl PgProvisioner {
                 reason,
             };
         }
+        // A certificate the TLS check refused is not a target that is down: retrying cannot
+        // help, and "cannot reach" would send the operator looking at the network.
+        if let Some(reason) = tls_refusal(&e) {
+            return JitError::Tls {
+                target: t.name.clone(),
+                reason,
+            };
+        }
         JitError::Unreachable {
             target: t.name.clone(),
             addr: format!("{}:{}", t.host, t.port),
             reason,
         }
     }
+}
+
+/// The rustls error somewhere in `e`'s sources (tokio-rustls hands it over inside an
+/// `io::Error`), worded for the operator: our own certificate checks' text as it is, not
+/// wrapped in rustls's `Other(OtherError(…))`.
+fn tls_refusal(e: &tokio_postgres::Error) -> Option<String> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let found = s.downcast_ref::<rustls::Error>().or_else(|| {
+            s.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(tls) = found {
+            return Some(match tls {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+                    other.to_string()
+                }
+                other => other.to_string(),
+            });
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// Why an admin session could not be had: the server never answered in time, the TLS set-up
