@@ -97,24 +97,6 @@ echo done
 } </dev/null
 "#;
 
-fn script(vars: &[(&str, &str)], body: &str) -> String {
-    let mut text = String::from("# jitgate doctor\n");
-    for (name, value) in vars {
-        text.push_str(&format!("{name}={}\n", shell_quote(value)));
-    }
-    text.push_str(body);
-    text
-}
-
-/// The command every script runs under: the provisioner's own (`sudo -n` unless root).
-fn shell_command(t: &SshTarget) -> &'static str {
-    if t.admin.user == "root" {
-        "/bin/sh -s"
-    } else {
-        "sudo -n /bin/sh -s"
-    }
-}
-
 /// What the probe script found.
 #[derive(Debug, Default)]
 struct Probe {
@@ -308,7 +290,7 @@ pub(super) async fn check(
     };
 
     if t.admin.user != "root" {
-        let sudo = exec(&handle, shell_command(t), Some(b"true\n")).await;
+        let sudo = exec(&handle, crate::jit::linux::admin_shell(t), Some(b"true\n")).await;
         let what = format!(
             "sudo -n /bin/sh works for admin {} (every provisioning script runs through it)",
             t.admin.user
@@ -344,7 +326,7 @@ pub(super) async fn check(
     let groups: Vec<&str> = needs.names.keys().map(String::as_str).collect();
     let groups_joined = groups.join(",");
     let tools_joined = tool_names.join(" ");
-    let text = script(
+    let text = crate::jit::linux::script_with(
         &[
             ("tools", &tools_joined),
             ("state", &t.state_dir),
@@ -354,7 +336,13 @@ pub(super) async fn check(
         ],
         PROBE,
     );
-    let probe = match exec(&handle, shell_command(t), Some(text.as_bytes())).await {
+    let probe = match exec(
+        &handle,
+        crate::jit::linux::admin_shell(t),
+        Some(text.as_bytes()),
+    )
+    .await
+    {
         Ok(out) if out.success() => parse_probe(&out.stdout_text()),
         Ok(out) => {
             s.fail(
@@ -511,8 +499,14 @@ async fn dry_run(
     let removed = provisioner.drop_lease(&lease).await;
     let gone = exec(
         admin,
-        shell_command(t),
-        Some(script(&[("account", &lease.user), ("home", &lease.home)], GONE).as_bytes()),
+        crate::jit::linux::admin_shell(t),
+        Some(
+            crate::jit::linux::script_with(
+                &[("account", &lease.user), ("home", &lease.home)],
+                GONE,
+            )
+            .as_bytes(),
+        ),
     )
     .await;
     let account = &lease.user;

@@ -422,11 +422,7 @@ impl LinuxProvisioner {
         operation: &'static str,
         text: String,
     ) -> Result<ExecOutput, LinuxError> {
-        let command = if self.target.admin.user == "root" {
-            "/bin/sh -s"
-        } else {
-            "sudo -n /bin/sh -s"
-        };
+        let command = admin_shell(&self.target);
         let run = async {
             // A cached connection may have died since; a fresh one is tried once, and only
             // when the channel could not even be opened (the script has not run).
@@ -497,6 +493,24 @@ impl LinuxProvisioner {
             },
         }
     }
+}
+
+/// The command a provisioning script (sent on stdin) runs under on `target`: the admin's own
+/// shell when it is root, else `sudo -n`. `jitgate doctor` runs its probes the same way.
+pub(crate) fn admin_shell(target: &SshTarget) -> &'static str {
+    if target.admin.user == "root" {
+        "/bin/sh -s"
+    } else {
+        "sudo -n /bin/sh -s"
+    }
+}
+
+/// A script of `vars` (each value shell-quoted) followed by `body`, as the provisioning
+/// scripts are built; for `jitgate doctor`'s probes.
+pub(crate) fn script_with(vars: &[(&'static str, &str)], body: &str) -> String {
+    vars.iter()
+        .fold(Vars::default(), |v, (name, value)| v.set(name, *value))
+        .script(body)
 }
 
 /// The account's expiry date for `useradd -e`: the day after the lease ends (UTC), so the
