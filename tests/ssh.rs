@@ -555,13 +555,8 @@ fn persistent_home_outlives_the_account_and_ephemeral_does_not() {
 #[test]
 fn processes_go_with_the_account() {
     let Some(env) = env_with(1) else { return };
-    let marker = format!(
-        "sleep 4{}",
-        &random_word(4)
-            .chars()
-            .filter(|c| c.is_ascii_digit())
-            .collect::<String>()
-    );
+    // Digits enough that no unrelated `sleep` on the machine matches.
+    let marker = format!("sleep 4{}{:05}", std::process::id(), rand_digits());
     // Detached from the session (its own session, no terminal, stdio closed), so only the
     // removal can end it; `pgrep` proves it runs before the connection closes.
     let o = env.ssh(&[&format!(
@@ -1132,4 +1127,12 @@ fn back_to_back_connections_keep_the_persistent_home() {
         env.gw.log()
     );
     assert_eq!(env.wait_no_accounts(), Vec::<String>::new());
+}
+
+/// Five random digits (for names no other process on the machine carries).
+fn rand_digits() -> u32 {
+    random_word(12)
+        .bytes()
+        .fold(0u32, |n, b| n.wrapping_mul(31).wrapping_add(u32::from(b)))
+        % 100_000
 }
