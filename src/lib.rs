@@ -27,6 +27,7 @@
 //! Vocabulary: **client** = the user's side, **upstream** = the target; **grant** = a policy
 //! decision; **lease** = one JIT account's life; **target** = a configured database or host.
 
+pub mod audit;
 pub mod certs;
 pub mod config;
 pub mod demo;

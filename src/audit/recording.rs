@@ -1,0 +1,2 @@
+//! PLACEHOLDER (replaced by the recording branch).
+pub const DIR: &str = "recordings";
