@@ -51,7 +51,9 @@ pub struct Config {
     pub listen: Listen,
     pub handshake_timeout: Duration,
     pub policy_dir: PathBuf,
-    pub audit_dir: PathBuf,
+    /// The audit log and recordings (`audit:`; `audit.dir` defaults to `audit` beside the
+    /// config).
+    pub audit: crate::audit::AuditConfig,
     pub reap_interval: Duration,
     /// How long before a session's end (max_session or certificate expiry) its user is
     /// warned, longest first; `session_warnings: []` warns never. Default 5m and 1m.
@@ -346,11 +348,18 @@ struct RawConfig {
     listen: Option<RawListen>,
     handshake_timeout: Option<Spanned<String>>,
     policy_dir: Option<Spanned<String>>,
-    audit_dir: Option<Spanned<String>>,
+    audit: Option<RawAudit>,
     reap_interval: Option<Spanned<String>>,
     session_warnings: Option<Vec<Spanned<String>>>,
     ssh_host_key: Option<Spanned<String>>,
     targets: Option<SpannedMap<Spanned<RawTarget>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    dir: Option<Spanned<String>>,
+    on_failure: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -518,13 +527,7 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<
         DEFAULT_POLICY_DIR,
         problems,
     );
-    let audit_dir = dir_path(
-        base,
-        "audit_dir",
-        raw.audit_dir.as_ref(),
-        DEFAULT_AUDIT_DIR,
-        problems,
-    );
+    let audit = validate_audit(base, raw.audit.as_ref(), problems);
 
     let mut targets = BTreeMap::new();
     let raw_targets = raw.targets.as_ref().map_or(&[][..], |t| &t.0);
@@ -547,11 +550,42 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<
         listen: listen?,
         handshake_timeout: handshake_timeout?,
         policy_dir: policy_dir?,
-        audit_dir: audit_dir?,
+        audit: audit?,
         reap_interval: reap_interval?,
         session_warnings: session_warnings?,
         ssh_host_key: ssh_host_key?,
         targets,
+    })
+}
+
+fn validate_audit(
+    base: &Path,
+    raw: Option<&RawAudit>,
+    problems: &mut Problems<'_>,
+) -> Option<crate::audit::AuditConfig> {
+    use crate::audit::OnFailure;
+    let dir = dir_path(
+        base,
+        "audit.dir",
+        raw.and_then(|a| a.dir.as_ref()),
+        DEFAULT_AUDIT_DIR,
+        problems,
+    );
+    let on_failure = match raw.and_then(|a| a.on_failure.as_ref()) {
+        None => Some(OnFailure::FailClosed),
+        Some(mode) => problems.check(mode, |m| match m.as_str() {
+            "fail_closed" => Ok(OnFailure::FailClosed),
+            "fail_open" => Ok(OnFailure::FailOpen),
+            other => Err(format!(
+                "audit.on_failure must be fail_closed (refuse sessions while events cannot be \
+                 written) or fail_open, not `{}`",
+                yaml::printable(other)
+            )),
+        }),
+    };
+    Some(crate::audit::AuditConfig {
+        dir: dir?,
+        on_failure: on_failure?,
     })
 }
 

@@ -12,15 +12,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::{Audit, Event, Health, OnFailure};
 use crate::config::{Config, Target};
 use crate::jit::linux::{LinuxError, LinuxProvisioner};
 use crate::jit::postgres::PgProvisioner;
-use crate::jit::reaper::{reap_linux, reap_postgres, LiveLeases};
+use crate::jit::reaper::{reap_linux, reap_postgres, LiveLeases, ReapReport};
 use crate::pg::cancel::CancelRegistry;
 use crate::pg::session::PgContext;
 use crate::pg::startup::ALPN_POSTGRESQL;
 use crate::policy::{PolicyError, PolicySet, TargetKind};
-use crate::session::{trust, Sessions};
+use crate::session::{trust, EndReason, Sessions};
 use crate::ssh::hostkey::{load_or_create_host_key, HostKeyError};
 use crate::ssh::session::{russh_config, SshContext};
 use crate::tls::{ServerTls, ServerTlsFiles, TlsError};
@@ -51,6 +52,8 @@ pub enum ServeError {
     HostKey(#[from] HostKeyError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("audit: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// The current policy set; replaced whole on a successful reload.
@@ -104,6 +107,10 @@ pub async fn serve_until(
     stop: CancellationToken,
     on_listening: impl FnOnce(Listening),
 ) -> Result<(), ServeError> {
+    // The audit log first: under fail_closed no session may start without it, and a
+    // directory that cannot be opened is the operator's to fix before anyone connects.
+    let (audit, audit_task) = Audit::start(&config.audit, &config.instance_id)?;
+    tracing::info!(dir = %config.audit.dir.display(), on_failure = ?config.audit.on_failure, "audit log open");
     let policies = PolicyStore::load(&config.policy_dir)?;
     tracing::info!(grants = policies.current().len(), dir = %config.policy_dir.display(), "policies loaded");
     let tls = Arc::new(ServerTls::load(
@@ -149,6 +156,7 @@ pub async fn serve_until(
         live: live.clone(),
         sessions: live_sessions.clone(),
         warnings: config.session_warnings.clone(),
+        audit: audit.clone(),
         shutdown: shutdown.clone(),
     });
     let ssh_ctx = match config.listen.ssh {
@@ -173,6 +181,7 @@ pub async fn serve_until(
                 live: live.clone(),
                 sessions: live_sessions.clone(),
                 warnings: config.session_warnings.clone(),
+                audit: audit.clone(),
                 shutdown: shutdown.clone(),
             }))
         }
@@ -203,6 +212,11 @@ pub async fn serve_until(
         watched.push((TargetKind::Ssh, ssh.tls.clone()));
     }
     let watcher = tokio::spawn(watch_crl(live_sessions.clone(), watched, shutdown.clone()));
+    let audit_watch = tokio::spawn(watch_audit(
+        audit.clone(),
+        live_sessions.clone(),
+        shutdown.clone(),
+    ));
 
     if config.listen.postgres.is_none() && config.listen.ssh.is_none() {
         return Err(ServeError::NoListener);
@@ -274,6 +288,11 @@ pub async fn serve_until(
     }
     reaper.abort();
     watcher.abort();
+    audit_watch.abort();
+    // Every session's last events are queued by now: write them before exiting.
+    audit.flush().await;
+    drop((ctx, ssh_ctx, audit));
+    let _ = tokio::time::timeout(Duration::from_secs(5), audit_task).await;
     tracing::info!("jitgate stopped");
     Ok(())
 }
@@ -357,6 +376,27 @@ async fn watch_crl(
     }
 }
 
+/// Under `audit.on_failure: fail_closed`, ends every live session as soon as the audit log
+/// cannot be written (new sessions are refused at login by `Audit::accepting`).
+async fn watch_audit(audit: Audit, sessions: Sessions, shutdown: CancellationToken) {
+    if audit.on_failure() != OnFailure::FailClosed {
+        return;
+    }
+    let mut health = audit.health();
+    loop {
+        if let Health::Failing(why) = &*health.borrow_and_update() {
+            let ended = sessions.end_where(|_| Some(EndReason::AuditUnavailable));
+            if !ended.is_empty() {
+                tracing::error!(sessions_ended = ended.len(), error = %why, "audit log cannot be written: open sessions ended (audit.on_failure: fail_closed)");
+            }
+        }
+        tokio::select! {
+            changed = health.changed() => if changed.is_err() { return },
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
 async fn reap_loop(
     ctx: Arc<PgContext>,
     ssh: Option<Arc<SshContext>>,
@@ -377,6 +417,7 @@ async fn reap_all(ctx: &PgContext, ssh: Option<&SshContext>) {
             ctx.live.contains(&role.marker.lease)
         })
         .await;
+        audit_reaped(&ctx.audit, name, &report).await;
         log_reap(name, report.map_err(|e| e.to_string()));
     }
     for (name, (_, provisioner)) in ssh.map(|s| &s.targets).into_iter().flatten() {
@@ -384,11 +425,26 @@ async fn reap_all(ctx: &PgContext, ssh: Option<&SshContext>) {
             ctx.live.contains(&account.marker.lease)
         })
         .await;
+        audit_reaped(&ctx.audit, name, &report).await;
         log_reap(name, report.map_err(|e| e.to_string()));
     }
 }
 
-fn log_reap(target: &str, report: Result<crate::jit::reaper::ReapReport, String>) {
+async fn audit_reaped<E>(audit: &Audit, target: &str, report: &Result<ReapReport, E>) {
+    for r in report.iter().flat_map(|r| &r.reaped) {
+        audit
+            .emit(Event::AccountReaped {
+                target: target.to_string(),
+                account: r.account.clone(),
+                lease: r.lease.clone(),
+                owner_instance: r.owner_instance.clone(),
+                why: r.why.clone(),
+            })
+            .await;
+    }
+}
+
+fn log_reap(target: &str, report: Result<ReapReport, String>) {
     match report {
         Ok(report) if report.failed.is_empty() => {
             tracing::debug!(target_name = %target, dropped = report.dropped.len(), "reaper pass")

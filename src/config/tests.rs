@@ -14,7 +14,9 @@ listen:
   postgres: 127.0.0.1:6432
 handshake_timeout: 10s
 policy_dir: policies
-audit_dir: audit
+audit:
+  dir: audit
+  on_failure: fail_open
 reap_interval: 60s
 targets:
   orders:
@@ -84,7 +86,8 @@ fn example_config_loads() -> Result<(), ConfigError> {
     assert_eq!(config.handshake_timeout, Duration::from_secs(10));
     assert_eq!(config.reap_interval, Duration::from_secs(60));
     assert_eq!(config.policy_dir, PathBuf::from("/etc/jitgate/policies"));
-    assert_eq!(config.audit_dir, PathBuf::from("/etc/jitgate/audit"));
+    assert_eq!(config.audit.dir, PathBuf::from("/etc/jitgate/audit"));
+    assert_eq!(config.audit.on_failure, crate::audit::OnFailure::FailOpen);
     let Some(Target::Postgres(pg)) = config.target("orders") else {
         unreachable!("orders is a postgres target: {config:?}")
     };
@@ -131,7 +134,8 @@ targets:
         vec![Duration::from_secs(300), Duration::from_secs(60)]
     );
     assert_eq!(config.policy_dir, PathBuf::from("policies"));
-    assert_eq!(config.audit_dir, PathBuf::from("audit"));
+    assert_eq!(config.audit.dir, PathBuf::from("audit"));
+    assert_eq!(config.audit.on_failure, crate::audit::OnFailure::FailClosed);
     assert_eq!(config.tls.crl, None);
     let Some(Target::Postgres(pg)) = config.target("orders") else {
         unreachable!("orders is a postgres target")

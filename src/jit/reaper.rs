@@ -108,6 +108,32 @@ pub fn should_reap<A: Managed>(
 pub struct ReapReport {
     pub dropped: Vec<String>,
     pub failed: Vec<String>,
+    /// What the audit records of each dropped account, in `dropped`'s order.
+    pub reaped: Vec<Reaped>,
+}
+
+/// One account the reaper removed, for the audit's `jit.account.reaped`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaped {
+    pub account: String,
+    pub lease: String,
+    pub owner_instance: String,
+    pub why: String,
+}
+
+impl Reaped {
+    fn of(account: &str, marker: &super::lease::Marker, instance_id: &str) -> Reaped {
+        Reaped {
+            account: account.to_string(),
+            lease: marker.lease.clone(),
+            owner_instance: marker.instance.clone(),
+            why: if marker.instance == instance_id {
+                "no live session holds it (a gateway crash or a failed drop)".to_string()
+            } else {
+                "its lease expired long ago and its gateway did not remove it".to_string()
+            },
+        }
+    }
 }
 
 /// One pass over one Postgres target.
@@ -125,6 +151,9 @@ pub async fn reap_postgres(
         match provisioner.reap_role(&role).await {
             Ok(()) => {
                 tracing::info!(target_name = %provisioner.target().name, role = %role.role, lease = %role.marker.lease, "reaped account without a live session");
+                report
+                    .reaped
+                    .push(Reaped::of(&role.role, &role.marker, instance_id));
                 report.dropped.push(role.role);
             }
             Err(e) => {
@@ -152,6 +181,9 @@ pub async fn reap_linux(
         match provisioner.reap_account(&account).await {
             Ok(()) => {
                 tracing::info!(target_name = %provisioner.target().name, account = %account.name, lease = %account.marker.lease, "reaped account without a live session");
+                report
+                    .reaped
+                    .push(Reaped::of(&account.name, &account.marker, instance_id));
                 report.dropped.push(account.name);
             }
             Err(e) => {

@@ -5,7 +5,10 @@
 //! No bytes are left behind at the splice: the front door and the upstream login read exactly
 //! one message at a time (no read-ahead buffer of ours), and whatever the client pipelined
 //! after its StartupMessage still sits in rustls's buffer, where the copy below picks it up.
-//! The audit issue hooks in here: decode a copy of each direction, never re-encode.
+//! The audit taps both pumps ([`Tap`]): each chunk read is handed, as read, to the
+//! session's decoder (`audit::pg`), and the events it yields are queued for the audit writer
+//! before the chunk is passed on — a statement is on its way to the log before it reaches the
+//! target. Nothing is re-encoded; the decoder only looks at the bytes.
 //!
 //! The gateway speaks to the client itself only with whole NoticeResponse messages (the
 //! warnings before a session's end, the reason it ends). A message may only go between two of
@@ -20,20 +23,72 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::audit::pg::{PgDecoder, PgEvent};
+use crate::audit::SessionAudit;
 use crate::session::EndReason;
 
 /// How long to keep relaying after asking the target to end the session, so the server's
 /// own FATAL (57P01) reaches the client before the sockets close.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// Read buffer of the upstream→client pump (the client→upstream one is tokio's copy).
+/// Read buffer of each pump.
 const PUMP_BUFFER: usize = 16 * 1024;
+
+/// The session's audit on the relay: one decoder sees both directions (it pairs each
+/// result with its statement), and its events go to the session's audit.
+pub struct Tap {
+    decoder: Mutex<PgDecoder>,
+    audit: SessionAudit,
+}
+
+impl Tap {
+    pub fn new(decoder: PgDecoder, audit: SessionAudit) -> Tap {
+        Tap {
+            decoder: Mutex::new(decoder),
+            audit,
+        }
+    }
+
+    /// Decodes a copy of `chunk` (from the client if `from_client`) and queues its events.
+    async fn saw(&self, from_client: bool, chunk: &[u8]) {
+        let mut events: Vec<PgEvent> = Vec::new();
+        {
+            let mut decoder = self.decoder.lock().unwrap_or_else(|p| p.into_inner());
+            if from_client {
+                decoder.client(chunk, &mut events);
+            } else {
+                decoder.upstream(chunk, &mut events);
+            }
+        }
+        for event in events {
+            self.audit.emit(event).await;
+        }
+    }
+}
+
+/// Bytes relayed each way, however the session ends.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub from_client: AtomicU64,
+    pub to_client: AtomicU64,
+}
+
+impl Counters {
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.from_client.load(Ordering::Relaxed),
+            self.to_client.load(Ordering::Relaxed),
+        )
+    }
+}
 
 #[derive(Debug)]
 pub enum End {
@@ -56,12 +111,15 @@ pub enum End {
 /// from `notices` (a whole backend message, e.g. a NoticeResponse) is written to the client at
 /// the next boundary between the upstream's messages; the last ones sent before `until`
 /// resolves still go out during the drain.
+#[allow(clippy::too_many_arguments)]
 pub async fn splice<C, U, F>(
     client: &mut C,
     upstream: &mut U,
     until: impl Future<Output = EndReason>,
     notices: mpsc::Receiver<Bytes>,
     terminate: impl FnOnce() -> F,
+    tap: Option<&Tap>,
+    counters: &Counters,
 ) -> End
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -70,12 +128,14 @@ where
 {
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
-    let to_upstream = async {
-        let n = tokio::io::copy(&mut client_read, &mut upstream_write).await?;
-        upstream_write.shutdown().await?;
-        Ok(n)
-    };
-    let to_client = pump_to_client(&mut upstream_read, &mut client_write, notices);
+    let to_upstream = pump_to_upstream(&mut client_read, &mut upstream_write, tap, counters);
+    let to_client = pump_to_client(
+        &mut upstream_read,
+        &mut client_write,
+        notices,
+        tap,
+        counters,
+    );
     let copy = async { tokio::try_join!(to_upstream, to_client) };
     tokio::pin!(copy);
     tokio::pin!(until);
@@ -90,12 +150,43 @@ where
     End::Ended(reason)
 }
 
+/// Copies client to upstream (write, flush, shut down at EOF), showing each chunk to the tap.
+async fn pump_to_upstream<R, W>(
+    client: &mut R,
+    upstream: &mut W,
+    tap: Option<&Tap>,
+    counters: &Counters,
+) -> std::io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; PUMP_BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = client.read(&mut buf).await?;
+        if n == 0 {
+            upstream.shutdown().await?;
+            return Ok(total);
+        }
+        if let Some(tap) = tap {
+            tap.saw(true, &buf[..n]).await;
+        }
+        upstream.write_all(&buf[..n]).await?;
+        upstream.flush().await?;
+        total += n as u64;
+        counters.from_client.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
 /// Copies upstream to client as tokio's copy does (write, flush, shut down at EOF), and puts
 /// each notice in at the next message boundary.
 async fn pump_to_client<R, W>(
     upstream: &mut R,
     client: &mut W,
     mut notices: mpsc::Receiver<Bytes>,
+    tap: Option<&Tap>,
+    counters: &Counters,
 ) -> std::io::Result<u64>
 where
     R: AsyncRead + Unpin,
@@ -126,6 +217,9 @@ where
                     client.shutdown().await?;
                     return Ok(total);
                 }
+                if let Some(tap) = tap {
+                    tap.saw(false, &buf[..n]).await;
+                }
                 let mut rest = &buf[..n];
                 if !pending.is_empty() {
                     if let Some(k) = frames.advance_to_boundary(rest) {
@@ -142,6 +236,7 @@ where
                 client.write_all(rest).await?;
                 client.flush().await?;
                 total += n as u64;
+                counters.to_client.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
     }
@@ -280,8 +375,10 @@ mod tests {
         let (mut up_far, mut up_near) = tokio::io::duplex(1024);
         let (mut client_near, mut client_far) = tokio::io::duplex(1024);
         let (tx, rx) = mpsc::channel(4);
-        let pump =
-            tokio::spawn(async move { pump_to_client(&mut up_near, &mut client_near, rx).await });
+        let pump = tokio::spawn(async move {
+            let counters = Counters::default();
+            pump_to_client(&mut up_near, &mut client_near, rx, None, &counters).await
+        });
         let row = message(b'D', &[1u8; 30]);
         // Half a message, then the notice: it must wait for the other half.
         up_far.write_all(&row[..10]).await.unwrap();

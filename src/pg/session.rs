@@ -17,9 +17,11 @@ use super::message::{
     authentication_ok, backend_key_data, fatal, negotiate_protocol_version, warning,
 };
 use super::options::take_reason;
-use super::relay::{splice, End};
+use super::relay::{splice, Counters, End, Tap};
 use super::startup::{accept, Arrival, ClientStream, FrontDoorError, Login};
 use super::upstream::{self, UpstreamError};
+use crate::audit::pg::{PgAuditOptions, PgDecoder};
+use crate::audit::{Audit, DropOutcome, Event as AuditEvent, SessionAudit, SessionMeta};
 use crate::config::PgTarget;
 use crate::identity::Identity;
 use crate::jit::postgres::PgProvisioner;
@@ -50,6 +52,7 @@ pub struct PgContext {
     pub sessions: Sessions,
     /// How long before a session's end the user is warned (`session_warnings`).
     pub warnings: Vec<Duration>,
+    pub audit: Audit,
     pub shutdown: CancellationToken,
 }
 
@@ -121,6 +124,18 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<PgContext>) {
         Err(_) => tracing::info!(client = %peer, "handshake timed out"),
         Ok(Err(FrontDoorError::Refused { code, message })) => {
             tracing::info!(event = "access.denied", client = %peer, sqlstate = code, reason = %message, "connection refused");
+            ctx.audit
+                .emit(AuditEvent::AccessDenied {
+                    protocol: "postgres",
+                    client: peer.to_string(),
+                    user: None,
+                    serial: None,
+                    target: None,
+                    requested: None,
+                    sqlstate: Some(code.to_string()),
+                    why: message.to_string(),
+                })
+                .await;
         }
         // Port probes and health checks land here: not worth an info line each.
         Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "connection closed before login"),
@@ -203,9 +218,16 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         params,
     } = login;
     let started = StdInstant::now();
+    let mut who = Who {
+        ctx,
+        peer,
+        identity: &identity,
+        target: None,
+        requested: None,
+    };
     let requested = match sort_params(params) {
         Ok(r) => r,
-        Err(refusal) => return refuse(&mut stream, peer, &identity.user, refusal).await,
+        Err(refusal) => return refuse(&mut stream, &who, refusal).await,
     };
     if minor_version > 0 || !requested.unsupported.is_empty() {
         // We speak 3.0; say so before authentication, as PostgreSQL does.
@@ -221,10 +243,12 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
     // as one that exists but is not granted: no stranger learns target names, nor (before
     // holding a grant) a target's database list.
     let policies = (ctx.policies)();
+    who.target = Some(requested.target.clone());
+    who.requested = Some(requested.user.clone());
     let Some((target, provisioner)) = ctx.targets.get(&requested.target) else {
         let denial = Denial::no_such_target(&identity, &requested.target, Some(&requested.user));
         let refusal = denial_refusal(&denial, &policies, &identity, ctx);
-        return refuse(&mut stream, peer, &identity.user, refusal).await;
+        return refuse(&mut stream, &who, refusal).await;
     };
     let request = AccessRequest {
         identity: &identity,
@@ -237,7 +261,7 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         Ok(grant) => grant,
         Err(denial) => {
             let refusal = denial_refusal(&denial, &policies, &identity, ctx);
-            return refuse(&mut stream, peer, &identity.user, refusal).await;
+            return refuse(&mut stream, &who, refusal).await;
         }
     };
     // Only now, to a person the policy let in, may the target's databases be named.
@@ -254,10 +278,16 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
                     target.databases.join(", ")
                 ),
             );
-            return refuse(&mut stream, peer, &identity.user, refusal).await;
+            return refuse(&mut stream, &who, refusal).await;
         }
     };
 
+    // No session starts that cannot be audited (audit.on_failure: fail_closed), and none
+    // gets an account first.
+    if let Err(message) = ctx.audit.accepting() {
+        let refusal = Refusal::new("57P03", message).detail("audit log cannot be written");
+        return refuse(&mut stream, &who, refusal).await;
+    }
     let lease_id = LeaseId::random();
     let _live = ctx.live.register(&lease_id);
     let lease = match provisioner
@@ -269,13 +299,7 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
             // The user hears "ask the operator"; the operator's line says what fixes it.
             let fix = crate::doctor::fix_for_mint_error(&e, target, &grant);
             tracing::error!(lease = %lease_id, target_name = %target.name, user = %identity.user, error = %diagnostic(&e.to_string()), fix = fix.as_deref().map(tracing::field::display), "mint failed");
-            return refuse(
-                &mut stream,
-                peer,
-                &identity.user,
-                jit_refusal(&target.name, &lease_id),
-            )
-            .await;
+            return refuse(&mut stream, &who, jit_refusal(&target.name, &lease_id)).await;
         }
     };
     tracing::info!(
@@ -284,6 +308,24 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         reason = %untrusted(grant.reason().unwrap_or("")), mint_ms = started.elapsed().as_millis() as u64,
         "account created"
     );
+    let audit = ctx.audit.session(
+        &SessionMeta::new(
+            lease.id.as_str(),
+            TargetKind::Postgres,
+            &identity,
+            peer,
+            &target.name,
+        )
+        .grant(grant.name(), grant.reason())
+        .account(&lease.role),
+    );
+    audit
+        .emit(AuditEvent::AccountCreated {
+            database: Some(database.clone()),
+            mint_ms: started.elapsed().as_millis() as u64,
+            expires_at: crate::audit::event::rfc3339(lease.expires_at),
+        })
+        .await;
 
     // From here trust changes can end the session: register it, then check once more what a
     // CRL or policy reload during the mint may have changed.
@@ -303,17 +345,28 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
     });
     trust::recheck_new(&registered, &ctx.tls, &(ctx.policies)());
 
-    let (end, upstream) = serve(
-        &mut stream,
-        peer,
-        ctx,
+    let counters = Counters::default();
+    let tap = Tap::new(
+        PgDecoder::new(PgAuditOptions {
+            redact_parameters: grant.redact_parameters(),
+            ..PgAuditOptions::default()
+        }),
+        audit.clone(),
+    );
+    let opened = Opened {
         target,
         provisioner,
-        &lease,
-        &registered,
-        &requested.forward,
-    )
-    .await;
+        lease: &lease,
+        registered: &registered,
+        audit: &audit,
+        tap: &tap,
+        counters: &counters,
+        requested: &requested,
+        database: &database,
+    };
+    let (end, upstream) = serve(&mut stream, ctx, &opened).await;
+    drop(opened);
+    let session_ended = StdInstant::now();
     drop(registered);
     let _ = stream.shutdown().await;
     drop(stream);
@@ -323,49 +376,102 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
     // (with a password the role set itself) is refused. One that slips in once the client has
     // sent Terminate is ended by the drop, which terminates every backend of the role's oid
     // after NOLOGIN.
-    match tokio::time::timeout(DROP_DEADLINE, provisioner.drop_with_retry(&lease)).await {
-        Ok(Ok(())) => {
-            tracing::info!(event = "jit.account.dropped", lease = %lease.id, role = %lease.role, target_name = %target.name, "account dropped")
-        }
-        Ok(Err(e)) => {
-            tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, error = %diagnostic(&e.to_string()), "account NOT dropped; handed to the reaper, which retries every reap interval")
-        }
-        Err(_) => {
-            tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, seconds = DROP_DEADLINE.as_secs(), "account NOT dropped within the drop deadline; handed to the reaper, which retries every reap interval")
-        }
-    }
-    drop(upstream);
-    // `_live` goes here: from now on the reaper may take whatever is left of the role.
-    let end_reason = match &end {
-        Some(End::Ended(reason)) => reason.as_str(),
-        Some(End::Closed { .. } | End::ClientHungUp) => "closed",
-        Some(End::Failed(_)) => "failed",
-        None => "not_started",
+    let (end_reason, detail) = match &end {
+        Some(End::Ended(reason)) => (reason.as_str(), Some(reason.to_string())),
+        Some(End::Closed { .. } | End::ClientHungUp) => ("closed", None),
+        Some(End::Failed(e)) => ("failed", Some(e.to_string())),
+        None => ("not_started", None),
     };
     tracing::info!(event = "session.end", lease = %lease.id, user = %identity.user, target_name = %target.name, end_reason, end = ?end, seconds = started.elapsed().as_secs(), "session ended");
+    let (from_client, to_client) = counters.get();
+    audit
+        .emit(AuditEvent::SessionEnd {
+            duration_ms: started.elapsed().as_millis() as u64,
+            bytes_from_client: from_client,
+            bytes_to_client: to_client,
+            ended: end_reason.to_string(),
+            detail,
+        })
+        .await;
+    let (outcome, error) =
+        match tokio::time::timeout(DROP_DEADLINE, provisioner.drop_with_retry(&lease)).await {
+            Ok(Ok(())) => {
+                tracing::info!(event = "jit.account.dropped", lease = %lease.id, role = %lease.role, target_name = %target.name, "account dropped");
+                (DropOutcome::Dropped, None)
+            }
+            Ok(Err(e)) => {
+                let error = diagnostic(&e.to_string()).to_string();
+                tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, error = %error, "account NOT dropped; handed to the reaper, which retries every reap interval");
+                (DropOutcome::Failed, Some(error))
+            }
+            Err(_) => {
+                tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, seconds = DROP_DEADLINE.as_secs(), "account NOT dropped within the drop deadline; handed to the reaper, which retries every reap interval");
+                (DropOutcome::TimedOut, None)
+            }
+        };
+    drop(upstream);
+    audit
+        .emit(AuditEvent::AccountDropped {
+            outcome,
+            drop_ms: session_ended.elapsed().as_millis() as u64,
+            error,
+        })
+        .await;
+    // `_live` goes here: from now on the reaper may take whatever is left of the role.
+}
+
+/// Who is being refused, for the log and the audit's `access.denied`.
+struct Who<'a> {
+    ctx: &'a PgContext,
+    peer: SocketAddr,
+    identity: &'a Identity,
+    target: Option<String>,
+    requested: Option<String>,
+}
+
+/// A session past its mint: what `serve` needs.
+struct Opened<'a> {
+    target: &'a Arc<PgTarget>,
+    provisioner: &'a Arc<PgProvisioner>,
+    lease: &'a PgLease,
+    registered: &'a Registered,
+    audit: &'a SessionAudit,
+    tap: &'a Tap,
+    counters: &'a Counters,
+    requested: &'a Requested,
+    database: &'a str,
 }
 
 /// Logs in upstream, completes the client's handshake, and relays. Returns how it ended.
-#[allow(clippy::too_many_arguments)]
 async fn serve(
     stream: &mut ClientStream,
-    peer: SocketAddr,
     ctx: &PgContext,
-    target: &Arc<PgTarget>,
-    provisioner: &Arc<PgProvisioner>,
-    lease: &PgLease,
-    registered: &Registered,
-    forward: &[(String, String)],
+    opened: &Opened<'_>,
 ) -> (Option<End>, Option<upstream::UpstreamStream>) {
-    let user = registered.info().identity.user.as_str();
-    let mut upstream = match upstream::login(target, lease, forward).await {
+    let Opened {
+        target,
+        provisioner,
+        lease,
+        registered,
+        ..
+    } = *opened;
+    let info = registered.info();
+    let user = info.identity.user.as_str();
+    let peer = info.client;
+    let mut upstream = match upstream::login(target, lease, &opened.requested.forward).await {
         Ok(u) => u,
         Err(e) => {
             tracing::error!(lease = %lease.id, target_name = %target.name, role = %lease.role, error = %diagnostic(&e.to_string()), "upstream login failed");
+            let who = Who {
+                ctx,
+                peer,
+                identity: &info.identity,
+                target: Some(target.name.clone()),
+                requested: Some(info.requested.clone()),
+            };
             refuse(
                 stream,
-                peer,
-                user,
+                &who,
                 upstream_refusal(&e, &target.name, &lease.id),
             )
             .await;
@@ -384,6 +490,15 @@ async fn serve(
     hello.extend_from_slice(&upstream.ready.raw);
     let end = if stream.write_all(&hello).await.is_ok() {
         tracing::info!(event = "session.start", client = %peer, lease = %lease.id, role = %lease.role, user = %user, target_name = %target.name, "session started");
+        let deadline = lease.expires_at.min(info.credential.not_after);
+        opened
+            .audit
+            .emit(AuditEvent::SessionStart {
+                requested: opened.requested.user.clone(),
+                database: Some(opened.database.to_string()),
+                deadline: crate::audit::event::rfc3339(deadline),
+            })
+            .await;
         let terminate = || async {
             if let Err(e) = provisioner.terminate_backends(lease).await {
                 tracing::warn!(role = %lease.role, error = %e, "could not terminate the upstream backend");
@@ -403,6 +518,12 @@ async fn serve(
                 match lifetime.next(registered.switch(), &ctx.shutdown).await {
                     Event::Warning(text) => {
                         tracing::info!(event = "session.warning", lease = %lease.id, user = %user, message = %text, "end of session announced");
+                        opened
+                            .audit
+                            .emit(AuditEvent::SessionWarning {
+                                message: text.clone(),
+                            })
+                            .await;
                         let _ = notices.try_send(warning(&text).freeze());
                     }
                     Event::End(reason) => {
@@ -412,7 +533,18 @@ async fn serve(
                 }
             }
         };
-        Some(splice(stream, &mut upstream.stream, until, notices_rx, terminate).await)
+        Some(
+            splice(
+                stream,
+                &mut upstream.stream,
+                until,
+                notices_rx,
+                terminate,
+                Some(opened.tap),
+                opened.counters,
+            )
+            .await,
+        )
     } else {
         None
     };
@@ -455,11 +587,24 @@ fn upstream_refusal(e: &UpstreamError, target: &str, lease: &LeaseId) -> Refusal
     .hint("the gateway's log has the details under that reference")
 }
 
-async fn refuse(stream: &mut ClientStream, peer: SocketAddr, user: &str, refusal: Refusal) {
+async fn refuse(stream: &mut ClientStream, who: &Who<'_>, refusal: Refusal) {
     // Client-chosen parts of the message (target, grant and database names) are escaped
     // where the message is built.
     let reason = refusal.detail.as_deref().unwrap_or(&refusal.message);
-    tracing::info!(event = "access.denied", client = %peer, user = %user, sqlstate = %refusal.code, reason = %reason, "login refused");
+    tracing::info!(event = "access.denied", client = %who.peer, user = %who.identity.user, sqlstate = %refusal.code, reason = %reason, "login refused");
+    who.ctx
+        .audit
+        .emit(AuditEvent::AccessDenied {
+            protocol: "postgres",
+            client: who.peer.to_string(),
+            user: Some(who.identity.user.clone()),
+            serial: Some(who.identity.serial.clone()),
+            target: who.target.as_deref().map(|t| untrusted(t).to_string()),
+            requested: who.requested.as_deref().map(|r| untrusted(r).to_string()),
+            sqlstate: Some(refusal.code.clone()),
+            why: reason.to_string(),
+        })
+        .await;
     let packet = fatal(&refusal.code, &refusal.message, refusal.hint.as_deref());
     let _ = stream.write_all(&packet).await;
     let _ = stream.shutdown().await;

@@ -35,6 +35,7 @@ pub struct Grant {
     target: String,
     pg_roles: Vec<String>,
     pg_set_role: bool,
+    pg_redact_parameters: bool,
     max_session: Duration,
     reason: Option<String>,
     ssh: SshGrant,
@@ -95,6 +96,17 @@ impl Grant {
 
     pub fn home(&self) -> HomeMode {
         self.ssh.home
+    }
+
+    /// Whether bind parameters are audited as type and length only
+    /// (`postgres.redact_parameters`).
+    pub fn redact_parameters(&self) -> bool {
+        self.pg_redact_parameters
+    }
+
+    /// Whether exec channels' output is recorded (`ssh.record_exec_output`).
+    pub fn record_exec_output(&self) -> bool {
+        self.ssh.record_exec_output
     }
 }
 
@@ -227,6 +239,7 @@ pub fn evaluate(policies: &PolicySet, req: &AccessRequest<'_>) -> Result<Grant, 
         target: req.target.to_string(),
         pg_roles: rule.pg_roles.clone(),
         pg_set_role: rule.pg_set_role,
+        pg_redact_parameters: rule.pg_redact_parameters,
         max_session: rule.max_session,
         reason,
         ssh: rule.ssh.clone(),

@@ -160,6 +160,7 @@ struct RawPgGrant {
     roles: Option<Vec<Spanned<String>>>,
     connection_limit: Option<Spanned<String>>,
     set_role: Option<bool>,
+    redact_parameters: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +171,7 @@ struct RawSshGrant {
     port_forwards: Option<Vec<Spanned<String>>>,
     sftp: Option<bool>,
     home: Option<Spanned<String>>,
+    record_exec_output: Option<bool>,
 }
 
 // ---- validation ----------------------------------------------------------------------------
@@ -286,6 +288,11 @@ fn validate(raw: &RawGrant, origin: String, problems: &mut Problems<'_>) -> Opti
             .as_ref()
             .and_then(|pg| pg.set_role)
             .unwrap_or(false),
+        pg_redact_parameters: raw
+            .postgres
+            .as_ref()
+            .and_then(|pg| pg.redact_parameters)
+            .unwrap_or(false),
         max_session: max_session?,
         require_reason: raw.require_reason.unwrap_or(false),
         ssh: ssh?,
@@ -339,6 +346,7 @@ fn validate_ssh(raw: &RawSshGrant, problems: &mut Problems<'_>) -> Option<SshGra
         port_forwards,
         sftp: raw.sftp.unwrap_or(true),
         home: home?,
+        record_exec_output: raw.record_exec_output.unwrap_or(false),
     })
 }
 

@@ -165,6 +165,8 @@ pub(super) struct GrantRule {
     pub(super) pg_roles: Vec<String>,
     /// The JIT role may `SET ROLE` to the granted roles (PostgreSQL 16+; 15 always allows it).
     pub(super) pg_set_role: bool,
+    /// Bind parameters are audited as type and length only (`postgres.redact_parameters`).
+    pub(super) pg_redact_parameters: bool,
     pub(super) max_session: Duration,
     pub(super) require_reason: bool,
     pub(super) ssh: SshGrant,
@@ -180,6 +182,8 @@ pub(super) struct SshGrant {
     pub(super) port_forwards: Vec<Forward>,
     pub(super) sftp: bool,
     pub(super) home: HomeMode,
+    /// Exec channels' output is recorded too, not only their command and exit.
+    pub(super) record_exec_output: bool,
 }
 
 impl SshGrant {
@@ -190,6 +194,7 @@ impl SshGrant {
             port_forwards: Vec::new(),
             sftp: true,
             home: HomeMode::Persistent,
+            record_exec_output: false,
         }
     }
 }

@@ -94,6 +94,8 @@ pub enum EndReason {
     PolicyChanged { grant: String, detail: String },
     /// The gateway is shutting down.
     Shutdown,
+    /// The audit log cannot be written and `audit.on_failure` is `fail_closed`.
+    AuditUnavailable,
 }
 
 impl EndReason {
@@ -115,6 +117,11 @@ impl EndReason {
                 "jitgate: the policy no longer grants this session (grant {grant}); it ends now"
             ),
             EndReason::Shutdown => "jitgate: the gateway is shutting down".to_string(),
+            EndReason::AuditUnavailable => {
+                "jitgate: the session cannot be audited any more (the gateway cannot write \
+                 its audit log), so it ends; ask the operator"
+                    .to_string()
+            }
         }
     }
 
@@ -127,6 +134,7 @@ impl EndReason {
             EndReason::CertificateRefused(_) => "certificate_refused",
             EndReason::PolicyChanged { .. } => "policy_changed",
             EndReason::Shutdown => "shutdown",
+            EndReason::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -137,7 +145,10 @@ impl EndReason {
             EndReason::CertificateRevoked
             | EndReason::CertificateRefused(_)
             | EndReason::PolicyChanged { .. } => true,
-            EndReason::MaxSession | EndReason::CertificateExpired | EndReason::Shutdown => false,
+            EndReason::MaxSession
+            | EndReason::CertificateExpired
+            | EndReason::Shutdown
+            | EndReason::AuditUnavailable => false,
         }
     }
 }

@@ -37,6 +37,7 @@ pub struct SshContext {
     pub sessions: Sessions,
     /// How long before a session's end the user is warned (`session_warnings`).
     pub warnings: Vec<Duration>,
+    pub audit: crate::audit::Audit,
     pub shutdown: CancellationToken,
 }
 
