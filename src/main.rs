@@ -1,5 +1,5 @@
 //! The `jitgate` command line: `serve`, `demo`, `tunnel`, `ssh-config`, `certs`, `policy`,
-//! `doctor`, `reap`.
+//! `doctor`, `reap`, `audit`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -94,12 +94,82 @@ enum Command {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Review the audit log: sessions, a session's timeline, its terminal replay, exports,
+    /// and verification of the hash chain.
+    Audit {
+        #[command(flatten)]
+        log: AuditLog,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Remove JIT accounts that have no live session (expired ones of any instance, and this
     /// instance's that have no backend on the target), then exit.
     Reap {
         #[arg(long, short, default_value = "jitgate.yaml")]
         config: PathBuf,
     },
+}
+
+/// Where the audit log is: the config's `audit.dir`, or a directory given directly.
+#[derive(clap::Args)]
+struct AuditLog {
+    #[arg(long, short, default_value = "jitgate.yaml", global = true)]
+    config: PathBuf,
+    /// The audit directory (instead of the config's `audit.dir`).
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Sessions in the log, newest first.
+    Sessions {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        /// Sessions active at or after: RFC 3339, a date, or a duration ago (2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Sessions started at or before (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only sessions with a query or command containing TEXT.
+        #[arg(long)]
+        grep: Option<String>,
+        /// One JSON object per session instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A session's timeline: who, where, every event in order.
+    Show {
+        /// Session id (a unique prefix will do).
+        id: String,
+    },
+    /// Play a session's terminal recording with its real timing.
+    Replay {
+        id: String,
+        /// Playback speed (2 = twice as fast).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Cap pauses at this many seconds.
+        #[arg(long)]
+        idle_limit: Option<f64>,
+    },
+    /// Write a session's events (json) or recording (cast, asciicast v2) to stdout.
+    Export {
+        id: String,
+        #[arg(long, value_enum, default_value = "json")]
+        format: ExportFormat,
+    },
+    /// Check every hash chain (and the recordings the chain names); exits 1 on any break.
+    Verify,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Json,
+    Cast,
 }
 
 /// How to reach the bastion, and as whom.
@@ -306,6 +376,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
+        Command::Audit { log, command } => return audit(log, command),
         Command::Reap { config } => {
             let config = jitgate::config::Config::load(&config)?;
             let failed = runtime()?.block_on(reap(config))?;
@@ -446,6 +517,114 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     jitgate::policy::explain_identity(&set, &identity, &target, *kind)
                 );
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn audit(log: AuditLog, command: AuditCommand) -> anyhow::Result<ExitCode> {
+    use jitgate::audit::{recording, review, verify};
+    let dir = match log.dir {
+        Some(dir) => dir,
+        None => jitgate::config::Config::load(&log.config)?.audit.dir,
+    };
+    let lines = || {
+        review::load(&dir).with_context(|| format!("reading the audit log in {}", dir.display()))
+    };
+    match command {
+        AuditCommand::Sessions {
+            user,
+            target,
+            since,
+            until,
+            grep,
+            json,
+        } => {
+            let now = std::time::SystemTime::now();
+            let when = |t: Option<String>| {
+                t.map(|t| review::parse_when(&t, now))
+                    .transpose()
+                    .map_err(anyhow::Error::msg)
+            };
+            let filter = review::Filter {
+                user,
+                target,
+                since: when(since)?,
+                until: when(until)?,
+                grep,
+            };
+            let rows = review::sessions(&lines()?, &filter);
+            if json {
+                for row in &rows {
+                    println!("{}", serde_json::to_string(row)?);
+                }
+            } else {
+                print!("{}", review::sessions_table(&rows));
+            }
+        }
+        AuditCommand::Show { id } => {
+            let all = lines()?;
+            let session = review::session_lines(&all, &id).map_err(anyhow::Error::msg)?;
+            print!("{}", review::timeline(&session));
+        }
+        AuditCommand::Replay {
+            id,
+            speed,
+            idle_limit,
+        } => {
+            anyhow::ensure!(speed > 0.0, "--speed must be above 0");
+            let all = lines()?;
+            let session = review::session_lines(&all, &id).map_err(anyhow::Error::msg)?;
+            let casts = review::recordings(&dir, &session);
+            anyhow::ensure!(!casts.is_empty(), "session {id} has no terminal recording");
+            let options = recording::ReplayOptions {
+                speed,
+                idle_time_limit: idle_limit,
+            };
+            for path in casts {
+                let cast = recording::read_cast(&path)?;
+                recording::replay_with(&cast, &options, std::io::stdout().lock())?;
+            }
+        }
+        AuditCommand::Export { id, format } => {
+            let all = lines()?;
+            let session = review::session_lines(&all, &id).map_err(anyhow::Error::msg)?;
+            match format {
+                ExportFormat::Json => {
+                    for line in session {
+                        println!("{}", serde_json::to_string(line)?);
+                    }
+                }
+                ExportFormat::Cast => {
+                    let casts = review::recordings(&dir, &session);
+                    anyhow::ensure!(!casts.is_empty(), "session {id} has no terminal recording");
+                    for path in casts {
+                        print!("{}", recording::to_cast_string(&recording::read_cast(&path)?)?);
+                    }
+                }
+            }
+        }
+        AuditCommand::Verify => {
+            let report = verify::verify_dir(&dir)
+                .with_context(|| format!("reading the audit log in {}", dir.display()))?;
+            for problem in &report.problems {
+                println!("✗ {problem}");
+            }
+            if report.problem_count > report.problems.len() {
+                println!(
+                    "… and {} more",
+                    report.problem_count - report.problems.len()
+                );
+            }
+            for (instance, files, lines) in &report.chains {
+                println!("chain {instance}: {files} file(s), {lines} line(s)");
+            }
+            println!("recordings checked: {}", report.recordings);
+            if !report.ok() {
+                println!("audit log NOT intact: {} problem(s)", report.problem_count);
+                return Ok(ExitCode::from(1));
+            }
+            println!("audit log intact");
         }
     }
     Ok(ExitCode::SUCCESS)

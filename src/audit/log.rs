@@ -336,6 +336,12 @@ impl Writer {
     /// Writes and makes durable what is queued, checking the file is still at its path.
     pub fn flush(&mut self) -> io::Result<()> {
         self.write()?;
+        if self.current.is_none() {
+            // Nothing was written since a failure: whether today's file can be opened is
+            // what says the log is writable again.
+            let path = self.dir.join(file_name(&self.instance, SystemTime::now()));
+            open_current(&mut self.current, &path)?;
+        }
         if let Some(current) = &self.current {
             if let Err(e) = still_at_path(current) {
                 self.current = None;

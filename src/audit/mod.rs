@@ -181,6 +181,26 @@ impl Audit {
     }
 }
 
+/// Bytes a session relayed each way, however it ends (`session.end`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub from_client: std::sync::atomic::AtomicU64,
+    pub to_client: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    pub fn get(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.from_client.load(Relaxed), self.to_client.load(Relaxed))
+    }
+
+    pub fn add(&self, from_client: u64, to_client: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.from_client.fetch_add(from_client, Relaxed);
+        self.to_client.fetch_add(to_client, Relaxed);
+    }
+}
+
 /// One session's audit: its fields, serialised once, and the writer.
 #[derive(Clone)]
 pub struct SessionAudit {

@@ -23,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -74,21 +74,7 @@ impl Tap {
     }
 }
 
-/// Bytes relayed each way, however the session ends.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub from_client: AtomicU64,
-    pub to_client: AtomicU64,
-}
-
-impl Counters {
-    pub fn get(&self) -> (u64, u64) {
-        (
-            self.from_client.load(Ordering::Relaxed),
-            self.to_client.load(Ordering::Relaxed),
-        )
-    }
-}
+pub use crate::audit::Counters;
 
 #[derive(Debug)]
 pub enum End {

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::{client, server, Channel, ChannelMsg, ChannelWriteHalf};
+
+use super::audit::ChannelAudit;
 use tokio::sync::oneshot;
 
 /// How long a forwarded channel request may wait for the target's answer.
@@ -75,12 +77,14 @@ pub struct ChannelOutcome {
     pub exit_signal: Option<String>,
 }
 
-/// Starts the two pumps of a session channel and returns the handler's side.
-/// `on_end` is called once with the outcome when the upstream side closes.
+/// Starts the two pumps of a session channel and returns the handler's side. Every data
+/// message is shown to `tap` (the channel's audit) as it passes; when the upstream side
+/// closes, `on_end` is called once with the outcome and the tap finishes.
 pub fn splice_session(
     client: Channel<server::Msg>,
     upstream: Channel<client::Msg>,
     client_handle: server::Handle,
+    tap: Arc<ChannelAudit>,
     on_end: impl FnOnce(ChannelOutcome) + Send + 'static,
 ) -> SplicedChannel {
     let client_id = client.id();
@@ -90,10 +94,16 @@ pub fn splice_session(
     let pending = PendingReplies::default();
 
     let up = upstream_write.clone();
+    let input_tap = tap.clone();
     tokio::spawn(async move {
+        let mut events = Vec::new();
         while let Some(msg) = client_read.wait().await {
             let sent = match msg {
-                ChannelMsg::Data { data } => up.data_bytes(data).await,
+                ChannelMsg::Data { data } => {
+                    input_tap.input(&data, &mut events);
+                    emit_all(&input_tap, &mut events).await;
+                    up.data_bytes(data).await
+                }
                 ChannelMsg::ExtendedData { data, ext } => up.extended_data_bytes(ext, data).await,
                 ChannelMsg::Eof => up.eof().await,
                 ChannelMsg::Close => break,
@@ -110,6 +120,7 @@ pub fn splice_session(
     let answers = pending.clone();
     tokio::spawn(async move {
         let mut outcome = ChannelOutcome::default();
+        let mut events = Vec::new();
         // The target's EOF is passed on only once its exit status (or the close) is there: a
         // client that has sent its own EOF may close the channel as soon as it sees ours —
         // OpenSSH's ControlMaster does — and an exit status sent after that is lost. sshd
@@ -117,8 +128,13 @@ pub fn splice_session(
         let mut eof_held = false;
         while let Some(msg) = upstream_read.wait().await {
             let sent = match msg {
-                ChannelMsg::Data { data } => client_write.data_bytes(data).await.is_ok(),
+                ChannelMsg::Data { data } => {
+                    tap.output(&data, &mut events);
+                    emit_all(&tap, &mut events).await;
+                    client_write.data_bytes(data).await.is_ok()
+                }
                 ChannelMsg::ExtendedData { data, ext } => {
+                    tap.output(&data, &mut events);
                     client_write.extended_data_bytes(ext, data).await.is_ok()
                 }
                 ChannelMsg::Eof => {
@@ -167,6 +183,7 @@ pub fn splice_session(
         answers.fail_all();
         release_eof(&client_write, &mut eof_held).await;
         let _ = client_write.close().await;
+        tap.finish(&outcome).await;
         on_end(outcome);
     });
 
@@ -181,11 +198,29 @@ async fn release_eof(client: &ChannelWriteHalf<server::Msg>, held: &mut bool) ->
     !std::mem::take(held) || client.eof().await.is_ok()
 }
 
-/// Splices a direct-tcpip channel (ssh -L) as a byte stream until either side closes.
-pub fn splice_stream(client: Channel<server::Msg>, upstream: Channel<client::Msg>) {
+async fn emit_all(tap: &ChannelAudit, events: &mut Vec<crate::audit::sftp::SftpEvent>) {
+    for event in events.drain(..) {
+        tap.audit().emit(event).await;
+    }
+}
+
+/// Splices a direct-tcpip channel (ssh -L) as a byte stream until either side closes;
+/// `on_end` gets the bytes relayed (from the client, to the client).
+pub fn splice_stream<F>(
+    client: Channel<server::Msg>,
+    upstream: Channel<client::Msg>,
+    on_end: impl FnOnce(u64, u64) -> F + Send + 'static,
+) where
+    F: Future<Output = ()> + Send,
+{
     tokio::spawn(async move {
         let mut client = client.into_stream();
         let mut upstream = upstream.into_stream();
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        let (from_client, to_client) =
+            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                Ok(counts) => counts,
+                Err(_) => (0, 0),
+            };
+        on_end(from_client, to_client).await;
     });
 }

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use russh::server::{Auth, Handler, Msg, Session};
 use russh::{client, Channel, ChannelId, ChannelOpenFailure, Disconnect, Pty, Sig};
 
+use super::audit::ChannelAudit;
 use super::channel::{splice_session, splice_stream, SplicedChannel};
+use crate::audit::{Audit, Event as AuditEvent, SessionAudit, SessionMeta};
 use super::client::PinnedHost;
 use crate::config::SshTarget;
 use crate::identity::Identity;
@@ -35,6 +37,12 @@ pub struct LiveAccount {
     pub requested: Option<String>,
     /// Open session channels, where a warning before the session's end is written (stderr).
     pub channels: Vec<ChannelId>,
+    /// The session's audit, once its account exists.
+    pub audit: Option<SessionAudit>,
+    /// When the mint began, for the session's duration.
+    pub started: Option<std::time::Instant>,
+    /// Bytes relayed each way over all channels.
+    pub bytes: Arc<crate::audit::Counters>,
 }
 
 pub type AccountSlot = Arc<Mutex<Option<LiveAccount>>>;
@@ -54,7 +62,11 @@ pub struct BastionHandler {
     requested: Option<String>,
     grant: Option<Grant>,
     upstream: Option<Arc<client::Handle<PinnedHost>>>,
-    channels: HashMap<ChannelId, SplicedChannel>,
+    channels: HashMap<ChannelId, (SplicedChannel, Arc<ChannelAudit>)>,
+    audit: Option<Audit>,
+    bytes: Arc<crate::audit::Counters>,
+    /// The session's audit and the fields its events carry, once the account exists.
+    session_audit: Option<(SessionAudit, SessionMeta)>,
 }
 
 impl BastionHandler {
@@ -84,6 +96,38 @@ impl BastionHandler {
             grant: None,
             upstream: None,
             channels: HashMap::new(),
+            audit: None,
+            bytes: Arc::default(),
+            session_audit: None,
+        }
+    }
+
+    /// Where the session's events go.
+    pub fn audited(mut self, audit: Audit) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    async fn denied(&self, requested: Option<&str>, why: String) {
+        if let Some(audit) = &self.audit {
+            audit
+                .emit(AuditEvent::AccessDenied {
+                    protocol: "ssh",
+                    client: self.peer.to_string(),
+                    user: Some(self.identity.user.clone()),
+                    serial: Some(self.identity.serial.clone()),
+                    target: Some(self.target.name.clone()),
+                    requested: requested.map(|r| untrusted(r).to_string()),
+                    sqlstate: None,
+                    why,
+                })
+                .await;
+        }
+    }
+
+    async fn emit(&self, event: AuditEvent) {
+        if let Some((audit, _)) = &self.session_audit {
+            audit.emit(event).await;
         }
     }
 
@@ -97,6 +141,14 @@ impl BastionHandler {
     /// target, and the lease id the operator finds the cause under (the target's script
     /// output, its address, the admin's trouble stay in the log).
     async fn open(&mut self, grant: Grant) -> Result<(), String> {
+        // No session starts that cannot be audited (audit.on_failure: fail_closed), and none
+        // gets an account first.
+        if let Some(Err(message)) = self.audit.as_ref().map(Audit::accepting) {
+            self.denied(self.requested.as_deref(), "audit log cannot be written".into())
+                .await;
+            return Err(message);
+        }
+        let started = std::time::Instant::now();
         let id = LeaseId::random();
         let live = self.live.register(&id);
         let lease = match self
@@ -120,6 +172,26 @@ impl BastionHandler {
             target_name = %self.target.name, grant = grant.name(), user = %self.identity.user,
             serial = %self.identity.serial, reason = %untrusted(grant.reason().unwrap_or("")), "account created"
         );
+        let meta = SessionMeta::new(
+            lease.id.as_str(),
+            TargetKind::Ssh,
+            &self.identity,
+            self.peer,
+            &self.target.name,
+        )
+        .grant(grant.name(), grant.reason())
+        .account(&lease.user);
+        let session_audit = self.audit.as_ref().map(|a| a.session(&meta));
+        if let Some(audit) = &session_audit {
+            audit
+                .emit(AuditEvent::AccountCreated {
+                    database: None,
+                    mint_ms: started.elapsed().as_millis() as u64,
+                    expires_at: crate::audit::event::rfc3339(lease.expires_at),
+                })
+                .await;
+            self.session_audit = Some((audit.clone(), meta));
+        }
         // Whatever happens next, the session's end drops this account.
         let slot = LiveAccount {
             lease: Some(lease.clone()),
@@ -128,6 +200,9 @@ impl BastionHandler {
             grant: Some(grant.name().to_string()),
             requested: self.requested.clone(),
             channels: Vec::new(),
+            audit: session_audit,
+            started: Some(started),
+            bytes: self.bytes.clone(),
         };
         *self.account.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
 
@@ -152,6 +227,12 @@ impl BastionHandler {
         }
         self.upstream = Some(upstream);
         tracing::info!(event = "session.start", client = %self.peer, lease = %lease.id, account = %lease.user, user = %self.identity.user, target_name = %self.target.name, "session started");
+        self.emit(AuditEvent::SessionStart {
+            requested: self.requested.clone().unwrap_or_default(),
+            database: None,
+            deadline: crate::audit::event::rfc3339(lease.expires_at),
+        })
+        .await;
         self.grant = Some(grant);
         Ok(())
     }
@@ -178,7 +259,15 @@ impl BastionHandler {
     }
 
     fn channel(&self, id: ChannelId) -> Option<&SplicedChannel> {
-        self.channels.get(&id)
+        self.channels.get(&id).map(|(c, _)| c)
+    }
+
+    fn tap(&self, id: ChannelId) -> Option<&Arc<ChannelAudit>> {
+        self.channels.get(&id).map(|(_, t)| t)
+    }
+
+    fn records_exec_output(&self) -> bool {
+        self.grant.as_ref().is_some_and(|g| g.record_exec_output())
     }
 
     fn sftp_allowed(&self) -> bool {
@@ -224,6 +313,8 @@ impl Handler for BastionHandler {
             Some(Ok(grant)) => self.open(grant).await,
             Some(Err(denial)) => {
                 tracing::info!(event = "access.denied", client = %self.peer, user = %self.identity.user, target_name = %self.target.name, reason = %denial.detail(), "login refused");
+                let requested = self.requested.clone();
+                self.denied(requested.as_deref(), denial.detail()).await;
                 Err(super::session::refusal_text(
                     &denial,
                     &self.policies,
@@ -245,7 +336,7 @@ impl Handler for BastionHandler {
         reply: russh::server::ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(upstream) = &self.upstream else {
+        let (Some(upstream), Some((audit, meta))) = (&self.upstream, &self.session_audit) else {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -256,10 +347,22 @@ impl Handler for BastionHandler {
                 let id = channel.id();
                 reply.accept().await;
                 let (user, account) = (self.identity.user.clone(), up.id());
-                let spliced = splice_session(channel, up, session.handle(), move |outcome| {
-                    tracing::info!(event = "ssh.exit", user = %user, channel = ?account, exit_status = ?outcome.exit_status, exit_signal = ?outcome.exit_signal, "channel closed");
-                });
-                self.channels.insert(id, spliced);
+                let tap = Arc::new(ChannelAudit::new(
+                    u32::from(id),
+                    audit.clone(),
+                    meta,
+                    self.bytes.clone(),
+                ));
+                let spliced = splice_session(
+                    channel,
+                    up,
+                    session.handle(),
+                    tap.clone(),
+                    move |outcome| {
+                        tracing::info!(event = "ssh.exit", user = %user, channel = ?account, exit_status = ?outcome.exit_status, exit_signal = ?outcome.exit_signal, "channel closed");
+                    },
+                );
+                self.channels.insert(id, (spliced, tap));
                 if let Some(live) = self
                     .account
                     .lock()
@@ -293,7 +396,16 @@ impl Handler for BastionHandler {
                 .is_some_and(|g| g.forward_allowed(host_to_connect, port))
         });
         tracing::info!(event = "ssh.port_forward", user = %self.identity.user, target_name = %self.target.name, destination = %untrusted(&format!("{host_to_connect}:{port_to_connect}")), allowed, "direct-tcpip requested");
+        let host = untrusted(host_to_connect).to_string();
         let Some(upstream) = self.upstream.as_ref().filter(|_| allowed) else {
+            self.emit(AuditEvent::SshPortForward {
+                host,
+                port: port_to_connect,
+                allowed: false,
+                bytes_from_client: None,
+                bytes_to_client: None,
+            })
+            .await;
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -310,7 +422,22 @@ impl Handler for BastionHandler {
         {
             Ok(up) => {
                 reply.accept().await;
-                splice_stream(channel, up);
+                let audit = self.session_audit.as_ref().map(|(a, _)| a.clone());
+                let bytes = self.bytes.clone();
+                splice_stream(channel, up, move |from_client, to_client| async move {
+                    bytes.add(from_client, to_client);
+                    if let Some(audit) = audit {
+                        audit
+                            .emit(AuditEvent::SshPortForward {
+                                host,
+                                port: port_to_connect,
+                                allowed: true,
+                                bytes_from_client: Some(from_client),
+                                bytes_to_client: Some(to_client),
+                            })
+                            .await;
+                    }
+                });
             }
             Err(e) => {
                 tracing::info!(destination = %untrusted(&format!("{host_to_connect}:{port_to_connect}")), error = %diagnostic(&e.to_string()), "upstream could not open the forward");
@@ -349,6 +476,9 @@ impl Handler for BastionHandler {
         modes: &[(Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let Some(tap) = self.tap(channel) {
+            tap.pty(term, col_width, row_height);
+        }
         let ok = match self.channel(channel) {
             Some(ch) => {
                 let (term, modes) = (term.to_string(), modes.to_vec());
@@ -391,6 +521,16 @@ impl Handler for BastionHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         tracing::info!(event = "ssh.shell", user = %self.identity.user, target_name = %self.target.name, "shell");
+        if let Some(tap) = self.tap(channel).cloned() {
+            // Recording starts before the target's shell does: its first prompt is in it.
+            let recording = tap.record(None).await;
+            self.emit(AuditEvent::SshShell {
+                channel: tap.channel(),
+                term: tap.term(),
+                recording,
+            })
+            .await;
+        }
         let ok = match self.channel(channel) {
             Some(ch) => {
                 ch.request(|up| async move { up.request_shell(true).await })
@@ -410,6 +550,22 @@ impl Handler for BastionHandler {
         let command = String::from_utf8_lossy(data).into_owned();
         let allowed = self.sftp_allowed() || !is_scp(&command);
         tracing::info!(event = "ssh.exec", user = %self.identity.user, target_name = %self.target.name, command = %Untrusted::bytes(data), allowed, "exec");
+        if let Some(tap) = self.tap(channel).cloned() {
+            // A terminal session (`ssh -t host cmd`) is recorded like a shell; other execs
+            // only when the grant asks for their output.
+            let recording = if allowed && (tap.has_pty() || self.records_exec_output()) {
+                tap.record(Some(&command)).await
+            } else {
+                None
+            };
+            self.emit(AuditEvent::SshExec {
+                channel: tap.channel(),
+                command: command.clone(),
+                allowed,
+                recording,
+            })
+            .await;
+        }
         let ok = match self.channel(channel).filter(|_| allowed) {
             Some(ch) => {
                 let data = data.to_vec();
@@ -429,6 +585,17 @@ impl Handler for BastionHandler {
     ) -> Result<(), Self::Error> {
         let allowed = name != "sftp" || self.sftp_allowed();
         tracing::info!(event = "ssh.subsystem", user = %self.identity.user, target_name = %self.target.name, subsystem = %untrusted(name), allowed, "subsystem");
+        if let Some(tap) = self.tap(channel).cloned() {
+            if allowed && name == "sftp" {
+                tap.sftp();
+            }
+            self.emit(AuditEvent::SshSubsystem {
+                channel: tap.channel(),
+                name: untrusted(name).to_string(),
+                allowed,
+            })
+            .await;
+        }
         let ok = match self.channel(channel).filter(|_| allowed) {
             Some(ch) => {
                 let name = name.to_string();
@@ -449,6 +616,9 @@ impl Handler for BastionHandler {
         pix_height: u32,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let Some(tap) = self.tap(channel) {
+            tap.resize(col_width, row_height);
+        }
         if let Some(ch) = self.channel(channel) {
             let _ = ch
                 .upstream()

@@ -94,7 +94,20 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
     let admitted = match tokio::time::timeout(ctx.handshake_timeout, admit(tcp, &ctx)).await {
         Err(_) => return tracing::info!(client = %peer, "bastion handshake timed out"),
         Ok(Err(AdmitError::Refused(reason))) => {
-            return tracing::info!(event = "access.denied", client = %peer, reason = %reason, "bastion connection refused")
+            tracing::info!(event = "access.denied", client = %peer, reason = %reason, "bastion connection refused");
+            ctx.audit
+                .emit(crate::audit::Event::AccessDenied {
+                    protocol: "ssh",
+                    client: peer.to_string(),
+                    user: None,
+                    serial: None,
+                    target: None,
+                    requested: None,
+                    sqlstate: None,
+                    why: reason,
+                })
+                .await;
+            return;
         }
         Ok(Err(e)) => {
             return tracing::info!(client = %peer, error = %e, "bastion connection closed before SSH")
@@ -121,7 +134,8 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
         ctx.live.clone(),
         account.clone(),
     )
-    .offering(ctx.targets.keys().cloned().collect());
+    .offering(ctx.targets.keys().cloned().collect())
+    .audited(ctx.audit.clone());
     let who = Who {
         identity,
         credential,
@@ -205,18 +219,44 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
             .await;
     }
     if let Some(lease) = live.lease {
-        match provisioner.drop_with_retry(&lease).await {
+        let end_reason = ended_by.as_ref().map_or("closed", EndReason::as_str);
+        tracing::info!(event = "session.end", lease = %lease.id, user = %user, target_name = %target.name, end_reason, "session ended");
+        if let Some(audit) = &live.audit {
+            audit
+                .emit(crate::audit::Event::SessionEnd {
+                    duration_ms: live
+                        .started
+                        .map_or(0, |s| s.elapsed().as_millis() as u64),
+                    bytes_from_client: live.bytes.get().0,
+                    bytes_to_client: live.bytes.get().1,
+                    ended: end_reason.to_string(),
+                    detail: ended_by.as_ref().map(EndReason::to_string),
+                })
+                .await;
+        }
+        let dropping = std::time::Instant::now();
+        let (outcome, error) = match provisioner.drop_with_retry(&lease).await {
             Ok(()) => {
-                tracing::info!(event = "jit.account.dropped", lease = %lease.id, account = %lease.user, target_name = %target.name, "account dropped")
+                tracing::info!(event = "jit.account.dropped", lease = %lease.id, account = %lease.user, target_name = %target.name, "account dropped");
+                (crate::audit::DropOutcome::Dropped, None)
             }
             Err(e) => {
-                tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, account = %lease.user, target_name = %target.name, error = %crate::logsafe::diagnostic(&e.to_string()), "account NOT dropped; the reaper will retry")
+                let error = crate::logsafe::diagnostic(&e.to_string()).to_string();
+                tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, account = %lease.user, target_name = %target.name, error = %error, "account NOT dropped; the reaper will retry");
+                (crate::audit::DropOutcome::Failed, Some(error))
             }
+        };
+        if let Some(audit) = &live.audit {
+            audit
+                .emit(crate::audit::Event::AccountDropped {
+                    outcome,
+                    drop_ms: dropping.elapsed().as_millis() as u64,
+                    error,
+                })
+                .await;
         }
         // `live.live` (the lease's registration) goes here, after the drop was tried.
         drop(live.live);
-        let end_reason = ended_by.as_ref().map_or("closed", EndReason::as_str);
-        tracing::info!(event = "session.end", lease = %lease.id, user = %user, target_name = %target.name, end_reason, "session ended");
     }
 }
 
