@@ -15,6 +15,8 @@
 //! pg::upstream  log in to the target as the JIT role (SCRAM-SHA-256, password never shown)
 //! pg::relay     splice client and upstream bytes untouched
 //! pg::cancel    route CancelRequests by the gateway's own keys
+//! audit::sftp       file operations decoded from a copy of an sftp channel
+//! audit::recording  terminal recordings (asciicast v2), written off the relay's path
 //! session    live sessions: registry, lifetime (deadline, warnings), trust rechecks
 //! server     accept loops, reloads and shutdown
 //! certs      `jitgate certs init|issue|revoke` (rcgen)

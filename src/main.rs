@@ -577,13 +577,12 @@ fn audit(log: AuditLog, command: AuditCommand) -> anyhow::Result<ExitCode> {
             let session = review::session_lines(&all, &id).map_err(anyhow::Error::msg)?;
             let casts = review::recordings(&dir, &session);
             anyhow::ensure!(!casts.is_empty(), "session {id} has no terminal recording");
-            let options = recording::ReplayOptions {
-                speed,
-                idle_time_limit: idle_limit,
-            };
             for path in casts {
-                let cast = recording::read_cast(&path)?;
-                recording::replay_with(&cast, &options, std::io::stdout().lock())?;
+                let mut cast = recording::read_cast(&path)?;
+                if idle_limit.is_some() {
+                    cast.header.idle_time_limit = idle_limit;
+                }
+                recording::replay(&cast, speed, std::io::stdout().lock())?;
             }
         }
         AuditCommand::Export { id, format } => {
@@ -599,7 +598,10 @@ fn audit(log: AuditLog, command: AuditCommand) -> anyhow::Result<ExitCode> {
                     let casts = review::recordings(&dir, &session);
                     anyhow::ensure!(!casts.is_empty(), "session {id} has no terminal recording");
                     for path in casts {
-                        print!("{}", recording::to_cast_string(&recording::read_cast(&path)?)?);
+                        print!(
+                            "{}",
+                            recording::to_cast_string(&recording::read_cast(&path)?)?
+                        );
                     }
                 }
             }

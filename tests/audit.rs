@@ -119,7 +119,10 @@ fn all_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 fn assert_no_credential(gw: &Gateway) {
     let minted = gw.minted_credentials();
-    assert!(!minted.is_empty(), "the gateway recorded no minted credential");
+    assert!(
+        !minted.is_empty(),
+        "the gateway recorded no minted credential"
+    );
     for (path, bytes) in all_bytes(&gw.path("audit")) {
         let text = String::from_utf8_lossy(&bytes);
         for secret in &minted {
@@ -210,10 +213,7 @@ async fn queries_and_prepared_statements_are_audited_in_order() {
         "{o:?}"
     );
     let all = wait_event(&gw, "the psql session's end", is("session.end"));
-    let psql_session = all
-        .iter()
-        .find(|v| v["event"] == "session.start")
-        .unwrap()["session"]
+    let psql_session = all.iter().find(|v| v["event"] == "session.start").unwrap()["session"]
         .as_str()
         .unwrap()
         .to_string();
@@ -267,7 +267,12 @@ async fn queries_and_prepared_statements_are_audited_in_order() {
     wire::parse(&mut buf, "s1", "SELECT $1::text || '!'", &[]);
     wire::bind(&mut buf, "p1", "s1", &[P::Text("hi")]);
     wire::execute(&mut buf, "p1");
-    wire::parse(&mut buf, "", "SELECT coalesce($1::text, 'none'), $2::text", &[]);
+    wire::parse(
+        &mut buf,
+        "",
+        "SELECT coalesce($1::text, 'none'), $2::text",
+        &[],
+    );
     wire::bind(&mut buf, "", "", &[P::Null, P::Text("x")]);
     wire::execute(&mut buf, "");
     wire::sync(&mut buf);
@@ -283,7 +288,10 @@ async fn queries_and_prepared_statements_are_audited_in_order() {
     wire::execute(&mut buf, "");
     wire::sync(&mut buf);
     stream.write_all(&buf).await.unwrap();
-    assert_eq!(raw::result_code(&mut stream).await.as_deref(), Some("22012"));
+    assert_eq!(
+        raw::result_code(&mut stream).await.as_deref(),
+        Some("22012")
+    );
     let mut buf = BytesMut::new();
     postgres_protocol::message::frontend::terminate(&mut buf);
     stream.write_all(&buf).await.unwrap();
@@ -351,7 +359,10 @@ async fn queries_and_prepared_statements_are_audited_in_order() {
     assert!(o.status.success(), "{}", text(&o));
     let table = text(&o);
     assert!(table.starts_with("SESSION"), "{table}");
-    assert!(table.contains(&psql_session) && table.contains(&driver_session), "{table}");
+    assert!(
+        table.contains(&psql_session) && table.contains(&driver_session),
+        "{table}"
+    );
     let o = audit_cli(&gw, &["sessions", "--grep", "coalesce", "--json"]);
     let rows: Vec<Value> = String::from_utf8_lossy(&o.stdout)
         .lines()
@@ -363,7 +374,10 @@ async fn queries_and_prepared_statements_are_audited_in_order() {
     let o = audit_cli(&gw, &["show", &psql_session[..8]]);
     let show = text(&o);
     assert!(o.status.success(), "{show}");
-    assert!(show.contains("SELECT * FROM no_such_table") && show.contains("42P01"), "{show}");
+    assert!(
+        show.contains("SELECT * FROM no_such_table") && show.contains("42P01"),
+        "{show}"
+    );
     let o = audit_cli(&gw, &["export", &driver_session, "--format", "json"]);
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).lines().count(),
@@ -424,7 +438,12 @@ fn tamper(gw: &Gateway, f: impl FnOnce(&mut Vec<String>)) -> String {
     fs::write(&file, lines.join("\n") + "\n").unwrap();
     let o = audit_cli(gw, &["verify"]);
     fs::write(&file, &original).unwrap();
-    assert_eq!(o.status.code(), Some(1), "verify passed a tampered log:\n{}", text(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "verify passed a tampered log:\n{}",
+        text(&o)
+    );
     let name = file.file_name().unwrap().to_string_lossy().into_owned();
     let report = text(&o);
     assert!(report.contains(&name), "{report}");
@@ -456,16 +475,25 @@ fn verify_names_every_kind_of_tampering() {
     // The first query's line (0-based i): a change shows at the line after it (1-based i + 2).
     let i = lines.iter().position(|l| l.contains("SELECT 42")).unwrap();
     let edited = tamper(&gw, |l| l[i] = l[i].replace("SELECT 42", "SELECT 43"));
-    assert!(edited.contains(&format!(":{}: does not link", i + 2)), "{edited}");
+    assert!(
+        edited.contains(&format!(":{}: does not link", i + 2)),
+        "{edited}"
+    );
     let deleted = tamper(&gw, |l| {
         l.remove(4);
     });
-    assert!(deleted.contains(":5: 1 line(s) before this one were removed"), "{deleted}");
+    assert!(
+        deleted.contains(":5: 1 line(s) before this one were removed"),
+        "{deleted}"
+    );
     let inserted = tamper(&gw, |l| {
         let copy = l[2].clone();
         l.insert(5, copy);
     });
-    assert!(inserted.contains(":6: lines were inserted or reordered"), "{inserted}");
+    assert!(
+        inserted.contains(":6: lines were inserted or reordered"),
+        "{inserted}"
+    );
     let swapped = tamper(&gw, |l| l.swap(6, 7));
     assert!(swapped.contains(":7:"), "{swapped}");
     // Untouched again, and the chain continues across a restart.
@@ -613,9 +641,7 @@ fn a_pty_session_is_recorded_and_replays() {
         .spawn()
         .unwrap();
     let mut stdin = ssh.stdin.take().unwrap();
-    stdin
-        .write_all(b"echo typed-$((6*7))\nexit 3\n")
-        .unwrap();
+    stdin.write_all(b"echo typed-$((6*7))\nexit 3\n").unwrap();
     let out = ssh.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{out:?}\n{}", env.gw.log());
     let all = wait_event(&env.gw, "ssh.exit", is("ssh.exit"));
@@ -647,7 +673,11 @@ fn a_pty_session_is_recorded_and_replays() {
 
     // asciinema's own parser, where installed (scripts/install-deps.sh installs it).
     if let Some(asciinema) = which("asciinema") {
-        let o = Command::new(asciinema).arg("cat").arg(&cast_path).output().unwrap();
+        let o = Command::new(asciinema)
+            .arg("cat")
+            .arg(&cast_path)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "asciinema cat: {}", text(&o));
         assert!(String::from_utf8_lossy(&o.stdout).contains("typed-42"));
     } else {
@@ -658,7 +688,11 @@ fn a_pty_session_is_recorded_and_replays() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("typed-42"));
     let o = audit_cli(&env.gw, &["export", session, "--format", "cast"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stdout), cast, "export is not the recording");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        cast,
+        "export is not the recording"
+    );
     let o = audit_cli(&env.gw, &["verify"]);
     assert!(o.status.success(), "{}", text(&o));
     // A changed recording is caught through the chained line that hashed it.
@@ -710,10 +744,7 @@ fn sftp_get_and_put_are_file_events() {
             .any(|(o, p)| o == op && p.ends_with("audit-up.txt"))
     };
     assert!(has("write") && has("read") && has("remove"), "{ops:?}");
-    let write = sftp
-        .iter()
-        .find(|v| v["op"] == "write")
-        .unwrap();
+    let write = sftp.iter().find(|v| v["op"] == "write").unwrap();
     assert_eq!(write["bytes_written"], 14, "{write}");
     assert!(all
         .iter()

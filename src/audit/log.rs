@@ -43,7 +43,7 @@ pub enum Health {
 }
 
 pub enum Msg {
-    Record(Record),
+    Record(Box<Record>),
     /// Write and fsync everything queued before this, then answer.
     Flush(oneshot::Sender<()>),
 }

@@ -160,7 +160,7 @@ impl Audit {
             body,
         };
         // Only fails once the writer is gone (shutdown): nothing is left to write to.
-        let _ = self.tx.send(log::Msg::Record(record)).await;
+        let _ = self.tx.send(log::Msg::Record(Box::new(record))).await;
     }
 
     /// Waits until everything queued so far is written and synced (or the writer is gone).

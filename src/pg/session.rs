@@ -365,7 +365,6 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         database: &database,
     };
     let (end, upstream) = serve(&mut stream, ctx, &opened).await;
-    drop(opened);
     let session_ended = StdInstant::now();
     drop(registered);
     let _ = stream.shutdown().await;
@@ -393,22 +392,26 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
             detail,
         })
         .await;
-    let (outcome, error) =
-        match tokio::time::timeout(DROP_DEADLINE, provisioner.drop_with_retry(&lease)).await {
-            Ok(Ok(())) => {
-                tracing::info!(event = "jit.account.dropped", lease = %lease.id, role = %lease.role, target_name = %target.name, "account dropped");
-                (DropOutcome::Dropped, None)
-            }
-            Ok(Err(e)) => {
-                let error = diagnostic(&e.to_string()).to_string();
-                tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, error = %error, "account NOT dropped; handed to the reaper, which retries every reap interval");
-                (DropOutcome::Failed, Some(error))
-            }
-            Err(_) => {
-                tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, seconds = DROP_DEADLINE.as_secs(), "account NOT dropped within the drop deadline; handed to the reaper, which retries every reap interval");
-                (DropOutcome::TimedOut, None)
-            }
-        };
+    let (outcome, error) = match tokio::time::timeout(
+        DROP_DEADLINE,
+        provisioner.drop_with_retry(&lease),
+    )
+    .await
+    {
+        Ok(Ok(())) => {
+            tracing::info!(event = "jit.account.dropped", lease = %lease.id, role = %lease.role, target_name = %target.name, "account dropped");
+            (DropOutcome::Dropped, None)
+        }
+        Ok(Err(e)) => {
+            let error = diagnostic(&e.to_string()).to_string();
+            tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, error = %error, "account NOT dropped; handed to the reaper, which retries every reap interval");
+            (DropOutcome::Failed, Some(error))
+        }
+        Err(_) => {
+            tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, seconds = DROP_DEADLINE.as_secs(), "account NOT dropped within the drop deadline; handed to the reaper, which retries every reap interval");
+            (DropOutcome::TimedOut, None)
+        }
+    };
     drop(upstream);
     audit
         .emit(AuditEvent::AccountDropped {
@@ -469,12 +472,7 @@ async fn serve(
                 target: Some(target.name.clone()),
                 requested: Some(info.requested.clone()),
             };
-            refuse(
-                stream,
-                &who,
-                upstream_refusal(&e, &target.name, &lease.id),
-            )
-            .await;
+            refuse(stream, &who, upstream_refusal(&e, &target.name, &lease.id)).await;
             return (None, None);
         }
     };

@@ -134,7 +134,10 @@ impl ChannelAudit {
                 None => (None, NO_PTY_SIZE.0, NO_PTY_SIZE.1),
             }
         };
-        let name = format!("{RECORDINGS}/{}-{}.cast", self.meta.session_id, self.channel);
+        let name = format!(
+            "{RECORDINGS}/{}-{}.cast",
+            self.meta.session_id, self.channel
+        );
         let mut header = CastHeader::new(cols, rows);
         header.command = command.map(str::to_string);
         header.title = Some(format!(
@@ -184,7 +187,8 @@ impl ChannelAudit {
 
     /// Data (stdout or stderr) from the target.
     pub fn output(&self, data: &Bytes, out: &mut Vec<SftpEvent>) {
-        self.to_client.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.to_client
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         self.session_bytes.add(0, data.len() as u64);
         if let Some(handle) = self.handle.get() {
             handle.output(data.clone());

@@ -216,11 +216,9 @@ pub fn splice_stream<F>(
     tokio::spawn(async move {
         let mut client = client.into_stream();
         let mut upstream = upstream.into_stream();
-        let (from_client, to_client) =
-            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                Ok(counts) => counts,
-                Err(_) => (0, 0),
-            };
+        let (from_client, to_client) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
+            .await
+            .unwrap_or_default();
         on_end(from_client, to_client).await;
     });
 }

@@ -12,8 +12,8 @@ use russh::{client, Channel, ChannelId, ChannelOpenFailure, Disconnect, Pty, Sig
 
 use super::audit::ChannelAudit;
 use super::channel::{splice_session, splice_stream, SplicedChannel};
-use crate::audit::{Audit, Event as AuditEvent, SessionAudit, SessionMeta};
 use super::client::PinnedHost;
+use crate::audit::{Audit, Event as AuditEvent, SessionAudit, SessionMeta};
 use crate::config::SshTarget;
 use crate::identity::Identity;
 use crate::jit::linux::{LinuxLease, LinuxProvisioner};
@@ -144,8 +144,11 @@ impl BastionHandler {
         // No session starts that cannot be audited (audit.on_failure: fail_closed), and none
         // gets an account first.
         if let Some(Err(message)) = self.audit.as_ref().map(Audit::accepting) {
-            self.denied(self.requested.as_deref(), "audit log cannot be written".into())
-                .await;
+            self.denied(
+                self.requested.as_deref(),
+                "audit log cannot be written".into(),
+            )
+            .await;
             return Err(message);
         }
         let started = std::time::Instant::now();

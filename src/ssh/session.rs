@@ -224,9 +224,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
         if let Some(audit) = &live.audit {
             audit
                 .emit(crate::audit::Event::SessionEnd {
-                    duration_ms: live
-                        .started
-                        .map_or(0, |s| s.elapsed().as_millis() as u64),
+                    duration_ms: live.started.map_or(0, |s| s.elapsed().as_millis() as u64),
                     bytes_from_client: live.bytes.get().0,
                     bytes_to_client: live.bytes.get().1,
                     ended: end_reason.to_string(),
