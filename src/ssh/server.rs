@@ -117,7 +117,7 @@ impl BastionHandler {
                     user: Some(self.identity.user.clone()),
                     serial: Some(self.identity.serial.clone()),
                     target: Some(self.target.name.clone()),
-                    requested: requested.map(|r| untrusted(r).to_string()),
+                    requested: requested.map(str::to_string),
                     sqlstate: None,
                     why,
                 })
@@ -399,7 +399,7 @@ impl Handler for BastionHandler {
                 .is_some_and(|g| g.forward_allowed(host_to_connect, port))
         });
         tracing::info!(event = "ssh.port_forward", user = %self.identity.user, target_name = %self.target.name, destination = %untrusted(&format!("{host_to_connect}:{port_to_connect}")), allowed, "direct-tcpip requested");
-        let host = untrusted(host_to_connect).to_string();
+        let host = host_to_connect.to_string();
         let Some(upstream) = self.upstream.as_ref().filter(|_| allowed) else {
             self.emit(AuditEvent::SshPortForward {
                 host,
@@ -594,7 +594,7 @@ impl Handler for BastionHandler {
             }
             self.emit(AuditEvent::SshSubsystem {
                 channel: tap.channel(),
-                name: untrusted(name).to_string(),
+                name: name.to_string(),
                 allowed,
             })
             .await;
