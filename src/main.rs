@@ -523,6 +523,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn audit(log: AuditLog, command: AuditCommand) -> anyhow::Result<ExitCode> {
+    // Output piped into `head` or `less` that stops reading is an ordinary end, not an error.
+    match audit_to(log, command, &mut std::io::stdout().lock()) {
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(ExitCode::SUCCESS)
+        }
+        other => other,
+    }
+}
+
+fn audit_to(
+    log: AuditLog,
+    command: AuditCommand,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<ExitCode> {
     use jitgate::audit::{recording, review, verify};
     let dir = match log.dir {
         Some(dir) => dir,
@@ -556,16 +575,16 @@ fn audit(log: AuditLog, command: AuditCommand) -> anyhow::Result<ExitCode> {
             let rows = review::sessions(&lines()?, &filter);
             if json {
                 for row in &rows {
-                    println!("{}", serde_json::to_string(row)?);
+                    writeln!(out, "{}", serde_json::to_string(row)?)?;
                 }
             } else {
-                print!("{}", review::sessions_table(&rows));
+                write!(out, "{}", review::sessions_table(&rows))?;
             }
         }
         AuditCommand::Show { id } => {
             let all = lines()?;
             let session = review::session_lines(&all, &id).map_err(anyhow::Error::msg)?;
-            print!("{}", review::timeline(&session));
+            write!(out, "{}", review::timeline(&session))?;
         }
         AuditCommand::Replay {
             id,
@@ -582,7 +601,7 @@ fn audit(log: AuditLog, command: AuditCommand) -> anyhow::Result<ExitCode> {
                 if idle_limit.is_some() {
                     cast.header.idle_time_limit = idle_limit;
                 }
-                recording::replay(&cast, speed, std::io::stdout().lock())?;
+                recording::replay(&cast, speed, &mut *out)?;
             }
         }
         AuditCommand::Export { id, format } => {
@@ -590,18 +609,23 @@ fn audit(log: AuditLog, command: AuditCommand) -> anyhow::Result<ExitCode> {
             let session = review::session_lines(&all, &id).map_err(anyhow::Error::msg)?;
             match format {
                 ExportFormat::Json => {
-                    for line in session {
-                        println!("{}", serde_json::to_string(line)?);
+                    let full = session
+                        .first()
+                        .and_then(|v| v["session"].as_str())
+                        .unwrap_or(&id);
+                    for line in review::raw_session_lines(&dir, full)? {
+                        writeln!(out, "{line}")?;
                     }
                 }
                 ExportFormat::Cast => {
                     let casts = review::recordings(&dir, &session);
                     anyhow::ensure!(!casts.is_empty(), "session {id} has no terminal recording");
                     for path in casts {
-                        print!(
+                        write!(
+                            out,
                             "{}",
                             recording::to_cast_string(&recording::read_cast(&path)?)?
-                        );
+                        )?;
                     }
                 }
             }
@@ -610,23 +634,28 @@ fn audit(log: AuditLog, command: AuditCommand) -> anyhow::Result<ExitCode> {
             let report = verify::verify_dir(&dir)
                 .with_context(|| format!("reading the audit log in {}", dir.display()))?;
             for problem in &report.problems {
-                println!("✗ {problem}");
+                writeln!(out, "✗ {problem}")?;
             }
             if report.problem_count > report.problems.len() {
-                println!(
+                writeln!(
+                    out,
                     "… and {} more",
                     report.problem_count - report.problems.len()
-                );
+                )?;
             }
             for (instance, files, lines) in &report.chains {
-                println!("chain {instance}: {files} file(s), {lines} line(s)");
+                writeln!(out, "chain {instance}: {files} file(s), {lines} line(s)")?;
             }
-            println!("recordings checked: {}", report.recordings);
+            writeln!(out, "recordings checked: {}", report.recordings)?;
             if !report.ok() {
-                println!("audit log NOT intact: {} problem(s)", report.problem_count);
+                writeln!(
+                    out,
+                    "audit log NOT intact: {} problem(s)",
+                    report.problem_count
+                )?;
                 return Ok(ExitCode::from(1));
             }
-            println!("audit log intact");
+            writeln!(out, "audit log intact")?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -379,12 +379,19 @@ async fn queries_and_prepared_statements_are_audited_in_order() {
         "{show}"
     );
     let o = audit_cli(&gw, &["export", &driver_session, "--format", "json"]);
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout).lines().count(),
-        driver.len(),
-        "{}",
-        text(&o)
-    );
+    assert!(o.status.success(), "{}", text(&o));
+    // Exported lines are the chain's bytes, so each still hashes to the next line's "prev".
+    let written: String = fs::read_dir(gw.path("audit"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+        .map(|e| fs::read_to_string(e.path()).unwrap())
+        .collect();
+    let exported = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(exported.lines().count(), driver.len(), "{}", text(&o));
+    for line in exported.lines() {
+        assert!(written.lines().any(|l| l == line), "not as written: {line}");
+    }
     let o = audit_cli(&gw, &["verify"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("audit log intact"), "{}", text(&o));
@@ -670,6 +677,16 @@ fn a_pty_session_is_recorded_and_replays() {
     assert!(output.contains("typed-42"), "{output}");
     assert!(input.contains("echo typed-$((6*7))"), "{input}");
     let session = shell["session"].as_str().unwrap();
+    // The channel's end is part of the session: its ssh.exit (with the recording's hash) comes
+    // before session.end, whose byte counts include it.
+    let all = wait_event(&env.gw, "session.end", is("session.end"));
+    let kinds: Vec<&str> = of_session(&all, session)
+        .iter()
+        .map(|v| v["event"].as_str().unwrap())
+        .collect();
+    let exit = kinds.iter().position(|k| *k == "ssh.exit").unwrap();
+    let end = kinds.iter().position(|k| *k == "session.end").unwrap();
+    assert!(exit < end, "{kinds:?}");
 
     // asciinema's own parser, where installed (scripts/install-deps.sh installs it).
     if let Some(asciinema) = which("asciinema") {

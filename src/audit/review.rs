@@ -32,6 +32,26 @@ pub fn load(dir: &Path) -> std::io::Result<Vec<Value>> {
     Ok(lines)
 }
 
+/// The lines of session `id` (a full id) exactly as written, for export: the bytes the chain
+/// hashed, so an exported session can be checked against the log.
+pub fn raw_session_lines(dir: &Path, id: &str) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (_, files) in all_chains(dir)? {
+        for file in files {
+            let text = std::fs::read_to_string(&file)?;
+            out.extend(
+                text.lines()
+                    .filter(|l| {
+                        serde_json::from_str::<Value>(l)
+                            .is_ok_and(|v| v.get("session").and_then(Value::as_str) == Some(id))
+                    })
+                    .map(str::to_string),
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// One row of `jitgate audit sessions`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SessionRow {

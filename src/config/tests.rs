@@ -158,7 +158,7 @@ fn unknown_field_points_at_the_key() {
     assert_eq!(
         errors(&text),
         vec![
-            "/etc/jitgate/jitgate.yaml:17:7: unknown field `hots`, expected one of \
+            "/etc/jitgate/jitgate.yaml:19:7: unknown field `hots`, expected one of \
                  host, port, databases, tls, tls_ca, admin"
         ]
     );
@@ -170,7 +170,7 @@ fn bad_tls_mode_points_at_the_value() {
     assert_eq!(
         errors(&text),
         vec![
-            "/etc/jitgate/jitgate.yaml:20:12: tls must be one of disable, require, \
+            "/etc/jitgate/jitgate.yaml:22:12: tls must be one of disable, require, \
                  verify-full (got `verify_full`)"
         ]
     );
@@ -181,12 +181,12 @@ fn tls_ca_required_for_verify_full_and_only_then() {
     let text = EXAMPLE.replace("tls: disable", "tls: verify-full");
     assert_eq!(
         errors(&text),
-        vec!["/etc/jitgate/jitgate.yaml:20:12: tls_ca is required when tls is verify-full"]
+        vec!["/etc/jitgate/jitgate.yaml:22:12: tls_ca is required when tls is verify-full"]
     );
     let text = EXAMPLE.replace("tls: disable", "tls: require\n      tls_ca: ca.crt");
     assert_eq!(
         errors(&text),
-        vec!["/etc/jitgate/jitgate.yaml:21:15: tls_ca is only used when tls is verify-full"]
+        vec!["/etc/jitgate/jitgate.yaml:23:15: tls_ca is only used when tls is verify-full"]
     );
 }
 
@@ -218,11 +218,11 @@ fn all_semantic_problems_are_reported() {
                  of a-z, 0-9 and `-`",
             "/etc/jitgate/jitgate.yaml:9:13: listen.postgres `localhost` must be IP:port, \
                  e.g. 127.0.0.1:6432",
-            "/etc/jitgate/jitgate.yaml:15:3: target name `orders/x` may only contain A-Z, \
+            "/etc/jitgate/jitgate.yaml:17:3: target name `orders/x` may only contain A-Z, \
                  a-z, 0-9, `_`, `.` and `-` (found '/')",
-            "/etc/jitgate/jitgate.yaml:18:13: port must be a whole number from 1 to 65535 \
+            "/etc/jitgate/jitgate.yaml:20:13: port must be a whole number from 1 to 65535 \
                  (got 70000)",
-            "/etc/jitgate/jitgate.yaml:19:18: databases must list at least one database",
+            "/etc/jitgate/jitgate.yaml:21:18: databases must list at least one database",
         ]
     );
 }
@@ -236,7 +236,7 @@ fn password_source_needs_exactly_one() {
     assert_eq!(
         errors(&both),
         vec![
-            "/etc/jitgate/jitgate.yaml:22:9: admin needs exactly one of password_file, \
+            "/etc/jitgate/jitgate.yaml:24:9: admin needs exactly one of password_file, \
                  password_env (both are given)"
         ]
     );
@@ -244,7 +244,7 @@ fn password_source_needs_exactly_one() {
     assert_eq!(
         errors(&neither),
         vec![
-            "/etc/jitgate/jitgate.yaml:22:9: admin needs exactly one of password_file, \
+            "/etc/jitgate/jitgate.yaml:24:9: admin needs exactly one of password_file, \
                  password_env"
         ]
     );
@@ -252,7 +252,7 @@ fn password_source_needs_exactly_one() {
     assert_eq!(
         errors(&bad_env),
         vec![
-            "/etc/jitgate/jitgate.yaml:24:23: password_env `1-X` must be an environment \
+            "/etc/jitgate/jitgate.yaml:26:23: password_env `1-X` must be an environment \
                  variable name ([A-Za-z_][A-Za-z0-9_]*)"
         ]
     );

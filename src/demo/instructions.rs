@@ -20,6 +20,7 @@ pub struct Instructions {
     bob: String,
     ssh: Option<String>,
     pg_log: String,
+    audit: String,
 }
 
 impl Instructions {
@@ -93,6 +94,15 @@ impl Instructions {
             .join("\n  "),
             ssh,
             pg_log: sandbox.pg_dir.join("postgres.log").display().to_string(),
+            audit: {
+                let exe = std::env::current_exe()
+                    .map_err(|e| DemoError::Internal(format!("finding the jitgate binary: {e}")))?;
+                format!(
+                    "{} audit --config {}",
+                    sh_quote(&exe.display().to_string()),
+                    sh_quote(&sandbox.config_path.display().to_string())
+                )
+            },
         })
     }
 }
@@ -134,6 +144,13 @@ impl fmt::Display for Instructions {
                 "  # (no SSH target: it needs root, to create Linux users; run the demo as root for it)\n"
             )?,
         }
+        writeln!(
+            f,
+            "  # then review what they did: every session, one session's queries and commands, \
+             a terminal replayed,\n  # and the hash chain checked:\n  {a} sessions\n  {a} show <session>\n  \
+             {a} replay <session>\n  {a} verify\n",
+            a = self.audit
+        )?;
         writeln!(
             f,
             "Leave out the -c '…' parts for an interactive psql. The gateway logs each session and \

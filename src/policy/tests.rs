@@ -377,7 +377,7 @@ fn ssh_problems_point_at_the_value() {
         errors(&[("p/a.yaml", &text)]),
         vec![
             "p/a.yaml:9:7: unknown field `scp`, expected one of groups, sudo, port_forwards, \
-             sftp, home"
+             sftp, home, record_exec_output"
         ]
     );
 }

@@ -52,6 +52,8 @@ pub struct ChannelAudit {
     to_client: AtomicU64,
     /// The whole session's (for `session.end`).
     session_bytes: Arc<Counters>,
+    /// Counts this channel as open until `finish` is done (`session.end` waits for it).
+    open: Mutex<Option<tokio_util::task::task_tracker::TaskTrackerToken>>,
 }
 
 fn clamp(n: u32) -> u16 {
@@ -64,6 +66,7 @@ impl ChannelAudit {
         audit: SessionAudit,
         meta: &SessionMeta,
         session_bytes: Arc<Counters>,
+        open: tokio_util::task::task_tracker::TaskTrackerToken,
     ) -> ChannelAudit {
         ChannelAudit {
             channel,
@@ -81,6 +84,7 @@ impl ChannelAudit {
             from_client: AtomicU64::new(0),
             to_client: AtomicU64::new(0),
             session_bytes,
+            open: Mutex::new(Some(open)),
         }
     }
 
@@ -232,6 +236,7 @@ impl ChannelAudit {
                 recording_sha256,
             })
             .await;
+        drop(self.open.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 }
 

@@ -21,6 +21,7 @@ use crate::jit::reaper::{LiveGuard, LiveLeases};
 use crate::jit::LeaseId;
 use crate::logsafe::{diagnostic, untrusted, Untrusted};
 use crate::policy::{self, AccessRequest, Denial, Grant, PolicySet, TargetKind};
+use tokio_util::task::TaskTracker;
 
 /// What a connection holds once it has authenticated (the client's part of the handshake is
 /// done) and, after the mint, its account; shared with `ssh::session`, which drops the
@@ -43,6 +44,9 @@ pub struct LiveAccount {
     pub started: Option<std::time::Instant>,
     /// Bytes relayed each way over all channels.
     pub bytes: Arc<crate::audit::Counters>,
+    /// Channels and forwards whose audit has not finished: `session.end` waits for them, so it
+    /// follows their `ssh.exit` and counts their bytes.
+    pub open: TaskTracker,
 }
 
 pub type AccountSlot = Arc<Mutex<Option<LiveAccount>>>;
@@ -65,6 +69,7 @@ pub struct BastionHandler {
     channels: HashMap<ChannelId, (SplicedChannel, Arc<ChannelAudit>)>,
     audit: Option<Audit>,
     bytes: Arc<crate::audit::Counters>,
+    open: TaskTracker,
     /// The session's audit and the fields its events carry, once the account exists.
     session_audit: Option<(SessionAudit, SessionMeta)>,
 }
@@ -98,6 +103,7 @@ impl BastionHandler {
             channels: HashMap::new(),
             audit: None,
             bytes: Arc::default(),
+            open: TaskTracker::new(),
             session_audit: None,
         }
     }
@@ -206,6 +212,7 @@ impl BastionHandler {
             audit: session_audit,
             started: Some(started),
             bytes: self.bytes.clone(),
+            open: self.open.clone(),
         };
         *self.account.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
 
@@ -355,6 +362,7 @@ impl Handler for BastionHandler {
                     audit.clone(),
                     meta,
                     self.bytes.clone(),
+                    self.open.token(),
                 ));
                 let spliced = splice_session(
                     channel,
@@ -427,7 +435,9 @@ impl Handler for BastionHandler {
                 reply.accept().await;
                 let audit = self.session_audit.as_ref().map(|(a, _)| a.clone());
                 let bytes = self.bytes.clone();
+                let open = self.open.token();
                 splice_stream(channel, up, move |from_client, to_client| async move {
+                    let _open = open;
                     bytes.add(from_client, to_client);
                     if let Some(audit) = audit {
                         audit

@@ -22,6 +22,9 @@ use crate::session::lifetime::{Event, Lifetime};
 use crate::session::{trust, Credential, EndReason, Registered, SessionInfo, Sessions};
 use crate::tls::ServerTls;
 
+/// How long a session's end waits for its channels' audit (recordings hashed, last events).
+const CHANNELS_FINISH: Duration = Duration::from_secs(5);
+
 type ClientStream = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// Everything a bastion connection needs from the gateway, shared by all of them.
@@ -220,6 +223,9 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
     }
     if let Some(lease) = live.lease {
         let end_reason = ended_by.as_ref().map_or("closed", EndReason::as_str);
+        // The channels' last events (ssh.exit, forwards' byte counts) come before session.end.
+        live.open.close();
+        let _ = tokio::time::timeout(CHANNELS_FINISH, live.open.wait()).await;
         tracing::info!(event = "session.end", lease = %lease.id, user = %user, target_name = %target.name, end_reason, "session ended");
         if let Some(audit) = &live.audit {
             audit

@@ -424,9 +424,11 @@ async fn asciinema_cat_accepts_a_recording() {
     h.output(Bytes::copy_from_slice(&euro[2..]));
     h.resize(100, 30);
     recorder.finish().await.unwrap();
-    let out = std::process::Command::new(&bin)
-        .arg("cat")
-        .arg(&path)
+    // asciinema 2 opens /dev/tty even for `cat`: script(1) gives it one.
+    let out = std::process::Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!("{} cat '{}'", bin.display(), path.display()))
+        .arg("/dev/null")
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
