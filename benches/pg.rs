@@ -140,13 +140,15 @@ fn run(tools: &Tools) -> bool {
     let gw = Gateway::start(&pg, DEFAULT_POLICY);
     prepare_pgbench_tables(tools, &pg);
 
-    let relay = peer::Relay::start(pg.port, None);
-    let tls_relay = peer::Relay::start(
+    let server_tls = peer::tls_config(&gw.path("certs/server.crt"), &gw.path("certs/server.key"));
+    let audit_dir = tempfile::tempdir().unwrap();
+    let relay = peer::Relay::start(pg.port, None, peer::Pump::Copy);
+    let tls_relay = peer::Relay::start(pg.port, Some(server_tls.clone()), peer::Pump::Copy);
+    let audit_off = peer::Relay::start(pg.port, Some(server_tls.clone()), peer::Pump::Splice);
+    let audit_on = peer::Relay::start(
         pg.port,
-        Some(peer::tls_config(
-            &gw.path("certs/server.crt"),
-            &gw.path("certs/server.key"),
-        )),
+        Some(server_tls),
+        peer::Pump::SpliceAudited(audit_dir.path().to_path_buf()),
     );
     let admin = |port: u16, ssl: &str| {
         format!(
@@ -175,12 +177,22 @@ fn run(tools: &Tools) -> bool {
             password: Some(pg.admin_password.clone()),
         },
         Endpoint {
+            name: "audit-off",
+            conninfo: admin(audit_off.port, &tls_to_peer),
+            password: Some(pg.admin_password.clone()),
+        },
+        Endpoint {
+            name: "audit-on",
+            conninfo: admin(audit_on.port, &tls_to_peer),
+            password: Some(pg.admin_password.clone()),
+        },
+        Endpoint {
             name: "jitgate",
             conninfo: gw.conninfo("alice", Some((&crt, &key)), ""),
             password: None,
         },
     ];
-    let jitgate = &endpoints[3];
+    let jitgate = &endpoints[JITGATE];
 
     let version = pg.superuser_sql("postgres", "SHOW server_version");
     let date = time::OffsetDateTime::now_utc().date();
@@ -195,6 +207,13 @@ fn run(tools: &Tools) -> bool {
     println!(
         "  tls-relay libpq -> bare rustls-terminating relay -> PostgreSQL, as direct (verify-full)"
     );
+    println!(
+        "  audit-off libpq -> jitgate's own relay (pg::relay::splice) behind the same TLS, no audit"
+    );
+    println!(
+        "  audit-on  the same, with jitgate's audit tap: every chunk decoded (audit::pg) and the"
+    );
+    println!("            events written to a hash-chained log by the real writer task");
     println!(
         "  jitgate   libpq -> jitgate (TLS, client certificate, verify-full) -> PostgreSQL, plain"
     );
@@ -274,7 +293,7 @@ fn run(tools: &Tools) -> bool {
             .join(" / ")
     };
     println!(
-        "transactions (direct / relay / tls-relay / jitgate): steady {}, connect {}; failed: {}",
+        "transactions (direct / relay / tls-relay / audit-off / audit-on / jitgate): steady {}, connect {}; failed: {}",
         counts(&steady, |r| r.transactions),
         counts(&connect, |r| r.transactions),
         steady.iter().chain(&connect).map(|r| r.failed).sum::<u64>()
@@ -387,8 +406,16 @@ fn check(what: &str, out: &Output, via: &str) {
     );
 }
 
-/// Four measured columns and two ratios: jitgate against direct, and against the TLS relay
-/// (which does everything jitgate does on the wire except identity, policy and the JIT role).
+/// Columns of `endpoints`, by position.
+const DIRECT: usize = 0;
+const TLS_RELAY: usize = 2;
+const AUDIT_OFF: usize = 3;
+const AUDIT_ON: usize = 4;
+const JITGATE: usize = 5;
+
+/// The measured columns and three ratios: jitgate against direct and against the TLS relay
+/// (which does everything jitgate does on the wire except identity, policy, audit and the JIT
+/// role), and jitgate's relay with its audit on against the same relay with it off.
 struct Table;
 
 impl Table {
@@ -397,7 +424,10 @@ impl Table {
         for ep in endpoints {
             print!("{:>11}", ep.name);
         }
-        println!("{:>11}{:>11}", "jg/direct", "jg/tls-rl");
+        println!(
+            "{:>11}{:>11}{:>11}",
+            "jg/direct", "jg/tls-rl", "audit on/off"
+        );
     }
 
     fn row(&self, label: &str, values: impl Iterator<Item = f64>, decimals: usize) {
@@ -407,9 +437,10 @@ impl Table {
             print!("{v:>11.decimals$}");
         }
         println!(
-            "{:>11.2}{:>11.2}",
-            values[3] / values[0],
-            values[3] / values[2]
+            "{:>11.2}{:>11.2}{:>13.3}",
+            values[JITGATE] / values[DIRECT],
+            values[JITGATE] / values[TLS_RELAY],
+            values[AUDIT_ON] / values[AUDIT_OFF]
         );
     }
 }
@@ -465,8 +496,24 @@ mod peer {
     use tokio::net::{TcpListener, TcpStream};
     use tokio_rustls::TlsAcceptor;
 
+    use jitgate::audit::pg::{PgAuditOptions, PgDecoder};
+    use jitgate::audit::{Audit, AuditConfig, OnFailure, SessionMeta};
+    use jitgate::pg::relay::{splice, Counters, Tap};
+
     /// SSLRequest: length 8, code 80877103 (PostgreSQL protocol, section 54.2.10).
     const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+    /// How a relay moves bytes once both ends are connected.
+    #[derive(Clone)]
+    pub enum Pump {
+        /// `tokio::io::copy_bidirectional`.
+        Copy,
+        /// jitgate's relay, `pg::relay::splice`, with no audit tap.
+        Splice,
+        /// The same with the audit tap: a `PgDecoder` per connection, its events written by
+        /// the real writer task into this directory.
+        SpliceAudited(PathBuf),
+    }
 
     /// A relay on its own runtime (as many workers as CPUs, like jitgate's), stopped on drop.
     pub struct Relay {
@@ -475,7 +522,7 @@ mod peer {
     }
 
     impl Relay {
-        pub fn start(upstream: u16, tls: Option<Arc<rustls::ServerConfig>>) -> Relay {
+        pub fn start(upstream: u16, tls: Option<Arc<rustls::ServerConfig>>, pump: Pump) -> Relay {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -483,11 +530,45 @@ mod peer {
             let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
             let port = listener.local_addr().unwrap().port();
             let acceptor = tls.map(TlsAcceptor::from);
+            let audit = match &pump {
+                Pump::SpliceAudited(dir) => {
+                    let config = AuditConfig {
+                        dir: dir.clone(),
+                        on_failure: OnFailure::FailClosed,
+                    };
+                    let _guard = runtime.enter();
+                    Some(Audit::start(&config, "bench").unwrap().0)
+                }
+                Pump::Copy | Pump::Splice => None,
+            };
             runtime.spawn(async move {
-                while let Ok((client, _)) = listener.accept().await {
+                let mut n = 0u64;
+                while let Ok((client, peer)) = listener.accept().await {
+                    n += 1;
                     let acceptor = acceptor.clone();
+                    let pump = pump.clone();
+                    let tap = audit.as_ref().map(|audit| {
+                        let meta = SessionMeta {
+                            session: format!("bench{n}"),
+                            protocol: "postgres",
+                            user: "bench".to_string(),
+                            subject_kind: "person",
+                            groups: Vec::new(),
+                            serial: "00".to_string(),
+                            spiffe_id: None,
+                            client: peer.to_string(),
+                            target: "orders".to_string(),
+                            grant: Some("bench".to_string()),
+                            reason: None,
+                            account: Some(ADMIN_USER.to_string()),
+                        };
+                        Tap::new(
+                            PgDecoder::new(PgAuditOptions::default()),
+                            audit.session(&meta),
+                        )
+                    });
                     tokio::spawn(async move {
-                        let _ = serve(client, upstream, acceptor).await;
+                        let _ = serve(client, upstream, acceptor, pump, tap).await;
                     });
                 }
             });
@@ -502,12 +583,45 @@ mod peer {
         mut client: TcpStream,
         upstream: u16,
         tls: Option<TlsAcceptor>,
+        pump: Pump,
+        tap: Option<Tap>,
     ) -> std::io::Result<()> {
         client.set_nodelay(true)?;
         match tls {
             None => {
                 let mut server = connect(upstream).await?;
                 tokio::io::copy_bidirectional(&mut client, &mut server).await?;
+            }
+            Some(acceptor) if !matches!(pump, Pump::Copy) => {
+                let mut request = [0u8; 8];
+                client.read_exact(&mut request).await?;
+                if request != SSL_REQUEST {
+                    return Err(std::io::Error::other("expected SSLRequest"));
+                }
+                client.write_all(b"S").await?;
+                let mut client = acceptor.accept(client).await?;
+                let mut server = connect(upstream).await?;
+                // The StartupMessage (untyped: length, then version) is passed on by hand, as
+                // jitgate handles its own; the SCRAM exchange after it is typed messages and
+                // goes through the relay, where the decoder skips them.
+                let mut len = [0u8; 4];
+                client.read_exact(&mut len).await?;
+                let mut startup = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+                client.read_exact(&mut startup).await?;
+                server.write_all(&len).await?;
+                server.write_all(&startup).await?;
+                let (_notices_tx, notices) = tokio::sync::mpsc::channel(1);
+                let counters = Counters::default();
+                splice(
+                    &mut client,
+                    &mut server,
+                    std::future::pending(),
+                    notices,
+                    || async {},
+                    tap.as_ref(),
+                    &counters,
+                )
+                .await;
             }
             Some(acceptor) => {
                 let mut request = [0u8; 8];

@@ -94,6 +94,9 @@ pub enum PgEvent {
         direction: CopyDirection,
         bytes: u64,
         messages: u64,
+        /// Rows the server's `COPY n` tag reports; absent when the COPY failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rows: Option<u64>,
         /// Whether the client ended it with CopyFail.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         aborted: bool,
@@ -221,11 +224,14 @@ enum Pending {
     Sync,
 }
 
-/// A COPY in progress.
+/// A COPY in progress, or ended and waiting for the server's CommandComplete (its row count).
 struct Copying {
     direction: CopyDirection,
     bytes: u64,
     messages: u64,
+    /// The data is over (CopyDone / CopyFail seen); `aborted` if by CopyFail.
+    done: bool,
+    aborted: bool,
 }
 
 /// Decodes both directions of one session. Fed every chunk the relay reads, in order per side.
@@ -423,14 +429,23 @@ impl PgDecoder {
                 self.track(Pending::FunctionCall);
             }
             b'd' => {
-                if let Some(c) = &mut self.copying {
+                if let Some(c) = self
+                    .copying
+                    .as_mut()
+                    .filter(|c| c.direction == CopyDirection::In && !c.done)
+                {
                     c.bytes += m.len as u64;
                     c.messages += 1;
                 }
             }
             b'c' | b'f' => {
-                if let Some(c) = self.copying.take_if(|c| c.direction == CopyDirection::In) {
-                    out.push(self.copy_event(c, m.tag == b'f'));
+                if let Some(c) = self
+                    .copying
+                    .as_mut()
+                    .filter(|c| c.direction == CopyDirection::In)
+                {
+                    c.done = true;
+                    c.aborted = m.tag == b'f';
                 }
             }
             // Flush, Terminate, and anything newer: nothing to match.
@@ -447,14 +462,17 @@ impl PgDecoder {
         }
     }
 
-    fn copy_event(&self, c: Copying, aborted: bool) -> PgEvent {
-        PgEvent::Copy {
+    /// The COPY's event, once the server said how it ended (`rows` from its tag).
+    fn copy_event(&mut self, rows: Option<u64>) -> Option<PgEvent> {
+        let c = self.copying.take()?;
+        Some(PgEvent::Copy {
             query: self.due_query(),
             direction: c.direction,
             bytes: c.bytes,
             messages: c.messages,
-            aborted,
-        }
+            rows,
+            aborted: c.aborted,
+        })
     }
 
     fn server_message(&mut self, m: Message<'_>, out: &mut Vec<PgEvent>) {
@@ -466,6 +484,7 @@ impl PgDecoder {
                     .next()
                     .and_then(|n| n.parse().ok())
                     .filter(|_| tag.contains(' '));
+                out.extend(self.copy_event(rows.filter(|_| tag.starts_with("COPY "))));
                 let event = self.result(Outcome {
                     query: self.due_query(),
                     tag: Some(tag),
@@ -479,9 +498,7 @@ impl PgDecoder {
             }
             b'E' => {
                 let (sqlstate, message) = frame::error_fields(m.body);
-                if let Some(c) = self.copying.take() {
-                    out.push(self.copy_event(c, false));
-                }
+                out.extend(self.copy_event(None));
                 let event = self.result(Outcome {
                     query: self.due_query(),
                     tag: None,
@@ -533,17 +550,23 @@ impl PgDecoder {
                     },
                     bytes: 0,
                     messages: 0,
+                    done: false,
+                    aborted: false,
                 });
             }
             b'd' => {
-                if let Some(c) = &mut self.copying {
+                if let Some(c) = self.copying.as_mut().filter(|c| !c.done) {
                     c.bytes += m.len as u64;
                     c.messages += 1;
                 }
             }
             b'c' => {
-                if let Some(c) = self.copying.take_if(|c| c.direction == CopyDirection::Out) {
-                    out.push(self.copy_event(c, false));
+                if let Some(c) = self
+                    .copying
+                    .as_mut()
+                    .filter(|c| c.direction == CopyDirection::Out)
+                {
+                    c.done = true;
                 }
             }
             b'Z' => {

@@ -394,14 +394,14 @@ fn copy_in_and_out_are_counted() {
     assert_eq!(
         events[1],
         json!({"event": "pg.copy", "query": "COPY t FROM STDIN", "direction": "in",
-               "bytes": 12, "messages": 2})
+               "bytes": 12, "messages": 2, "rows": 2})
     );
     assert_eq!(events[2]["tag"], "COPY 2");
     assert_eq!(events[2]["rows"], 2);
     assert_eq!(
         events[4],
         json!({"event": "pg.copy", "query": "COPY t TO STDOUT", "direction": "out",
-               "bytes": 6, "messages": 1})
+               "bytes": 6, "messages": 1, "rows": 1})
     );
 }
 
@@ -457,4 +457,28 @@ fn lost_framing_is_reported_once_and_decoding_stops() {
                    "reason": "message 'Q' declares length 2"}),
         ]
     );
+}
+
+#[test]
+fn a_copy_the_client_aborts_has_no_rows() {
+    let mut fail = BytesMut::new();
+    frontend::CopyData::new(&b"1\tone\n"[..])
+        .unwrap()
+        .write(&mut fail);
+    frontend::copy_fail("no more", &mut fail).unwrap();
+    let events = decode_all_ways(
+        PgAuditOptions::default(),
+        &[
+            (Side::Client, query("COPY t FROM STDIN")),
+            server(&[backend(b'G', &[0, 0, 0])]),
+            (Side::Client, fail.to_vec()),
+            server(&[error("57014", "COPY from stdin failed: no more"), ready()]),
+        ],
+    );
+    assert_eq!(
+        events[1],
+        json!({"event": "pg.copy", "query": "COPY t FROM STDIN", "direction": "in",
+               "bytes": 6, "messages": 1, "aborted": true})
+    );
+    assert_eq!(events[2]["sqlstate"], "57014");
 }
