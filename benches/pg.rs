@@ -535,6 +535,7 @@ mod peer {
                     let config = AuditConfig {
                         dir: dir.clone(),
                         on_failure: OnFailure::FailClosed,
+                        postgres: None,
                     };
                     let _guard = runtime.enter();
                     Some(Audit::start(&config, "bench").unwrap().0)

@@ -360,6 +360,8 @@ struct RawConfig {
 struct RawAudit {
     dir: Option<Spanned<String>>,
     on_failure: Option<Spanned<String>>,
+    /// The shared store: the same keys as a target's `postgres:`.
+    postgres: Option<Spanned<RawPgTarget>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -583,9 +585,14 @@ fn validate_audit(
             )),
         }),
     };
+    let postgres = match raw.and_then(|a| a.postgres.as_ref()) {
+        None => Some(None),
+        Some(store) => validate_pg(base, "audit.postgres", store, problems).map(Some),
+    };
     Some(crate::audit::AuditConfig {
         dir: dir?,
         on_failure: on_failure?,
+        postgres: postgres?,
     })
 }
 

@@ -3,9 +3,10 @@
 //! `"prev":"<SHA-256 of the previous line>"`, and a file's first line links to the previous
 //! file's last, so `jitgate audit verify` finds a changed, removed, inserted or reordered line.
 //!
-//! One writer task owns the files. Sessions hand it events through a bounded channel and
-//! never wait on the disk: the writer formats and chains each line as it arrives, writes in
-//! batches and flushes with `fdatasync` every [`FLUSH_INTERVAL`] and at close. A write that
+//! One writer task owns the files. Sessions hand it events through a bounded [`Queue`] and
+//! never wait on the disk: the writer takes what is queued every [`DRAIN_INTERVAL`], formats
+//! and chains each line, writes in batches and flushes with `fdatasync` every
+//! [`FLUSH_INTERVAL`] and at close. A write that
 //! fails keeps its lines queued (the chain stays whole), reports the failure on the health
 //! channel, and is retried at each interval; the gateway decides what a failure means
 //! (`audit.on_failure`). At every flush the writer also checks that the file it writes is
@@ -43,9 +44,48 @@ pub enum Health {
 }
 
 pub enum Msg {
-    Record(Box<Record>),
     /// Write and fsync everything queued before this, then answer.
     Flush(oneshot::Sender<()>),
+}
+
+/// How often the writer takes what sessions queued. Sessions never wake it for one event
+/// (a wake-up per query would cost the relay more than the event itself); it wakes at this
+/// interval, or at once when [`WAKE_AT`] records wait.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// Records waiting that make a session wake the writer.
+pub const WAKE_AT: usize = 1024;
+
+/// Records on their way to the writer, pushed under a short lock.
+#[derive(Default)]
+pub struct Queue {
+    records: std::sync::Mutex<Vec<Record>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Queue {
+    /// Queues `record` unless `max` records already wait; returns it back if so. Wakes the
+    /// writer when the queue reaches [`WAKE_AT`] (or is full).
+    pub fn push(&self, record: Record, max: usize) -> Result<(), Record> {
+        let len = {
+            let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+            if records.len() >= max {
+                drop(records);
+                self.wake.notify_one();
+                return Err(record);
+            }
+            records.push(record);
+            records.len()
+        };
+        if len == WAKE_AT {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn take(&self, into: &mut Vec<Record>) {
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::swap(&mut *records, into);
+    }
 }
 
 /// The file name of `instance`'s log for the UTC day of `t`.
@@ -155,7 +195,7 @@ fn last_line(path: &Path) -> io::Result<(Option<Vec<u8>>, u64)> {
     }
 }
 
-fn seq_of(line: &[u8]) -> Option<u64> {
+pub(crate) fn seq_of(line: &[u8]) -> Option<u64> {
     let v: serde_json::Value = serde_json::from_slice(line).ok()?;
     v.get("seq")?.as_u64()
 }
@@ -413,21 +453,35 @@ fn still_at_path(current: &Current) -> io::Result<()> {
 
 /// The writer task: takes records until every sender is gone, writing them as described
 /// in the module comment, and reports its health on `health`.
-pub async fn run(mut writer: Writer, mut rx: mpsc::Receiver<Msg>, health: watch::Sender<Health>) {
+pub async fn run(
+    mut writer: Writer,
+    queue: std::sync::Arc<Queue>,
+    mut rx: mpsc::Receiver<Msg>,
+    health: watch::Sender<Health>,
+) {
     writer.start();
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut batch: Vec<Record> = Vec::new();
+    let mut drain = |writer: &mut Writer, health: &watch::Sender<Health>| {
+        queue.take(&mut batch);
+        for record in batch.drain(..) {
+            writer.push(&record);
+            if writer.wants_write() {
+                report(health, writer.write());
+            }
+        }
+    };
     loop {
         tokio::select! {
+            () = queue.wake.notified() => drain(&mut writer, &health),
+            _ = drain_tick.tick() => drain(&mut writer, &health),
             msg = rx.recv() => match msg {
-                Some(Msg::Record(record)) => {
-                    writer.push(&record);
-                    if writer.wants_write() {
-                        report(&health, writer.write());
-                    }
-                }
                 Some(Msg::Flush(done)) => {
+                    drain(&mut writer, &health);
                     report(&health, writer.flush());
                     if writer.pending_lines() {
                         waiting.push(done);
@@ -438,6 +492,7 @@ pub async fn run(mut writer: Writer, mut rx: mpsc::Receiver<Msg>, health: watch:
                 None => break,
             },
             _ = tick.tick() => {
+                drain(&mut writer, &health);
                 report(&health, writer.flush());
                 if !writer.pending_lines() {
                     for done in waiting.drain(..) {
@@ -447,6 +502,7 @@ pub async fn run(mut writer: Writer, mut rx: mpsc::Receiver<Msg>, health: watch:
             }
         }
     }
+    drain(&mut writer, &health);
     if let Err(e) = writer.flush() {
         tracing::error!(error = %e, "audit log: the last events could not be written at shutdown");
     }

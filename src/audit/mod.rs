@@ -17,6 +17,7 @@ pub mod pg;
 pub mod recording;
 pub mod review;
 pub mod sftp;
+pub mod store;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +48,9 @@ pub struct AuditConfig {
     /// Where the event log and recordings are written (`audit.dir`).
     pub dir: PathBuf,
     pub on_failure: OnFailure,
+    /// `audit.postgres`: a database the lines and recordings are also shipped to, shared by
+    /// replicas (each writes its own chain).
+    pub postgres: Option<crate::config::PgTarget>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +67,9 @@ pub enum AuditError {
 /// The gateway's audit: cheap to clone, all clones feed one writer.
 #[derive(Clone)]
 pub struct Audit {
+    /// Flush requests; the writer ends once every clone of this is gone.
     tx: mpsc::Sender<log::Msg>,
+    queue: Arc<log::Queue>,
     health: watch::Receiver<Health>,
     on_failure: OnFailure,
     dir: PathBuf,
@@ -108,12 +114,27 @@ impl Audit {
             Err(std::fs::TryLockError::Error(e)) => return Err(open_err(e)),
         }
         let writer = log::Writer::open(dir, instance).map_err(open_err)?;
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let (health_tx, health) = watch::channel(Health::Ok);
-        let task = tokio::spawn(log::run(writer, rx, health_tx));
+        let (tx, rx) = mpsc::channel(8);
+        let queue = Arc::new(log::Queue::default());
+        let (health_tx, files_health) = watch::channel(Health::Ok);
+        let task = tokio::spawn(log::run(writer, queue.clone(), rx, health_tx));
+        let health = match &config.postgres {
+            None => files_health,
+            Some(store) => {
+                let (store_tx, store_health) = watch::channel(Health::Ok);
+                tokio::spawn(store::ship(
+                    store.clone(),
+                    dir.clone(),
+                    instance.to_string(),
+                    store_tx,
+                ));
+                both(files_health, store_health)
+            }
+        };
         Ok((
             Audit {
                 tx,
+                queue,
                 health,
                 on_failure: config.on_failure,
                 dir: dir.clone(),
@@ -159,8 +180,16 @@ impl Audit {
             session,
             body,
         };
-        // Only fails once the writer is gone (shutdown): nothing is left to write to.
-        let _ = self.tx.send(log::Msg::Record(Box::new(record))).await;
+        let mut record = record;
+        // A full queue (the writer far behind) makes the session wait rather than lose the
+        // event; once the writer is gone (shutdown) there is nothing left to write to.
+        while let Err(back) = self.queue.push(record, QUEUE) {
+            if self.tx.is_closed() {
+                return;
+            }
+            record = back;
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     /// Waits until everything queued so far is written and synced (or the writer is gone).
@@ -179,6 +208,34 @@ impl Audit {
             id: meta.session.clone(),
         }
     }
+}
+
+/// One health out of the files' and the store's: failing while either fails.
+fn both(
+    mut files: watch::Receiver<Health>,
+    mut store: watch::Receiver<Health>,
+) -> watch::Receiver<Health> {
+    let (tx, rx) = watch::channel(Health::Ok);
+    tokio::spawn(async move {
+        loop {
+            let now = match (&*files.borrow_and_update(), &*store.borrow_and_update()) {
+                (Health::Failing(why), _) => Health::Failing(why.clone()),
+                (Health::Ok, Health::Failing(why)) => Health::Failing(why.clone()),
+                (Health::Ok, Health::Ok) => Health::Ok,
+            };
+            tx.send_if_modified(|h| {
+                let changed = *h != now;
+                *h = now;
+                changed
+            });
+            tokio::select! {
+                r = files.changed() => if r.is_err() { return },
+                r = store.changed() => if r.is_err() { return },
+                () = tx.closed() => return,
+            }
+        }
+    });
+    rx
 }
 
 /// Bytes a session relayed each way, however it ends (`session.end`).

@@ -430,7 +430,7 @@ fn tls_refusal(e: &tokio_postgres::Error) -> Option<String> {
 /// Why an admin session could not be had: the server never answered in time, the TLS set-up
 /// failed, or PostgreSQL (or the login check) refused; the last keeps tokio-postgres's error,
 /// whose SQLSTATE `jitgate doctor` turns into a fix.
-pub(crate) enum AdminConnect {
+pub enum AdminConnect {
     Unreachable(String),
     Tls(String),
     Postgres(tokio_postgres::Error),
