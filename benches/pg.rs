@@ -425,7 +425,7 @@ impl Table {
             print!("{:>11}", ep.name);
         }
         println!(
-            "{:>11}{:>11}{:>11}",
+            "{:>11}{:>11}{:>13}",
             "jg/direct", "jg/tls-rl", "audit on/off"
         );
     }

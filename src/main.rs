@@ -542,10 +542,46 @@ fn audit_to(
     command: AuditCommand,
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<ExitCode> {
-    use jitgate::audit::{recording, review, verify};
-    let dir = match log.dir {
-        Some(dir) => dir,
-        None => jitgate::config::Config::load(&log.config)?.audit.dir,
+    use jitgate::audit::{recording, review, store, verify};
+    // With `audit.postgres` configured, review reads every replica's chain from the store,
+    // written out as a directory first; `--dir` reads files instead.
+    let (dir, store_copy) = match log.dir {
+        Some(dir) => (dir, None),
+        None => {
+            let audit = jitgate::config::Config::load(&log.config)?.audit;
+            match audit.postgres {
+                None => (audit.dir, None),
+                Some(target) => {
+                    let copy = tempfile::Builder::new()
+                        .prefix("jitgate-audit-store-")
+                        .tempdir()?;
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    runtime
+                        .block_on(async {
+                            let db = store::connect(&target).await?;
+                            store::materialise(&db, copy.path()).await
+                        })
+                        .map_err(anyhow::Error::msg)?;
+                    (copy.path().to_path_buf(), Some(copy))
+                }
+            }
+        }
+    };
+    // Problems found in the store are named by instance and row, not by the copy's files.
+    let place = |text: String| match &store_copy {
+        None => text,
+        Some(copy) => {
+            let prefix = format!("{}/audit-", copy.path().display());
+            let day = format!("-{}.jsonl:", store::MATERIALISED_DAY);
+            match text.strip_prefix(&prefix).and_then(|t| t.split_once(&day)) {
+                Some((instance, rest)) => {
+                    format!("audit store, instance {instance}, row {rest}").replacen(": ", ": ", 1)
+                }
+                None => text,
+            }
+        }
     };
     let lines = || {
         review::load(&dir).with_context(|| format!("reading the audit log in {}", dir.display()))
@@ -634,7 +670,7 @@ fn audit_to(
             let report = verify::verify_dir(&dir)
                 .with_context(|| format!("reading the audit log in {}", dir.display()))?;
             for problem in &report.problems {
-                writeln!(out, "✗ {problem}")?;
+                writeln!(out, "✗ {}", place(problem.to_string()))?;
             }
             if report.problem_count > report.problems.len() {
                 writeln!(
@@ -644,7 +680,11 @@ fn audit_to(
                 )?;
             }
             for (instance, files, lines) in &report.chains {
-                writeln!(out, "chain {instance}: {files} file(s), {lines} line(s)")?;
+                if store_copy.is_some() {
+                    writeln!(out, "chain {instance} (audit store): {lines} line(s)")?;
+                } else {
+                    writeln!(out, "chain {instance}: {files} file(s), {lines} line(s)")?;
+                }
             }
             writeln!(out, "recordings checked: {}", report.recordings)?;
             if !report.ok() {

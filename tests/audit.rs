@@ -776,3 +776,120 @@ fn sftp_get_and_put_are_file_events() {
         "{all:#?}"
     );
 }
+
+#[test]
+fn two_gateways_share_one_audit_store_and_verify_it() {
+    // Both replicas ship to one database (here the target's own cluster, in its own database
+    // and role); `jitgate audit` on either sees both chains.
+    if which("psql").is_none() && unavailable("psql (apt-get install postgresql-client)").is_none()
+    {
+        return;
+    }
+    let Some(pg) = Postgres::start() else { return };
+    pg.superuser_sql(
+        "postgres",
+        "CREATE ROLE jitgate_audit LOGIN PASSWORD 'store-secret-1'",
+    );
+    pg.superuser_sql(
+        "postgres",
+        "CREATE DATABASE jitgate_audit OWNER jitgate_audit",
+    );
+    let secrets = tempfile::tempdir().unwrap();
+    let password = secrets.path().join("store-password");
+    fs::write(&password, "store-secret-1\n").unwrap();
+    let with_store = |instance: &'static str| {
+        let password = password.clone();
+        let port = pg.port;
+        move |config: String| {
+            format!(
+                "{}audit:\n  postgres:\n    host: 127.0.0.1\n    port: {port}\n    databases: [jitgate_audit]\n    tls: disable\n    admin:\n      user: jitgate_audit\n      password_file: {}\n",
+                config.replace("instance_id: test-gw", &format!("instance_id: {instance}")),
+                password.display()
+            )
+        }
+    };
+    let a = Gateway::start_edited(Some(&pg), None, POLICY, with_store("gw-a"));
+    let b = Gateway::start_edited(Some(&pg), None, POLICY, with_store("gw-b"));
+    for (gw, user, grant, sql) in [
+        (&a, "alice", "db", "SELECT 1 AS via_a"),
+        (&b, "bob", "db-redacted", "SELECT 2 AS via_b"),
+    ] {
+        let (cert, key) = gw.issue(user, &[]);
+        let o = psql(&gw.conninfo(grant, Some((&cert, &key)), ""), sql);
+        assert!(o.status.success(), "{}", stderr(&o));
+        wait_event(gw, "the session's end", is("session.end"));
+    }
+
+    // Each replica's lines reach the store within its shipping interval.
+    let start = Instant::now();
+    let rows: Vec<Value> = loop {
+        let o = audit_cli(&a, &["sessions", "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let rows: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if rows.len() == 2 && rows.iter().all(|r| r["status"] == "closed") {
+            break rows;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{rows:?}\n{}\n{}",
+            a.log(),
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let by = |user: &str| rows.iter().find(|r| r["user"] == user).unwrap();
+    assert_eq!(by("alice")["instance"], "gw-a");
+    assert_eq!(by("bob")["instance"], "gw-b");
+    // The other replica's session, shown from this one.
+    let bob = by("bob")["id"].as_str().unwrap().to_string();
+    let o = audit_cli(&a, &["show", &bob]);
+    assert!(text(&o).contains("SELECT 2 AS via_b"), "{}", text(&o));
+    let o = audit_cli(&b, &["verify"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("chain gw-a (audit store)"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("chain gw-b (audit store)"),
+        "{}",
+        text(&o)
+    );
+
+    // A row changed in the store is named, by instance and row.
+    pg.superuser_sql(
+        "jitgate_audit",
+        "UPDATE jitgate_audit_lines SET line = replace(line, 'via_a', 'via_x') \
+         WHERE instance = 'gw-a' AND line LIKE '%\"pg.query\"%'",
+    );
+    let o = audit_cli(&b, &["verify"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("audit store, instance gw-a, row ")
+            && text(&o).contains("does not link to the line before it"),
+        "{}",
+        text(&o)
+    );
+    // And a row deleted.
+    pg.superuser_sql(
+        "jitgate_audit",
+        "DELETE FROM jitgate_audit_lines WHERE instance = 'gw-b' AND line LIKE '%\"session.start\"%'",
+    );
+    let o = audit_cli(&a, &["verify"]);
+    assert!(
+        text(&o).contains("audit store, instance gw-b, row ")
+            && text(&o).contains("1 line(s) before this one were removed"),
+        "{}",
+        text(&o)
+    );
+    for gw in [&a, &b] {
+        assert_no_credential(gw);
+        assert!(!fs::read_to_string(gw.path("gateway.log"))
+            .unwrap()
+            .contains("store-secret-1"));
+    }
+}

@@ -63,23 +63,23 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Queues `record` unless `max` records already wait; returns it back if so. Wakes the
-    /// writer when the queue reaches [`WAKE_AT`] (or is full).
-    pub fn push(&self, record: Record, max: usize) -> Result<(), Record> {
+    /// Queues the record in `slot` (taking it) unless `max` records already wait; false if
+    /// so. Wakes the writer when the queue reaches [`WAKE_AT`] (or is full).
+    pub fn push(&self, slot: &mut Option<Record>, max: usize) -> bool {
         let len = {
             let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
             if records.len() >= max {
                 drop(records);
                 self.wake.notify_one();
-                return Err(record);
+                return false;
             }
-            records.push(record);
+            records.extend(slot.take());
             records.len()
         };
         if len == WAKE_AT {
             self.wake.notify_one();
         }
-        Ok(())
+        true
     }
 
     fn take(&self, into: &mut Vec<Record>) {

@@ -180,14 +180,13 @@ impl Audit {
             session,
             body,
         };
-        let mut record = record;
+        let mut slot = Some(record);
         // A full queue (the writer far behind) makes the session wait rather than lose the
         // event; once the writer is gone (shutdown) there is nothing left to write to.
-        while let Err(back) = self.queue.push(record, QUEUE) {
+        while !self.queue.push(&mut slot, QUEUE) {
             if self.tx.is_closed() {
                 return;
             }
-            record = back;
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }

@@ -24,19 +24,26 @@ const SHIP_INTERVAL: Duration = Duration::from_millis(500);
 /// Lines inserted per statement.
 const BATCH: usize = 1000;
 
-/// Tables, created at the first connection (idempotent).
+/// Tables, created at the first connection if they do not exist (so the store's role needs
+/// no CREATE once another role has made them, and may hold only SELECT and INSERT).
 const MIGRATION: &str = "\
-CREATE TABLE IF NOT EXISTS jitgate_audit_lines (
-    id bigserial PRIMARY KEY,
-    instance text NOT NULL,
-    seq bigint NOT NULL,
-    line text NOT NULL,
-    UNIQUE (instance, seq)
-);
-CREATE TABLE IF NOT EXISTS jitgate_audit_recordings (
-    name text PRIMARY KEY,
-    content bytea NOT NULL
-);";
+DO $$ BEGIN
+IF to_regclass('jitgate_audit_lines') IS NULL THEN
+    CREATE TABLE jitgate_audit_lines (
+        id bigserial PRIMARY KEY,
+        instance text NOT NULL,
+        seq bigint NOT NULL,
+        line text NOT NULL,
+        UNIQUE (instance, seq)
+    );
+END IF;
+IF to_regclass('jitgate_audit_recordings') IS NULL THEN
+    CREATE TABLE jitgate_audit_recordings (
+        name text PRIMARY KEY,
+        content bytea NOT NULL
+    );
+END IF;
+END $$;";
 
 /// Opens a session to the store and makes sure its tables exist.
 pub async fn connect(target: &PgTarget) -> Result<Client, String> {
@@ -258,4 +265,36 @@ pub async fn recording(db: &Client, name: &str) -> Result<Option<Vec<u8>>, Strin
         .await
         .map_err(|e| format!("audit store: {e}"))?;
     Ok(row.map(|r| r.get(0)))
+}
+
+/// The day a materialised chain's file is named after: not a real day, so it cannot be taken
+/// for a file the gateway wrote.
+pub const MATERIALISED_DAY: &str = "0000-00-00";
+
+/// Writes the store's chains into `dir` as the files the gateway writes
+/// (`audit-<instance>-0000-00-00.jsonl`, one per instance, rows in insertion order) and the
+/// recordings they hash into `dir/recordings`, so review and verify read them as a directory.
+pub async fn materialise(db: &Client, dir: &Path) -> Result<Vec<String>, String> {
+    let io = |e: std::io::Error| format!("writing {}: {e}", dir.display());
+    std::fs::create_dir_all(dir.join(super::recording::DIR)).map_err(io)?;
+    let mut instances = Vec::new();
+    for (instance, lines) in chains(db).await? {
+        let mut text = lines.join("\n");
+        text.push('\n');
+        let file = dir.join(format!("audit-{instance}-{MATERIALISED_DAY}.jsonl"));
+        std::fs::write(&file, text).map_err(io)?;
+        for line in &lines {
+            let Some(name) = recording_named(line) else {
+                continue;
+            };
+            if name.contains("..") || name.starts_with('/') {
+                continue;
+            }
+            if let Some(content) = recording(db, &name).await? {
+                std::fs::write(dir.join(&name), content).map_err(io)?;
+            }
+        }
+        instances.push(instance);
+    }
+    Ok(instances)
 }
