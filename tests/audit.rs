@@ -893,3 +893,47 @@ fn two_gateways_share_one_audit_store_and_verify_it() {
             .contains("store-secret-1"));
     }
 }
+
+#[test]
+fn an_unreachable_store_refuses_sessions_when_fail_closed() {
+    let Some((pg, _gw)) = pg_env(POLICY) else {
+        return;
+    };
+    // Nothing listens there: the store cannot take events, which under fail_closed is the
+    // same as a disk that refuses them. (No login is attempted, so any variable will do as
+    // the password source.)
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let gw = Gateway::start_edited(Some(&pg), None, POLICY, |config| {
+        format!(
+            "{config}audit:\n  postgres:\n    host: 127.0.0.1\n    port: {port}\n    databases: [jitgate_audit]\n    tls: disable\n    admin:\n      user: jitgate_audit\n      password_env: HOME\n"
+        )
+    });
+    let (cert, key) = gw.issue("alice", &[]);
+    let conninfo = gw.conninfo("db", Some((&cert, &key)), "");
+    let start = Instant::now();
+    let o = loop {
+        let o = psql(&conninfo, "SELECT 1");
+        if !o.status.success() {
+            break o;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "sessions still served without the store:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        stderr(&o).contains("cannot write its audit log"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        gw.log().contains("audit store cannot be written"),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new());
+}
