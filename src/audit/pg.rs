@@ -104,6 +104,14 @@ pub enum PgEvent {
     /// A fast-path FunctionCall (by OID; its arguments are not decoded).
     #[serde(rename = "pg.function_call")]
     FunctionCall { function: u32 },
+    /// A message type the decoder does not know, relayed untouched; written once per type
+    /// and side (`bytes`: the first one's body length).
+    #[serde(rename = "pg.unknown_message")]
+    UnknownMessage {
+        from: Side,
+        tag: String,
+        bytes: usize,
+    },
     /// The decoder lost the message framing on one side and stopped decoding the session;
     /// the relay goes on untouched. Written once.
     #[serde(rename = "pg.unparsed")]
@@ -248,6 +256,8 @@ pub struct PgDecoder {
     rows: u64,
     /// Set when framing was lost: nothing more is decoded.
     lost: bool,
+    /// Unknown message types already reported: (from the client, tag).
+    unknown_seen: Vec<(bool, u8)>,
 }
 
 impl PgDecoder {
@@ -263,6 +273,7 @@ impl PgDecoder {
             copying: None,
             rows: 0,
             lost: false,
+            unknown_seen: Vec::new(),
         }
     }
 
@@ -448,9 +459,25 @@ impl PgDecoder {
                     c.aborted = m.tag == b'f';
                 }
             }
-            // Flush, Terminate, and anything newer: nothing to match.
-            _ => {}
+            // Flush and Terminate: nothing to match.
+            b'H' | b'X' => {}
+            tag => self.unknown(Side::Client, tag, m.len, out),
         }
+    }
+
+    /// A message type the decoder does not know (a newer protocol, or not PostgreSQL's):
+    /// relayed as is, and recorded once per type and side so the log says what it did not read.
+    fn unknown(&mut self, from: Side, tag: u8, len: usize, out: &mut Vec<PgEvent>) {
+        let key = (from == Side::Client, tag);
+        if self.unknown_seen.contains(&key) || self.unknown_seen.len() >= 64 {
+            return;
+        }
+        self.unknown_seen.push(key);
+        out.push(PgEvent::UnknownMessage {
+            from,
+            tag: char::from(tag).escape_default().to_string(),
+            bytes: len,
+        });
     }
 
     /// The statement whose answer is due: the first pending request.
@@ -579,7 +606,10 @@ impl PgDecoder {
                 self.copying = None;
                 self.rows = 0;
             }
-            _ => {}
+            // ParameterStatus, BackendKeyData, NoticeResponse, NotificationResponse,
+            // ParameterDescription, NegotiateProtocolVersion: nothing to report.
+            b'S' | b'K' | b'N' | b'A' | b't' | b'v' => {}
+            tag => self.unknown(Side::Server, tag, m.len, out),
         }
     }
 

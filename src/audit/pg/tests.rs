@@ -482,3 +482,25 @@ fn a_copy_the_client_aborts_has_no_rows() {
     );
     assert_eq!(events[2]["sqlstate"], "57014");
 }
+
+#[test]
+fn an_unknown_message_type_is_recorded_once_and_decoding_goes_on() {
+    let mut c = backend(b'~', b"future");
+    c.extend(backend(b'~', b"again"));
+    c.extend(query("SELECT 1"));
+    let events = decode_all_ways(
+        PgAuditOptions::default(),
+        &[
+            (Side::Client, c),
+            server(&[backend(b'S', b"a\0b\0"), complete("SELECT 1"), ready()]),
+        ],
+    );
+    assert_eq!(
+        events,
+        [
+            json!({"event": "pg.unknown_message", "from": "client", "tag": "~", "bytes": 6}),
+            json!({"event": "pg.query", "query": "SELECT 1"}),
+            json!({"event": "pg.result", "query": "SELECT 1", "tag": "SELECT 1", "rows": 1}),
+        ]
+    );
+}
