@@ -511,6 +511,8 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<
     };
 
     let gateway_state_dir = match &raw.state_dir {
+        // `--config jitgate.yaml`: the current directory.
+        None if base.as_os_str().is_empty() => Some(PathBuf::from(".")),
         None => Some(base.to_path_buf()),
         Some(dir) => file_path(base, "state_dir", dir, problems),
     };

@@ -310,7 +310,10 @@ impl Locks {
         let mut text = serde_json::to_vec_pretty(&state)
             .map_err(|e| failed(std::io::Error::other(e)))?;
         text.push(b'\n');
-        let dir = file.parent().unwrap_or(Path::new("."));
+        let dir = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let tmp = dir.join(format!(
             ".{}.tmp-{}",
             file.file_name()

@@ -166,8 +166,16 @@ pub async fn request(path: &Path, request: &Request) -> Result<Response, Control
         let mut line = serde_json::to_string(request)
             .map_err(|e| ControlError::Protocol(e.to_string()))?;
         line.push('\n');
-        write.write_all(line.as_bytes()).await.map_err(io)?;
-        let answer = read_line(&mut BufReader::new(read)).await.map_err(io)?;
+        // A gateway that refuses us (SO_PEERCRED) answers and closes without reading: the
+        // write may fail then, and the answer is still there to read.
+        let sent = write.write_all(line.as_bytes()).await;
+        let answer = read_line(&mut BufReader::new(read)).await;
+        let answer = match (answer, sent) {
+            (Ok(Some(answer)), _) => Some(answer),
+            (Ok(None), Err(e)) | (Err(_), Err(e)) => return Err(io(e)),
+            (Ok(None), Ok(())) => None,
+            (Err(e), Ok(())) => return Err(io(e)),
+        };
         match answer {
             None => Err(ControlError::Protocol(
                 "the gateway closed the connection without an answer".into(),
