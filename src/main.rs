@@ -483,11 +483,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let jitgate::control::Response::Locked { lock, ended } = answer else {
                 anyhow::bail!("the gateway answered something else: {answer:?}");
             };
-            let until = lock
-                .expires_at
-                .map_or("until unlocked".to_string(), |t| {
-                    format!("until {}", jitgate::control::locks::seconds(t))
-                });
+            let until = lock.expires_at.map_or("until unlocked".to_string(), |t| {
+                format!("until {}", jitgate::control::locks::seconds(t))
+            });
             println!("{} locks {} {until}", lock.id, lock.scope);
             println!("ended {} live session(s)", ended.len());
         }

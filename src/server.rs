@@ -237,11 +237,8 @@ pub async fn serve_until(
         watched.push((TargetKind::Ssh, ssh.tls.clone()));
     }
     let watcher = tokio::spawn(watch_crl(live_sessions.clone(), watched, shutdown.clone()));
-    let control_task = tokio::spawn(control.serve(
-        live_sessions.clone(),
-        locks.clone(),
-        shutdown.clone(),
-    ));
+    let control_task =
+        tokio::spawn(control.serve(live_sessions.clone(), locks.clone(), shutdown.clone()));
     let audit_watch = tokio::spawn(watch_audit(
         audit.clone(),
         live_sessions.clone(),

@@ -225,12 +225,21 @@ fn sessions_end_ends_live_psql_and_ssh_sessions() {
     assert_eq!(pg_row["user"], "alice");
     assert_eq!(pg_row["target"], "orders");
     assert_eq!(pg_row["grant"], "db");
-    assert!(pg_row["account"].as_str().unwrap().starts_with("jit_alice_"));
+    assert!(pg_row["account"]
+        .as_str()
+        .unwrap()
+        .starts_with("jit_alice_"));
     assert!(pg_row["client"].as_str().unwrap().starts_with("127.0.0.1:"));
     // The query itself went through the relay.
-    assert!(pg_row["bytes_from_client"].as_u64().unwrap() > 0, "{pg_row}");
+    assert!(
+        pg_row["bytes_from_client"].as_u64().unwrap() > 0,
+        "{pg_row}"
+    );
     assert_eq!(ssh_row["target"], "web-1");
-    assert!(ssh_row["account"].as_str().unwrap().starts_with("jit-alice-"));
+    assert!(ssh_row["account"]
+        .as_str()
+        .unwrap()
+        .starts_with("jit-alice-"));
     let table = env.cli_ok(&["sessions"]);
     assert!(
         table.starts_with("ID") && table.contains(pg_row["id"].as_str().unwrap()),
@@ -248,16 +257,25 @@ fn sessions_end_ends_live_psql_and_ssh_sessions() {
         "{said}"
     );
     assert!(said.contains("57P01"), "{said}");
-    assert!(after < Duration::from_millis(1500), "psql ended {after:?} later");
+    assert!(
+        after < Duration::from_millis(1500),
+        "psql ended {after:?} later"
+    );
 
     let out = env.cli_ok(&["sessions", "end", "--target", "web-1"]);
     assert_eq!(out, "ended 1 session(s)");
     let (ssh, after) = wait_exit(ssh, Duration::from_secs(10));
     let said = stderr(&ssh);
     assert_eq!(ssh.status.code(), Some(255), "{said}");
-    assert!(said.contains("jitgate: an operator ended this session"), "{said}");
+    assert!(
+        said.contains("jitgate: an operator ended this session"),
+        "{said}"
+    );
     assert!(!stdout(&ssh).contains("outlived"));
-    assert!(after < Duration::from_millis(1500), "ssh ended {after:?} later");
+    assert!(
+        after < Duration::from_millis(1500),
+        "ssh ended {after:?} later"
+    );
 
     assert_eq!(env.pg.wait_no_jit_roles(), Vec::<String>::new());
     assert_eq!(env.wait_no_ssh_accounts(), Vec::<String>::new());
@@ -298,11 +316,7 @@ fn a_lock_refuses_and_ends_survives_a_restart_and_unlock_lifts_it() {
     env.wait_until("alice's query running", || env.running(sql) == 1);
 
     let out = env.cli_ok(&["lock", "--user", "alice", "--reason", "INC-7 laptop stolen"]);
-    let lock_id = out
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let lock_id = out.split_whitespace().next().unwrap().to_string();
     assert!(lock_id.starts_with("lock-"), "{out}");
     assert!(out.contains("locks user alice until unlocked"), "{out}");
     assert!(out.contains("ended 1 live session(s)"), "{out}");
@@ -320,7 +334,8 @@ fn a_lock_refuses_and_ends_survives_a_restart_and_unlock_lifts_it() {
 
     let refused_psql = |env: &Env| {
         let out = psql(
-            &env.gw.conninfo("alice", Some((&env.alice.0, &env.alice.1)), ""),
+            &env.gw
+                .conninfo("alice", Some((&env.alice.0, &env.alice.1)), ""),
             "SELECT 1",
         );
         let said = stderr(&out);
@@ -332,13 +347,23 @@ fn a_lock_refuses_and_ends_survives_a_restart_and_unlock_lifts_it() {
             "{said}"
         );
     };
-    let created = |env: &Env| env.gw.log().matches("event=\"jit.account.created\"").count();
+    let created = |env: &Env| {
+        env.gw
+            .log()
+            .matches("event=\"jit.account.created\"")
+            .count()
+    };
     let before = created(&env);
     refused_psql(&env);
-    let ssh = wait_exit(env.ssh("alice", &env.alice, "echo in"), Duration::from_secs(20)).0;
+    let ssh = wait_exit(
+        env.ssh("alice", &env.alice, "echo in"),
+        Duration::from_secs(20),
+    )
+    .0;
     assert_eq!(ssh.status.code(), Some(255), "{}", stderr(&ssh));
     assert!(
-        stderr(&ssh).contains("jitgate: access is locked by an operator (user alice): INC-7 laptop stolen"),
+        stderr(&ssh)
+            .contains("jitgate: access is locked by an operator (user alice): INC-7 laptop stolen"),
         "{}",
         stderr(&ssh)
     );
@@ -386,9 +411,13 @@ fn a_lock_refuses_and_ends_survives_a_restart_and_unlock_lifts_it() {
     env.gw.restart();
     refused_psql(&env);
 
-    assert_eq!(env.cli_ok(&["unlock", &lock_id]), format!("removed {lock_id} (user alice)"));
+    assert_eq!(
+        env.cli_ok(&["unlock", &lock_id]),
+        format!("removed {lock_id} (user alice)")
+    );
     let out = psql(
-        &env.gw.conninfo("alice", Some((&env.alice.0, &env.alice.1)), ""),
+        &env.gw
+            .conninfo("alice", Some((&env.alice.0, &env.alice.1)), ""),
         "SELECT 'alice in'",
     );
     assert_eq!(stdout(&out), "alice in", "{}", stderr(&out));
@@ -476,7 +505,11 @@ fn only_root_or_the_gateways_uid_may_use_the_socket() {
     fs::set_permissions(gw.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let out = as_nobody();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("permission denied"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("permission denied"),
+        "{}",
+        stderr(&out)
+    );
     // Opened up, the gateway itself refuses the peer.
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).unwrap();
     let out = as_nobody();

@@ -637,10 +637,16 @@ fn state_dir_and_control_socket() -> Result<(), ConfigError> {
         &format!("{base}control_socket: run/gw.sock\n"),
     )?;
     assert_eq!(config.state_dir, PathBuf::from("/etc/jitgate"));
-    assert_eq!(config.control_socket, PathBuf::from("/etc/jitgate/run/gw.sock"));
+    assert_eq!(
+        config.control_socket,
+        PathBuf::from("/etc/jitgate/run/gw.sock")
+    );
     // Longer than a Unix socket path may be: said where it was set.
     let long = format!("{base}control_socket: /{}\n", "s".repeat(120));
     let found = errors(&long).join("\n");
-    assert!(found.contains("a Unix socket path must be shorter than 108"), "{found}");
+    assert!(
+        found.contains("a Unix socket path must be shorter than 108"),
+        "{found}"
+    );
     Ok(())
 }

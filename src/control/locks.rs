@@ -113,7 +113,8 @@ impl Lock {
 
 /// An RFC 3339 time to the second, for messages.
 pub fn seconds(t: SystemTime) -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     time::OffsetDateTime::from(t)
         .format(&format)
         .unwrap_or_default()
@@ -307,8 +308,8 @@ impl Locks {
             version: STATE_VERSION,
             locks: locks.to_vec(),
         };
-        let mut text = serde_json::to_vec_pretty(&state)
-            .map_err(|e| failed(std::io::Error::other(e)))?;
+        let mut text =
+            serde_json::to_vec_pretty(&state).map_err(|e| failed(std::io::Error::other(e)))?;
         text.push(b'\n');
         let dir = file
             .parent()
@@ -403,7 +404,12 @@ mod tests {
             )
             .unwrap();
         let grant = locks
-            .add(Scope::Grant("web".into()), Some(Duration::from_secs(3600)), None, "uid 0")
+            .add(
+                Scope::Grant("web".into()),
+                Some(Duration::from_secs(3600)),
+                None,
+                "uid 0",
+            )
             .unwrap();
         assert_eq!(locks.refusing("alice", "db", "orders"), Some(user.clone()));
         assert!(locks.refusing("bob", "db", "orders").is_none());
@@ -430,7 +436,12 @@ mod tests {
 
         // An expired lock refuses nothing and is not listed.
         let short = reopened
-            .add(Scope::Target("orders".into()), Some(Duration::ZERO), None, "uid 0")
+            .add(
+                Scope::Target("orders".into()),
+                Some(Duration::ZERO),
+                None,
+                "uid 0",
+            )
             .unwrap();
         assert!(!short.active_at(SystemTime::now()));
         assert!(reopened.refusing("carol", "db", "orders").is_none());
@@ -442,10 +453,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("locks.json");
         fs::write(&file, "{ not json").unwrap();
-        assert!(matches!(
-            Locks::open(&file),
-            Err(LockError::Invalid { .. })
-        ));
+        assert!(matches!(Locks::open(&file), Err(LockError::Invalid { .. })));
     }
 
     #[tokio::test]
@@ -453,7 +461,12 @@ mod tests {
         let locks = Locks::default();
         let sessions = Sessions::default();
         locks
-            .add(Scope::User("alice".into()), None, Some("leaver".into()), "uid 0")
+            .add(
+                Scope::User("alice".into()),
+                None,
+                Some("leaver".into()),
+                "uid 0",
+            )
             .unwrap();
         let alice = sessions.register(info("alice", "db"));
         let bob = sessions.register(info("bob", "db"));

@@ -146,25 +146,27 @@ pub enum ControlError {
 /// `Response::Error` comes back as `ControlError::Refused`.
 pub async fn request(path: &Path, request: &Request) -> Result<Response, ControlError> {
     let exchange = async {
-        let stream = UnixStream::connect(path).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                ControlError::NotRunning(path.to_path_buf())
-            }
-            std::io::ErrorKind::PermissionDenied => {
-                ControlError::PermissionDenied(path.to_path_buf())
-            }
-            _ => ControlError::Io {
-                path: path.to_path_buf(),
-                source: e,
-            },
-        })?;
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    ControlError::NotRunning(path.to_path_buf())
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    ControlError::PermissionDenied(path.to_path_buf())
+                }
+                _ => ControlError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                },
+            })?;
         let io = |source| ControlError::Io {
             path: path.to_path_buf(),
             source,
         };
         let (read, mut write) = stream.into_split();
-        let mut line = serde_json::to_string(request)
-            .map_err(|e| ControlError::Protocol(e.to_string()))?;
+        let mut line =
+            serde_json::to_string(request).map_err(|e| ControlError::Protocol(e.to_string()))?;
         line.push('\n');
         // A gateway that refuses us (SO_PEERCRED) answers and closes without reading: the
         // write may fail then, and the answer is still there to read.
@@ -230,7 +232,15 @@ pub fn sessions_table(rows: &[SessionRow], now: SystemTime) -> String {
     let mut rows = rows.to_vec();
     rows.sort_by(|a, b| a.since.cmp(&b.since).then(a.id.cmp(&b.id)));
     let header = [
-        "ID", "PROTO", "USER", "TARGET", "GRANT", "ACCOUNT", "SINCE", "BYTES IN/OUT", "CLIENT",
+        "ID",
+        "PROTO",
+        "USER",
+        "TARGET",
+        "GRANT",
+        "ACCOUNT",
+        "SINCE",
+        "BYTES IN/OUT",
+        "CLIENT",
     ]
     .map(str::to_string);
     let cells: Vec<[String; 9]> = rows
@@ -351,13 +361,18 @@ mod tests {
             r#"{"op":"lock","scope":{"grant":"db"},"for_secs":60,"reason":null}"#,
         )
         .unwrap();
-        assert!(matches!(lock, Request::Lock { scope: Scope::Grant(g), for_secs: Some(60), .. } if g == "db"));
+        assert!(
+            matches!(lock, Request::Lock { scope: Scope::Grant(g), for_secs: Some(60), .. } if g == "db")
+        );
         assert!(serde_json::from_str::<Request>(r#"{"op":"drop_tables"}"#).is_err());
     }
 
     #[test]
     fn reasons_are_one_printable_line() {
-        assert_eq!(check_reason(Some("  INC-7 ".into())), Ok(Some("INC-7".into())));
+        assert_eq!(
+            check_reason(Some("  INC-7 ".into())),
+            Ok(Some("INC-7".into()))
+        );
         assert_eq!(check_reason(Some(" ".into())), Ok(None));
         assert!(check_reason(Some("a\nb".into())).is_err());
         assert!(check_reason(Some("x".repeat(MAX_REASON + 1))).is_err());

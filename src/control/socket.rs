@@ -147,7 +147,8 @@ async fn answer(stream: UnixStream, own_uid: u32, sessions: Sessions, locks: Loc
             ),
         }
     } else {
-        let line = tokio::time::timeout(REQUEST_TIMEOUT, read_line(&mut BufReader::new(read))).await;
+        let line =
+            tokio::time::timeout(REQUEST_TIMEOUT, read_line(&mut BufReader::new(read))).await;
         match line {
             Err(_) => Response::Error {
                 error: "no request within 5s".into(),
@@ -259,7 +260,7 @@ pub fn handle(request: Request, by: &str, sessions: &Sessions, locks: &Locks) ->
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use crate::control::{request, ControlError, Scope};
     use crate::session::tests::info;
@@ -284,7 +285,8 @@ mod tests {
 
         let alice = sessions.register(info("alice", "db"));
         let _bob = sessions.register(info("bob", "db"));
-        let Response::Sessions { sessions: rows } = request(&path, &Request::Sessions).await.unwrap()
+        let Response::Sessions { sessions: rows } =
+            request(&path, &Request::Sessions).await.unwrap()
         else {
             panic!("not a sessions answer")
         };
@@ -298,7 +300,9 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(matches!(&answer, Response::Ended { ended } if ended.len() == 1 && ended[0].user == "alice"));
+        assert!(
+            matches!(&answer, Response::Ended { ended } if ended.len() == 1 && ended[0].user == "alice")
+        );
         assert_eq!(
             alice.switch().ended().await.user_message(),
             "jitgate: an operator ended this session: offboarded"
@@ -312,7 +316,10 @@ mod tests {
             },
         )
         .await;
-        assert!(matches!(answer, Err(ControlError::Refused(_))), "{answer:?}");
+        assert!(
+            matches!(answer, Err(ControlError::Refused(_))),
+            "{answer:?}"
+        );
 
         stop.cancel();
         task.await.unwrap();

@@ -293,7 +293,10 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
     }
     // An operator's lock refuses the session before it has an account, in the words of an
     // authentication failure (28000, as Teleport's locks and a NOLOGIN role are refused).
-    if let Some(lock) = ctx.locks.refusing(&identity.user, grant.name(), &target.name) {
+    if let Some(lock) = ctx
+        .locks
+        .refusing(&identity.user, grant.name(), &target.name)
+    {
         let refusal = Refusal::new("28000", lock.user_message()).detail(lock.describe());
         return refuse(&mut stream, &who, refusal).await;
     }

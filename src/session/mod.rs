@@ -104,7 +104,10 @@ pub enum EndReason {
     Ended { by: String, reason: Option<String> },
     /// An operator's lock (`jitgate lock`) covers it: a lock ends the live sessions it
     /// matches as well as refusing new ones.
-    Locked { lock: String, reason: Option<String> },
+    Locked {
+        lock: String,
+        reason: Option<String>,
+    },
 }
 
 impl EndReason {

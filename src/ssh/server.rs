@@ -167,12 +167,13 @@ impl BastionHandler {
             return Err(message);
         }
         // An operator's lock refuses the session before it has an account.
-        if let Some(lock) = self
-            .locks
-            .refusing(&self.identity.user, grant.name(), &self.target.name)
+        if let Some(lock) =
+            self.locks
+                .refusing(&self.identity.user, grant.name(), &self.target.name)
         {
             tracing::info!(event = "access.denied", client = %self.peer, user = %self.identity.user, target_name = %self.target.name, lock = %lock.id, reason = %lock.describe(), "login refused: locked");
-            self.denied(self.requested.as_deref(), lock.describe()).await;
+            self.denied(self.requested.as_deref(), lock.describe())
+                .await;
             return Err(lock.user_message());
         }
         let started = std::time::Instant::now();
