@@ -26,6 +26,9 @@ const DEFAULT_PG_PORT: u16 = 5432;
 const DEFAULT_SSH_PORT: u16 = 22;
 const DEFAULT_SSH_HOST_KEY: &str = "ssh_host_ed25519_key";
 const DEFAULT_STATE_DIR: &str = "/var/lib/jitgate";
+const DEFAULT_CONTROL_SOCKET: &str = "jitgate.sock";
+/// sizeof(sockaddr_un.sun_path) on Linux, the terminating NUL included.
+const SUN_PATH_MAX: usize = 108;
 const DEFAULT_UID_RANGE: (u32, u32) = (200_000, 299_999);
 /// Below this are system and ordinary login accounts (Debian's UID_MIN is 1000).
 const UID_RANGE_MIN: u32 = 1000;
@@ -61,6 +64,12 @@ pub struct Config {
     /// The gateway's own persistent SSH host key (OpenSSH private key file), resolved against
     /// the config's directory; created on first use by `ssh::hostkey::load_or_create_host_key`.
     pub ssh_host_key: PathBuf,
+    /// The gateway's own state on this host (`state_dir:`; default: the config's directory):
+    /// the operators' locks (`locks.json`). Not a target's `state_dir`, which is on the target.
+    pub state_dir: PathBuf,
+    /// The control socket `jitgate sessions` and `jitgate lock` talk to (`control_socket:`;
+    /// default `jitgate.sock` in `state_dir`).
+    pub control_socket: PathBuf,
     pub targets: BTreeMap<String, Target>,
 }
 
@@ -352,6 +361,8 @@ struct RawConfig {
     reap_interval: Option<Spanned<String>>,
     session_warnings: Option<Vec<Spanned<String>>>,
     ssh_host_key: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
+    control_socket: Option<Spanned<String>>,
     targets: Option<SpannedMap<Spanned<RawTarget>>>,
 }
 
@@ -501,6 +512,36 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<
         Some(path) => file_path(base, "ssh_host_key", path, problems),
     };
 
+    let gateway_state_dir = match &raw.state_dir {
+        // `--config jitgate.yaml`: the current directory.
+        None if base.as_os_str().is_empty() => Some(PathBuf::from(".")),
+        None => Some(base.to_path_buf()),
+        Some(dir) => file_path(base, "state_dir", dir, problems),
+    };
+    let control_socket = match (&raw.control_socket, &gateway_state_dir) {
+        (None, Some(dir)) => Some(dir.join(DEFAULT_CONTROL_SOCKET)),
+        (None, None) => None,
+        (Some(path), _) => file_path(base, "control_socket", path, problems),
+    };
+    // A Unix socket's path must fit sun_path (108 bytes with its NUL on Linux).
+    let control_socket = control_socket.and_then(|p| {
+        if p.as_os_str().len() >= SUN_PATH_MAX {
+            let message = format!(
+                "control_socket {} is {} bytes long; a Unix socket path must be shorter than \
+                 {SUN_PATH_MAX} (set control_socket to a shorter path)",
+                p.display(),
+                p.as_os_str().len()
+            );
+            let at = match (&raw.control_socket, &raw.state_dir) {
+                (Some(at), _) | (None, Some(at)) => at,
+                (None, None) => &raw.instance_id,
+            };
+            problems.check(at, |_| Err::<PathBuf, _>(message))
+        } else {
+            Some(p)
+        }
+    });
+
     let handshake_timeout = duration(
         "handshake_timeout",
         raw.handshake_timeout.as_ref(),
@@ -556,6 +597,8 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<
         reap_interval: reap_interval?,
         session_warnings: session_warnings?,
         ssh_host_key: ssh_host_key?,
+        state_dir: gateway_state_dir?,
+        control_socket: control_socket?,
         targets,
     })
 }

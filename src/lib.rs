@@ -18,6 +18,7 @@
 //! audit::sftp       file operations decoded from a copy of an sftp channel
 //! audit::recording  terminal recordings (asciicast v2), written off the relay's path
 //! session    live sessions: registry, lifetime (deadline, warnings), trust rechecks
+//! control    the operator's control socket: live sessions, `sessions end`, locks
 //! server     accept loops, reloads and shutdown
 //! certs      `jitgate certs init|issue|revoke` (rcgen)
 //! doctor     `jitgate doctor`: is each target ready, and the exact fix where it is not
@@ -32,6 +33,7 @@
 pub mod audit;
 pub mod certs;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod doctor;
 pub mod identity;

@@ -1,5 +1,5 @@
 //! The `jitgate` command line: `serve`, `demo`, `tunnel`, `ssh-config`, `certs`, `policy`,
-//! `doctor`, `reap`, `audit`.
+//! `doctor`, `reap`, `audit`, and the control socket's `sessions`, `lock`, `unlock`, `locks`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -102,11 +102,79 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The live sessions of the running gateway (through its control socket), or end some:
+    /// `jitgate sessions end ID | --user U | --target T [--reason R]`.
+    Sessions {
+        #[arg(long, short, default_value = "jitgate.yaml", global = true)]
+        config: PathBuf,
+        /// One JSON object per session instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<SessionsCommand>,
+    },
+    /// Lock a user, a grant or a target: the gateway refuses their new sessions (before any
+    /// account is made) and ends their live ones now. Locks survive restarts (state_dir).
+    #[command(group(clap::ArgGroup::new("scope").required(true).args(["user", "grant", "target"])))]
+    Lock {
+        #[arg(long, short, default_value = "jitgate.yaml")]
+        config: PathBuf,
+        /// A person's user name (the certificate's).
+        #[arg(long)]
+        user: Option<String>,
+        /// A grant (policy entry) name.
+        #[arg(long)]
+        grant: Option<String>,
+        /// A target name.
+        #[arg(long)]
+        target: Option<String>,
+        /// How long the lock holds (1h, 30m, 2d); without it, until `jitgate unlock`.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        /// Why, in one line: the users it refuses are shown it.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Remove a lock (its id as `jitgate lock` or `jitgate locks` printed it).
+    Unlock {
+        id: String,
+        #[arg(long, short, default_value = "jitgate.yaml")]
+        config: PathBuf,
+    },
+    /// The locks in force.
+    Locks {
+        #[arg(long, short, default_value = "jitgate.yaml")]
+        config: PathBuf,
+        /// One JSON object per lock instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove JIT accounts that have no live session (expired ones of any instance, and this
     /// instance's that have no backend on the target), then exit.
     Reap {
         #[arg(long, short, default_value = "jitgate.yaml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// End live sessions now: psql gets the target's own FATAL after a notice saying an
+    /// operator ended it, ssh a disconnect message; their accounts are dropped. Prints how
+    /// many ended; exits 1 if none matched.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "user", "target"])))]
+    End {
+        /// A session id, as `jitgate sessions` shows it.
+        id: Option<String>,
+        /// Every live session of this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Every live session to this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// Why, in one line: the user is shown it.
+        #[arg(long)]
+        reason: Option<String>,
     },
 }
 
@@ -377,6 +445,70 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Audit { log, command } => return audit(log, command),
+        Command::Sessions {
+            config,
+            json,
+            command,
+        } => return sessions(&config, json, command),
+        Command::Lock {
+            config,
+            user,
+            grant,
+            target,
+            duration,
+            reason,
+        } => {
+            use jitgate::control::Scope;
+            let scope = match (user, grant, target) {
+                (Some(u), _, _) => Scope::User(u),
+                (None, Some(g), _) => Scope::Grant(g),
+                (None, None, Some(t)) => Scope::Target(t),
+                (None, None, None) => anyhow::bail!("give --user, --grant or --target"),
+            };
+            let for_secs = duration
+                .map(|d| {
+                    humantime::parse_duration(&d)
+                        .map(|d| d.as_secs().max(1))
+                        .with_context(|| format!("--for {d}: give a duration such as 30m, 1h, 2d"))
+                })
+                .transpose()?;
+            let answer = control(
+                &config,
+                &jitgate::control::Request::Lock {
+                    scope,
+                    for_secs,
+                    reason,
+                },
+            )?;
+            let jitgate::control::Response::Locked { lock, ended } = answer else {
+                anyhow::bail!("the gateway answered something else: {answer:?}");
+            };
+            let until = lock.expires_at.map_or("until unlocked".to_string(), |t| {
+                format!("until {}", jitgate::control::locks::seconds(t))
+            });
+            println!("{} locks {} {until}", lock.id, lock.scope);
+            println!("ended {} live session(s)", ended.len());
+        }
+        Command::Unlock { id, config } => {
+            let answer = control(&config, &jitgate::control::Request::Unlock { id })?;
+            let jitgate::control::Response::Unlocked { lock } = answer else {
+                anyhow::bail!("the gateway answered something else: {answer:?}");
+            };
+            println!("removed {} ({})", lock.id, lock.scope);
+        }
+        Command::Locks { config, json } => {
+            let answer = control(&config, &jitgate::control::Request::Locks)?;
+            let jitgate::control::Response::Locks { locks } = answer else {
+                anyhow::bail!("the gateway answered something else: {answer:?}");
+            };
+            if json {
+                for lock in &locks {
+                    println!("{}", serde_json::to_string(lock)?);
+                }
+            } else {
+                print!("{}", jitgate::control::locks_table(&locks));
+            }
+        }
         Command::Reap { config } => {
             let config = jitgate::config::Config::load(&config)?;
             let failed = runtime()?.block_on(reap(config))?;
@@ -516,6 +648,73 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "{}",
                     jitgate::policy::explain_identity(&set, &identity, &target, *kind)
                 );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One request to the running gateway named by `config`'s control_socket.
+fn control(
+    config: &std::path::Path,
+    request: &jitgate::control::Request,
+) -> anyhow::Result<jitgate::control::Response> {
+    let config = jitgate::config::Config::load(config)?;
+    let socket = config.control_socket;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(runtime.block_on(jitgate::control::request(&socket, request))?)
+}
+
+fn sessions(
+    config: &std::path::Path,
+    json: bool,
+    command: Option<SessionsCommand>,
+) -> anyhow::Result<ExitCode> {
+    use jitgate::control::{Request, Response, Selector};
+    match command {
+        None => {
+            let answer = control(config, &Request::Sessions)?;
+            let Response::Sessions { sessions } = answer else {
+                anyhow::bail!("the gateway answered something else: {answer:?}");
+            };
+            if json {
+                for row in &sessions {
+                    println!("{}", serde_json::to_string(row)?);
+                }
+            } else {
+                print!(
+                    "{}",
+                    jitgate::control::sessions_table(&sessions, std::time::SystemTime::now())
+                );
+            }
+        }
+        Some(SessionsCommand::End {
+            id,
+            user,
+            target,
+            reason,
+        }) => {
+            let which = match (id, user, target) {
+                (Some(id), _, _) => Selector::Id(id),
+                (None, Some(u), _) => Selector::User(u),
+                (None, None, Some(t)) => Selector::Target(t),
+                (None, None, None) => anyhow::bail!("give a session id, --user or --target"),
+            };
+            let answer = control(config, &Request::End { which, reason })?;
+            let Response::Ended { ended } = answer else {
+                anyhow::bail!("the gateway answered something else: {answer:?}");
+            };
+            if json {
+                for row in &ended {
+                    println!("{}", serde_json::to_string(row)?);
+                }
+            }
+            println!("ended {} session(s)", ended.len());
+            if ended.is_empty() {
+                return Ok(ExitCode::from(1));
             }
         }
     }

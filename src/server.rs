@@ -14,6 +14,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::{Audit, Event, Health, OnFailure};
 use crate::config::{Config, Target};
+use crate::control::locks::Locks;
+use crate::control::socket::ControlSocket;
 use crate::jit::linux::{LinuxError, LinuxProvisioner};
 use crate::jit::postgres::PgProvisioner;
 use crate::jit::reaper::{reap_linux, reap_postgres, LiveLeases, ReapReport};
@@ -25,6 +27,9 @@ use crate::session::{trust, EndReason, Sessions};
 use crate::ssh::hostkey::{load_or_create_host_key, HostKeyError};
 use crate::ssh::session::{russh_config, SshContext};
 use crate::tls::{ServerTls, ServerTlsFiles, TlsError};
+
+/// The locks' file in `state_dir`.
+pub const LOCKS_FILE: &str = "locks.json";
 
 /// How long shutdown waits for sessions to end and their accounts to be dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -54,6 +59,15 @@ pub enum ServeError {
     Signal(std::io::Error),
     #[error("audit: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    #[error("control socket: {0}")]
+    Control(#[from] crate::control::socket::SocketError),
+    #[error("locks: {0}")]
+    Locks(#[from] crate::control::locks::LockError),
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The current policy set; replaced whole on a successful reload.
@@ -107,7 +121,16 @@ pub async fn serve_until(
     stop: CancellationToken,
     on_listening: impl FnOnce(Listening),
 ) -> Result<(), ServeError> {
-    // The audit log first: under fail_closed no session may start without it, and a
+    // The control socket first: a second gateway started with this config (and so the same
+    // locks file) stops here, before it touches anything.
+    let mut control = ControlSocket::bind(&config.control_socket).await?;
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| ServeError::StateDir {
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    let locks = Locks::open(&config.state_dir.join(LOCKS_FILE))?;
+    tracing::info!(socket = %control.path().display(), locks = locks.list().len(), "control socket listening");
+    // The audit log next: under fail_closed no session may start without it, and a
     // directory that cannot be opened is the operator's to fix before anyone connects.
     let (audit, audit_task) = Audit::start(&config.audit, &config.instance_id)?;
     tracing::info!(dir = %config.audit.dir.display(), on_failure = ?config.audit.on_failure, "audit log open");
@@ -155,6 +178,7 @@ pub async fn serve_until(
         cancels: CancelRegistry::default(),
         live: live.clone(),
         sessions: live_sessions.clone(),
+        locks: locks.clone(),
         warnings: config.session_warnings.clone(),
         audit: audit.clone(),
         shutdown: shutdown.clone(),
@@ -180,6 +204,7 @@ pub async fn serve_until(
                 russh: Arc::new(russh_config(host_key)),
                 live: live.clone(),
                 sessions: live_sessions.clone(),
+                locks: locks.clone(),
                 warnings: config.session_warnings.clone(),
                 audit: audit.clone(),
                 shutdown: shutdown.clone(),
@@ -212,6 +237,8 @@ pub async fn serve_until(
         watched.push((TargetKind::Ssh, ssh.tls.clone()));
     }
     let watcher = tokio::spawn(watch_crl(live_sessions.clone(), watched, shutdown.clone()));
+    let control_task =
+        tokio::spawn(control.serve(live_sessions.clone(), locks.clone(), shutdown.clone()));
     let audit_watch = tokio::spawn(watch_audit(
         audit.clone(),
         live_sessions.clone(),
@@ -289,6 +316,8 @@ pub async fn serve_until(
     reaper.abort();
     watcher.abort();
     audit_watch.abort();
+    control_task.abort();
+    drop(control);
     // Every session's last events are queued by now: write them before exiting.
     audit.flush().await;
     drop((ctx, ssh_ctx, audit));

@@ -137,6 +137,9 @@ targets:
     assert_eq!(config.audit.dir, PathBuf::from("audit"));
     assert_eq!(config.audit.on_failure, crate::audit::OnFailure::FailClosed);
     assert_eq!(config.tls.crl, None);
+    // The gateway's own state and control socket: beside the config.
+    assert_eq!(config.state_dir, PathBuf::from("."));
+    assert_eq!(config.control_socket, PathBuf::from("./jitgate.sock"));
     let Some(Target::Postgres(pg)) = config.target("orders") else {
         unreachable!("orders is a postgres target")
     };
@@ -614,5 +617,36 @@ fn password_errors_never_show_the_content() -> Result<(), Box<dyn std::error::Er
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    Ok(())
+}
+
+#[test]
+fn state_dir_and_control_socket() -> Result<(), ConfigError> {
+    let base = "instance_id: gw-1\ntls: {ca: ca.crt, cert: s.crt, key: s.key}\n";
+    let config = Config::from_yaml(
+        Path::new("/etc/jitgate/jitgate.yaml"),
+        &format!("{base}state_dir: /var/lib/jitgate-gw\n"),
+    )?;
+    assert_eq!(config.state_dir, PathBuf::from("/var/lib/jitgate-gw"));
+    assert_eq!(
+        config.control_socket,
+        PathBuf::from("/var/lib/jitgate-gw/jitgate.sock")
+    );
+    let config = Config::from_yaml(
+        Path::new("/etc/jitgate/jitgate.yaml"),
+        &format!("{base}control_socket: run/gw.sock\n"),
+    )?;
+    assert_eq!(config.state_dir, PathBuf::from("/etc/jitgate"));
+    assert_eq!(
+        config.control_socket,
+        PathBuf::from("/etc/jitgate/run/gw.sock")
+    );
+    // Longer than a Unix socket path may be: said where it was set.
+    let long = format!("{base}control_socket: /{}\n", "s".repeat(120));
+    let found = errors(&long).join("\n");
+    assert!(
+        found.contains("a Unix socket path must be shorter than 108"),
+        "{found}"
+    );
     Ok(())
 }

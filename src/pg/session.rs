@@ -23,6 +23,7 @@ use super::upstream::{self, UpstreamError};
 use crate::audit::pg::{PgAuditOptions, PgDecoder};
 use crate::audit::{Audit, DropOutcome, Event as AuditEvent, SessionAudit, SessionMeta};
 use crate::config::PgTarget;
+use crate::control::locks::Locks;
 use crate::identity::Identity;
 use crate::jit::postgres::PgProvisioner;
 use crate::jit::reaper::LiveLeases;
@@ -50,6 +51,8 @@ pub struct PgContext {
     pub live: LiveLeases,
     /// The live sessions, for trust changes to end (`session::trust`).
     pub sessions: Sessions,
+    /// Operators' locks (`jitgate lock`), checked before any account is minted.
+    pub locks: Locks,
     /// How long before a session's end the user is warned (`session_warnings`).
     pub warnings: Vec<Duration>,
     pub audit: Audit,
@@ -288,6 +291,15 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         let refusal = Refusal::new("57P03", message).detail("audit log cannot be written");
         return refuse(&mut stream, &who, refusal).await;
     }
+    // An operator's lock refuses the session before it has an account, in the words of an
+    // authentication failure (28000, as Teleport's locks and a NOLOGIN role are refused).
+    if let Some(lock) = ctx
+        .locks
+        .refusing(&identity.user, grant.name(), &target.name)
+    {
+        let refusal = Refusal::new("28000", lock.user_message()).detail(lock.describe());
+        return refuse(&mut stream, &who, refusal).await;
+    }
     let lease_id = LeaseId::random();
     let _live = ctx.live.register(&lease_id);
     let lease = match provisioner
@@ -328,7 +340,8 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         .await;
 
     // From here trust changes can end the session: register it, then check once more what a
-    // CRL or policy reload during the mint may have changed.
+    // CRL or policy reload (or a lock) during the mint may have changed.
+    let counters = Arc::new(Counters::default());
     let credential = Credential::from_chain(stream.get_ref().1.peer_certificates().unwrap_or(&[]));
     let registered = ctx.sessions.register(SessionInfo {
         id: lease.id.clone(),
@@ -342,10 +355,11 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         account: lease.role.clone(),
         client: peer,
         since: std::time::SystemTime::now(),
+        bytes: counters.clone(),
     });
     trust::recheck_new(&registered, &ctx.tls, &(ctx.policies)());
+    ctx.locks.recheck_new(&registered);
 
-    let counters = Counters::default();
     let tap = Tap::new(
         PgDecoder::new(PgAuditOptions {
             redact_parameters: grant.redact_parameters(),

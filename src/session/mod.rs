@@ -21,6 +21,7 @@ use std::time::SystemTime;
 use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::Counters;
 use crate::identity::Identity;
 use crate::jit::LeaseId;
 use crate::policy::TargetKind;
@@ -75,6 +76,8 @@ pub struct SessionInfo {
     pub account: String,
     pub client: SocketAddr,
     pub since: SystemTime,
+    /// Bytes relayed so far each way, shared with the relay (`jitgate sessions` shows them).
+    pub bytes: Arc<Counters>,
 }
 
 /// Why a live session is ended by the gateway (rather than by either side closing).
@@ -96,6 +99,15 @@ pub enum EndReason {
     Shutdown,
     /// The audit log cannot be written and `audit.on_failure` is `fail_closed`.
     AuditUnavailable,
+    /// An operator ended it (`jitgate sessions end`). `by` says who, as the control socket
+    /// saw them (`uid 0`); `reason` is the operator's, shown to the user.
+    Ended { by: String, reason: Option<String> },
+    /// An operator's lock (`jitgate lock`) covers it: a lock ends the live sessions it
+    /// matches as well as refusing new ones.
+    Locked {
+        lock: String,
+        reason: Option<String>,
+    },
 }
 
 impl EndReason {
@@ -122,6 +134,16 @@ impl EndReason {
                  its audit log), so it ends; ask the operator"
                     .to_string()
             }
+            EndReason::Ended { reason, .. } => match reason {
+                Some(reason) => format!("jitgate: an operator ended this session: {reason}"),
+                None => "jitgate: an operator ended this session".to_string(),
+            },
+            EndReason::Locked { reason, .. } => match reason {
+                Some(reason) => {
+                    format!("jitgate: an operator locked this access; the session ends: {reason}")
+                }
+                None => "jitgate: an operator locked this access; the session ends".to_string(),
+            },
         }
     }
 
@@ -135,6 +157,8 @@ impl EndReason {
             EndReason::PolicyChanged { .. } => "policy_changed",
             EndReason::Shutdown => "shutdown",
             EndReason::AuditUnavailable => "audit_unavailable",
+            EndReason::Ended { .. } => "ended_by_operator",
+            EndReason::Locked { .. } => "locked",
         }
     }
 
@@ -148,7 +172,9 @@ impl EndReason {
             EndReason::MaxSession
             | EndReason::CertificateExpired
             | EndReason::Shutdown
-            | EndReason::AuditUnavailable => false,
+            | EndReason::AuditUnavailable
+            | EndReason::Ended { .. }
+            | EndReason::Locked { .. } => false,
         }
     }
 }
@@ -163,6 +189,14 @@ impl fmt::Display for EndReason {
                 )
             }
             EndReason::CertificateRefused(why) => write!(f, "certificate refused: {why}"),
+            EndReason::Ended { by, reason } => {
+                write!(f, "ended by an operator ({by})")?;
+                reason.iter().try_for_each(|r| write!(f, ": {r}"))
+            }
+            EndReason::Locked { lock, reason } => {
+                write!(f, "lock {lock}")?;
+                reason.iter().try_for_each(|r| write!(f, ": {r}"))
+            }
             other => f.write_str(other.as_str()),
         }
     }
@@ -325,6 +359,7 @@ pub(crate) mod tests {
             account: "jit_x".into(),
             client: "127.0.0.1:5".parse().unwrap(),
             since: SystemTime::now(),
+            bytes: Arc::default(),
         }
     }
 

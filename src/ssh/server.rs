@@ -15,6 +15,7 @@ use super::channel::{splice_session, splice_stream, SplicedChannel};
 use super::client::PinnedHost;
 use crate::audit::{Audit, Event as AuditEvent, SessionAudit, SessionMeta};
 use crate::config::SshTarget;
+use crate::control::locks::Locks;
 use crate::identity::Identity;
 use crate::jit::linux::{LinuxLease, LinuxProvisioner};
 use crate::jit::reaper::{LiveGuard, LiveLeases};
@@ -68,6 +69,7 @@ pub struct BastionHandler {
     upstream: Option<Arc<client::Handle<PinnedHost>>>,
     channels: HashMap<ChannelId, (SplicedChannel, Arc<ChannelAudit>)>,
     audit: Option<Audit>,
+    locks: Locks,
     bytes: Arc<crate::audit::Counters>,
     open: TaskTracker,
     /// The session's audit and the fields its events carry, once the account exists.
@@ -102,6 +104,7 @@ impl BastionHandler {
             upstream: None,
             channels: HashMap::new(),
             audit: None,
+            locks: Locks::default(),
             bytes: Arc::default(),
             open: TaskTracker::new(),
             session_audit: None,
@@ -111,6 +114,12 @@ impl BastionHandler {
     /// Where the session's events go.
     pub fn audited(mut self, audit: Audit) -> Self {
         self.audit = Some(audit);
+        self
+    }
+
+    /// The operators' locks to check before minting.
+    pub fn locked_by(mut self, locks: Locks) -> Self {
+        self.locks = locks;
         self
     }
 
@@ -156,6 +165,16 @@ impl BastionHandler {
             )
             .await;
             return Err(message);
+        }
+        // An operator's lock refuses the session before it has an account.
+        if let Some(lock) =
+            self.locks
+                .refusing(&self.identity.user, grant.name(), &self.target.name)
+        {
+            tracing::info!(event = "access.denied", client = %self.peer, user = %self.identity.user, target_name = %self.target.name, lock = %lock.id, reason = %lock.describe(), "login refused: locked");
+            self.denied(self.requested.as_deref(), lock.describe())
+                .await;
+            return Err(lock.user_message());
         }
         let started = std::time::Instant::now();
         let id = LeaseId::random();

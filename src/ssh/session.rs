@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::preamble;
 use super::server::{AccountSlot, BastionHandler};
 use crate::config::SshTarget;
+use crate::control::locks::Locks;
 use crate::identity::Identity;
 use crate::jit::linux::LinuxProvisioner;
 use crate::jit::reaper::LiveLeases;
@@ -38,6 +39,8 @@ pub struct SshContext {
     pub live: LiveLeases,
     /// The live sessions, for trust changes to end (`session::trust`).
     pub sessions: Sessions,
+    /// Operators' locks (`jitgate lock`), checked before any account is minted.
+    pub locks: Locks,
     /// How long before a session's end the user is warned (`session_warnings`).
     pub warnings: Vec<Duration>,
     pub audit: crate::audit::Audit,
@@ -138,7 +141,8 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
         account.clone(),
     )
     .offering(ctx.targets.keys().cloned().collect())
-    .audited(ctx.audit.clone());
+    .audited(ctx.audit.clone())
+    .locked_by(ctx.locks.clone());
     let who = Who {
         identity,
         credential,
@@ -296,6 +300,7 @@ fn register(
             account: lease.user.clone(),
             client: who.peer,
             since: SystemTime::now(),
+            bytes: slot.bytes.clone(),
         }
     };
     let lifetime = {
@@ -305,6 +310,7 @@ fn register(
     };
     let registered = ctx.sessions.register(info);
     trust::recheck_new(&registered, &ctx.tls, &(ctx.policies)());
+    ctx.locks.recheck_new(&registered);
     Some((registered, lifetime))
 }
 
