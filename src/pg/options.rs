@@ -133,7 +133,10 @@ mod tests {
     fn only_ascii_spaces_split_words() {
         assert_eq!(
             split("-c application_name=a\u{a0}b\u{2003}c"),
-            vec!["-c".to_string(), "application_name=a\u{a0}b\u{2003}c".to_string()]
+            vec![
+                "-c".to_string(),
+                "application_name=a\u{a0}b\u{2003}c".to_string()
+            ]
         );
         assert_eq!(split("a\u{b}b"), vec!["a".to_string(), "b".to_string()]);
         let (_, rest) = take_reason("-c application_name=a\u{a0}b");
