@@ -230,7 +230,8 @@ pub fn ssh_preamble(data: &[u8]) {
         }
         Err(PreambleError::TooLong) => {
             // Only past the longest reason a policy accepts (200 characters, at most 2,400
-            // bytes percent-encoded) does the line outgrow what the gateway reads.
+            // bytes percent-encoded) does the line outgrow what the gateway reads; the tunnel
+            // refuses such a reason before it connects (`TunnelError::ReasonTooLong`).
             assert!(text.chars().count() > policy::MAX_REASON_CHARS, "{text:?}");
         }
         Err(e) => panic!("the gateway cannot read the tunnel's hello: {e}"),
