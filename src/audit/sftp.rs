@@ -8,6 +8,7 @@
 mod wire;
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use serde::{Serialize, Serializer};
 use wire::{ty, Fields, FrameCounts, Framer, Packet};
@@ -245,6 +246,7 @@ impl SftpDecoder {
             if tracker.request(&p).is_none() {
                 tracker.stats.malformed += 1;
             }
+            ControlFlow::Continue(())
         });
     }
 
@@ -263,6 +265,13 @@ impl SftpDecoder {
             tracker.stats.packets += 1;
             if tracker.response(&p, out).is_none() {
                 tracker.stats.malformed += 1;
+            }
+            // After a VERSION we do not speak, nothing is read, not even the rest of this
+            // chunk: what is reported must not depend on how the reads were cut.
+            if tracker.stats.unsupported_version.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
         });
     }

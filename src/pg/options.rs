@@ -1,8 +1,15 @@
 //! The startup `options` parameter (`-c name=value` settings, as libpq's PGOPTIONS): jitgate
 //! takes its own `jitgate.reason` out of it and passes everything else to the target.
 
-/// Splits like the PostgreSQL backend does (`pg_split_opts`): on unescaped whitespace,
-/// with backslash escaping the next character.
+/// What PostgreSQL's `pg_split_opts` splits on: the C locale's `isspace()`, ASCII only (a
+/// no-break space or any other Unicode space is part of a word to the server).
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\u{b}' | '\u{c}' | '\r')
+}
+
+/// Splits like the PostgreSQL backend does (`pg_split_opts`, src/backend/utils/init/postinit.c):
+/// on unescaped spaces, with backslash escaping the next character. A lone backslash at the
+/// very end is an empty word, to it and to us.
 fn split(options: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut word = String::new();
@@ -16,7 +23,7 @@ fn split(options: &str) -> Vec<String> {
                 }
                 in_word = true;
             }
-            c if c.is_whitespace() => {
+            c if is_space(c) => {
                 if in_word {
                     words.push(std::mem::take(&mut word));
                     in_word = false;
@@ -34,10 +41,15 @@ fn split(options: &str) -> Vec<String> {
     words
 }
 
+/// A word as `split` reads it back. An empty word (only ever the last one, see `split`) is a
+/// lone backslash.
 fn escape(word: &str) -> String {
+    if word.is_empty() {
+        return "\\".to_string();
+    }
     let mut out = String::with_capacity(word.len());
     for c in word.chars() {
-        if c == '\\' || c.is_whitespace() {
+        if c == '\\' || is_space(c) {
             out.push('\\');
         }
         out.push(c);
@@ -85,6 +97,7 @@ pub fn take_reason(options: &str) -> (Option<String>, Option<String>) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -101,5 +114,32 @@ mod tests {
         let (reason, rest) = take_reason("-c application_name=a\\ b");
         assert_eq!(reason, None);
         assert_eq!(rest.as_deref(), Some("-c application_name=a\\ b"));
+    }
+
+    /// Found by `fuzz/`'s `pg_options` target: a trailing lone backslash is an empty word to
+    /// PostgreSQL, and forwarding must keep it (as the lone backslash it was).
+    #[test]
+    fn a_trailing_empty_word_is_forwarded() {
+        assert_eq!(split("-c \\"), vec!["-c".to_string(), String::new()]);
+        let (reason, rest) = take_reason("-c jitgate.reason=x -c \\");
+        assert_eq!(reason.as_deref(), Some("x"));
+        let rest = rest.unwrap();
+        assert_eq!(split(&rest), vec!["-c".to_string(), String::new()]);
+    }
+
+    /// PostgreSQL splits on the C locale's `isspace()` only (space, \t, \n, \v, \f, \r): a
+    /// no-break space or another Unicode space is part of a word and must stay in it.
+    #[test]
+    fn only_ascii_spaces_split_words() {
+        assert_eq!(
+            split("-c application_name=a\u{a0}b\u{2003}c"),
+            vec![
+                "-c".to_string(),
+                "application_name=a\u{a0}b\u{2003}c".to_string()
+            ]
+        );
+        assert_eq!(split("a\u{b}b"), vec!["a".to_string(), "b".to_string()]);
+        let (_, rest) = take_reason("-c application_name=a\u{a0}b");
+        assert_eq!(rest.as_deref(), Some("-c application_name=a\u{a0}b"));
     }
 }

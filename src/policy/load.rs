@@ -75,8 +75,9 @@ impl PolicySet {
         Self::from_sources(sources.iter().map(|(p, t)| (p.as_path(), t.as_str())))
     }
 
-    /// Validates policy files given as (path, text), in this order.
-    pub(crate) fn from_sources<'a>(
+    /// Validates policy files given as (path, text), in this order (public for `fuzz/`'s
+    /// `policy` target, which feeds it text without a directory).
+    pub fn from_sources<'a>(
         sources: impl IntoIterator<Item = (&'a Path, &'a str)>,
     ) -> Result<PolicySet, PolicyError> {
         let mut rules = Vec::new();

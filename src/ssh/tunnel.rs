@@ -30,6 +30,13 @@ pub struct TunnelOptions {
 pub enum TunnelError {
     #[error("--gateway must be host:port, got {0:?}")]
     BadGateway(String),
+    /// Longer than any policy accepts, and than the preamble line the gateway reads: it would
+    /// close the connection without a word.
+    #[error(
+        "the reason given is {0} characters long; at most {MAX_REASON_CHARS} are allowed",
+        MAX_REASON_CHARS = crate::policy::MAX_REASON_CHARS
+    )]
+    ReasonTooLong(usize),
     #[error("target name {0:?} cannot be sent as a TLS server name; use the target's name from the gateway config")]
     BadTarget(String),
     #[error("cannot reach the gateway at {addr}: {reason}")]
@@ -60,6 +67,11 @@ fn split_host_port(gateway: &str) -> Option<(String, u16)> {
 
 /// Runs the tunnel until either side closes.
 pub async fn run(opts: TunnelOptions) -> Result<(), TunnelError> {
+    // Percent-encoded, a reason the policy accepts always fits in the preamble's MAX_LINE.
+    let chars = opts.reason.as_deref().map_or(0, |r| r.chars().count());
+    if chars > crate::policy::MAX_REASON_CHARS {
+        return Err(TunnelError::ReasonTooLong(chars));
+    }
     let (host, port) = split_host_port(&opts.gateway)
         .ok_or_else(|| TunnelError::BadGateway(opts.gateway.clone()))?;
     let gateway_name = ServerName::try_from(host.clone())
@@ -133,6 +145,30 @@ fn ended(result: std::io::Result<u64>) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Seen while writing `fuzz/`'s `ssh_preamble` target: a reason over ~1,365 bytes made a
+    /// hello line longer than the gateway reads, and the gateway closed without an answer
+    /// ("the peer closed the connection"). The tunnel now refuses it first, in the policy's words.
+    #[tokio::test]
+    async fn a_reason_too_long_is_refused_before_connecting() {
+        let opts = TunnelOptions {
+            gateway: "not-an-address".into(),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            ca: PathBuf::new(),
+            target: "web-1".into(),
+            reason: Some(" ".repeat(1400)),
+        };
+        let refused = run(opts).await.map_err(|e| e.to_string());
+        assert_eq!(
+            refused,
+            Err("the reason given is 1400 characters long; at most 200 are allowed".to_string())
+        );
+        assert!(
+            preamble::hello(Some(&"é ".repeat(crate::policy::MAX_REASON_CHARS / 2))).len()
+                <= preamble::MAX_LINE
+        );
+    }
 
     #[test]
     fn gateway_addresses_parse() {

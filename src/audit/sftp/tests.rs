@@ -578,6 +578,36 @@ fn another_protocol_version_stops_decoding() {
     assert_eq!(d.stats().unsupported_version, Some(6));
 }
 
+/// Found by `fuzz/`'s `audit_sftp` target: packets after a VERSION other than 3 in the same
+/// read were still decoded, so what the decoder reported depended on how reads were cut.
+#[test]
+fn decoding_stops_at_the_version_packet_whatever_the_reads() {
+    let client: Vec<u8> = [
+        P::new(ty::INIT).u32(6).bytes(),
+        P::new(ty::REMOVE).u32(1).str(b"/tmp/gone").bytes(),
+    ]
+    .concat();
+    let server: Vec<u8> = [P::new(ty::VERSION).u32(6).bytes(), status(1, OK).bytes()].concat();
+    let run = |read: usize| {
+        let mut d = SftpDecoder::new();
+        let mut out = Vec::new();
+        for chunk in client.chunks(read) {
+            d.client(chunk, &mut out);
+        }
+        for chunk in server.chunks(read) {
+            d.server(chunk, &mut out);
+        }
+        d.finish(&mut out);
+        (out, d.stats())
+    };
+    let (whole, bytewise) = (run(usize::MAX), run(1));
+    assert_eq!(whole, bytewise);
+    // The STATUS after the VERSION is not read: the remove is reported as unanswered.
+    assert_eq!(whole.0.len(), 1);
+    assert_eq!(whole.0[0].status, None);
+    assert_eq!(whole.1.packets, 3);
+}
+
 #[test]
 fn paths_are_lossy_utf8_and_capped() {
     assert_eq!(path(b"/tmp/\xffx"), "/tmp/\u{fffd}x");

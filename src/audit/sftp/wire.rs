@@ -2,6 +2,8 @@
 //! into packets (`uint32 length`, then `byte type` and the payload; filexfer-02 §3), keeping
 //! only as much of each packet as the decoder needs so memory stays bounded.
 
+use std::ops::ControlFlow;
+
 /// Largest packet buffered whole. OpenSSH's sftp-server refuses packets over 256 KiB
 /// (`SFTP_MAX_MSG_LENGTH`), so nothing legitimate is lost to this cap.
 pub(super) const MAX_PACKET: usize = 256 * 1024;
@@ -83,12 +85,13 @@ pub(super) struct FrameCounts {
 }
 
 impl Framer {
-    /// Feeds one chunk; `on_packet` gets every packet the chunk completes.
+    /// Feeds one chunk; `on_packet` gets every packet the chunk completes, until it answers
+    /// `Break` (then the rest of the chunk is left unread, as later chunks will be).
     pub fn feed(
         &mut self,
         mut chunk: &[u8],
         counts: &mut FrameCounts,
-        mut on_packet: impl FnMut(Packet<'_>),
+        mut on_packet: impl FnMut(Packet<'_>) -> ControlFlow<()>,
     ) {
         while !chunk.is_empty() {
             let Some((len, seen)) = self.body else {
@@ -139,12 +142,15 @@ impl Framer {
             }
             self.body = None;
             if let Some((&packet_type, payload)) = self.buf.split_first() {
-                on_packet(Packet {
+                let flow = on_packet(Packet {
                     packet_type,
                     len,
                     payload,
                     truncated: self.keep < len,
                 });
+                if flow.is_break() {
+                    return;
+                }
             }
         }
     }
