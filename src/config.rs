@@ -440,14 +440,20 @@ struct RawPgAdmin {
 
 // ---- validation ----------------------------------------------------------------------------
 
+/// An `instance_id`: 1 to 32 of a-z, 0-9 and `-` (it names files and markers, so never a path).
+pub fn is_instance_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= INSTANCE_ID_MAX
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<Config> {
     let base = path.parent().unwrap_or(Path::new(""));
 
     let instance_id = problems.check(&raw.instance_id, |id| {
-        let ok_chars = id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if id.is_empty() || id.len() > INSTANCE_ID_MAX || !ok_chars {
+        if !is_instance_id(id) {
             Err(format!(
                 "instance_id `{}` must be 1 to {INSTANCE_ID_MAX} characters of a-z, 0-9 and `-`",
                 yaml::printable(id)

@@ -886,6 +886,14 @@ fn two_gateways_share_one_audit_store_and_verify_it() {
         "{}",
         text(&o)
     );
+    // A row no gateway wrote, whose instance would be a path: refused, nothing written.
+    pg.superuser_sql(
+        "jitgate_audit",
+        "INSERT INTO jitgate_audit_lines (instance, seq, line) VALUES ('../escape', 0, '{}')",
+    );
+    let o = audit_cli(&a, &["sessions"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("is not an instance_id"), "{}", text(&o));
     for gw in [&a, &b] {
         assert_no_credential(gw);
         assert!(!fs::read_to_string(gw.path("gateway.log"))

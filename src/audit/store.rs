@@ -153,10 +153,11 @@ async fn ship_new(db: &Client, dir: &Path, instance: &str, at: &mut Cursor) -> R
             at.file = Some(file.clone());
             at.offset = 0;
         }
-        let bytes = tokio::fs::read(file)
+        // Only what was appended since the last look is read, not the whole day's file.
+        let new = read_from(file, at.offset)
             .await
             .map_err(|e| format!("{}: {e}", file.display()))?;
-        let Some(new) = bytes.get(at.offset as usize..) else {
+        let Some(new) = new else {
             // The file is shorter than what was read of it: start it over.
             at.offset = 0;
             continue;
@@ -184,6 +185,19 @@ async fn ship_new(db: &Client, dir: &Path, instance: &str, at: &mut Cursor) -> R
         at.offset += whole as u64;
     }
     Ok(())
+}
+
+/// The bytes of `file` from `offset` on; None if the file is shorter than that.
+async fn read_from(file: &Path, offset: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(file).await?;
+    if f.metadata().await?.len() < offset {
+        return Ok(None);
+    }
+    f.seek(std::io::SeekFrom::Start(offset)).await?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).await?;
+    Ok(Some(bytes))
 }
 
 async fn insert(db: &Client, instance: &str, batch: &[(i64, String)]) -> Result<(), String> {
@@ -279,6 +293,14 @@ pub async fn materialise(db: &Client, dir: &Path) -> Result<Vec<String>, String>
     std::fs::create_dir_all(dir.join(super::recording::DIR)).map_err(io)?;
     let mut instances = Vec::new();
     for (instance, lines) in chains(db).await? {
+        // The store is read as data, not trusted: an instance name becomes a file name here,
+        // so one that is not an instance_id (`../x`) is refused rather than written anywhere.
+        if !crate::config::is_instance_id(&instance) {
+            return Err(format!(
+                "audit store: instance {instance:?} is not an instance_id; the store holds rows \
+                 no gateway wrote (check jitgate_audit_lines)"
+            ));
+        }
         let mut text = lines.join("\n");
         text.push('\n');
         let file = dir.join(format!("audit-{instance}-{MATERIALISED_DAY}.jsonl"));
