@@ -19,6 +19,7 @@ use crate::control::socket::ControlSocket;
 use crate::jit::linux::{LinuxError, LinuxProvisioner};
 use crate::jit::postgres::PgProvisioner;
 use crate::jit::reaper::{reap_linux, reap_postgres, LiveLeases, ReapReport};
+use crate::limits::{Limits, Throttled};
 use crate::pg::cancel::CancelRegistry;
 use crate::pg::session::PgContext;
 use crate::pg::startup::ALPN_POSTGRESQL;
@@ -162,6 +163,7 @@ pub async fn serve_until(
     }
 
     let shutdown = CancellationToken::new();
+    let limits = Limits::new(config.limits.clone());
     let live = LiveLeases::default();
     let live_sessions = Sessions::default();
     let sessions = TaskTracker::new();
@@ -181,6 +183,7 @@ pub async fn serve_until(
         locks: locks.clone(),
         warnings: config.session_warnings.clone(),
         audit: audit.clone(),
+        limits: limits.clone(),
         shutdown: shutdown.clone(),
     });
     let ssh_ctx = match config.listen.ssh {
@@ -207,6 +210,7 @@ pub async fn serve_until(
                 locks: locks.clone(),
                 warnings: config.session_warnings.clone(),
                 audit: audit.clone(),
+                limits: limits.clone(),
                 shutdown: shutdown.clone(),
             }))
         }
@@ -271,14 +275,14 @@ pub async fn serve_until(
     loop {
         tokio::select! {
             accepted = accept(&pg_listener) => match accepted {
-                Ok((tcp, peer)) => {
-                    sessions.spawn(crate::pg::session::handle(tcp, peer, ctx.clone()));
+                Ok((tcp, peer)) => if let Some(handshake) = admit_tcp(&limits, &tcp, peer) {
+                    sessions.spawn(crate::pg::session::handle(tcp, peer, handshake, ctx.clone()));
                 }
                 Err(e) => accept_failed(e).await,
             },
             accepted = accept(&ssh_listener) => match (accepted, &ssh_ctx) {
-                (Ok((tcp, peer)), Some(ssh_ctx)) => {
-                    sessions.spawn(crate::ssh::session::handle(tcp, peer, ssh_ctx.clone()));
+                (Ok((tcp, peer)), Some(ssh_ctx)) => if let Some(handshake) = admit_tcp(&limits, &tcp, peer) {
+                    sessions.spawn(crate::ssh::session::handle(tcp, peer, handshake, ssh_ctx.clone()));
                 }
                 (Ok(_), None) => {}
                 (Err(e), _) => accept_failed(e).await,
@@ -348,6 +352,31 @@ async fn accept(
     match listener {
         Some(listener) => listener.accept().await,
         None => std::future::pending().await,
+    }
+}
+
+/// A new client connection: TCP keepalive on, and counted against its source address; a
+/// source past `limits:` has the connection closed unanswered (logged once a minute).
+fn admit_tcp(
+    limits: &Limits,
+    tcp: &tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<crate::limits::Handshake> {
+    if let Err(e) = crate::limits::keepalive(tcp, limits.config().tcp_keepalive) {
+        tracing::debug!(client = %peer, error = %e, "TCP keepalive could not be set");
+    }
+    match limits.handshake(peer.ip()) {
+        Ok(handshake) => Some(handshake),
+        Err(throttled) => {
+            if limits.first_throttle_this_minute(peer.ip()) {
+                let why = match throttled {
+                    Throttled::Handshakes(n) => format!("{n} handshakes from it are in progress (limits.max_handshakes_per_source)"),
+                    Throttled::Failures(n) => format!("{n} of its handshakes failed in the last minute (limits.max_failed_handshakes_per_minute)"),
+                };
+                tracing::warn!(event = "limits.throttled", client = %peer.ip(), why = %why, "connections from this address are closed unanswered for now; logged once a minute");
+            }
+            None
+        }
     }
 }
 

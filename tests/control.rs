@@ -39,6 +39,11 @@ struct Env {
 }
 
 fn env() -> Option<Env> {
+    env_edited(|config| config)
+}
+
+/// `env`, with the gateway's jitgate.yaml passed through `edit` first.
+fn env_edited(edit: impl FnOnce(String) -> String) -> Option<Env> {
     for bin in ["psql", "ssh"] {
         if which(bin).is_none() {
             unavailable(&format!(
@@ -48,7 +53,7 @@ fn env() -> Option<Env> {
     }
     let pg = Postgres::start()?;
     let sshd = Sshd::start()?;
-    let gw = Gateway::start_with(Some(&pg), Some(&sshd), POLICY);
+    let gw = Gateway::start_edited(Some(&pg), Some(&sshd), POLICY, edit);
     let alice = gw.issue("alice", &[]);
     let bob = gw.issue("bob", &[]);
     Some(Env {
@@ -520,4 +525,112 @@ fn only_root_or_the_gateways_uid_may_use_the_socket() {
         stderr(&out)
     );
     assert!(gw.log().contains("control.refused"), "{}", gw.log());
+}
+
+/// `limits.max_sessions_per_identity: 2`: with two sessions of alice's open (one psql, one
+/// ssh), her third is refused before any account is made (psql: FATAL naming the limit, 53300;
+/// ssh: the same words on stderr) while bob works; once one of hers ends she gets in again.
+/// Then `limits.max_failed_handshakes_per_minute: 3`: three refused certificates from one
+/// address and its next connection is closed unanswered, with one log line.
+#[test]
+fn limits_refuse_the_next_session_clearly_while_others_work() {
+    let Some(env) = env_edited(|config| {
+        format!("{config}limits:\n  max_sessions_per_identity: 2\n  max_failed_handshakes_per_minute: 3\n")
+    }) else {
+        return;
+    };
+    let sql = "SELECT pg_sleep(30)";
+    let held = env.psql("alice", &env.alice, sql);
+    let ssh = env.ssh("alice", &env.alice, "sleep 30");
+    env.wait_until("alice's query running", || env.running(sql) == 1);
+    env.wait_until("both sessions listed", || env.sessions().len() == 2);
+    let roles_before = env.pg.jit_roles().len();
+
+    let third = psql(
+        &env.gw
+            .conninfo("alice", Some((&env.alice.0, &env.alice.1)), ""),
+        "SELECT 1",
+    );
+    let said = stderr(&third);
+    assert!(!third.status.success(), "{said}");
+    // (psql shows a connection's FATAL without its SQLSTATE; the audit below has it: 53300,
+    // PostgreSQL's own too_many_connections.)
+    assert!(
+        said.contains(
+            "jitgate: alice already has 2 sessions open through this gateway \
+             (limits.max_sessions_per_identity); close one and try again"
+        ),
+        "{said}"
+    );
+    let (out, _) = wait_exit(
+        env.ssh("alice", &env.alice, "true"),
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("alice already has 2 sessions open"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing was minted for either refusal, and bob is not held up.
+    assert_eq!(env.pg.jit_roles().len(), roles_before);
+    let bobs = psql(
+        &env.gw.conninfo("bob", Some((&env.bob.0, &env.bob.1)), ""),
+        "SELECT current_user",
+    );
+    assert!(bobs.status.success(), "{}", stderr(&bobs));
+    env.wait_event("the refusal audited", |v| {
+        v["event"] == "access.denied"
+            && v["sqlstate"] == "53300"
+            && v["why"]
+                .as_str()
+                .is_some_and(|w| w.contains("limits.max_sessions_per_identity"))
+    });
+
+    // One of hers ends: her next one gets in.
+    let mut ssh = ssh;
+    ssh.kill().unwrap();
+    ssh.wait().unwrap();
+    // Her place comes back once that account has been dropped (not when ssh exits).
+    env.wait_until("alice admitted again", || {
+        psql(
+            &env.gw.conninfo("alice", Some((&env.alice.0, &env.alice.1)), ""),
+            "SELECT 1",
+        )
+        .status
+        .success()
+    });
+    assert_eq!(env.wait_no_ssh_accounts(), Vec::<String>::new());
+    let mut held = held;
+    held.kill().unwrap();
+    held.wait().unwrap();
+
+    // Failed handshakes: a certificate of another CA, three times; the fourth connection
+    // from the address, a good one, is closed before TLS, and the log says so once.
+    let stranger = env.gw.path("stranger");
+    let dir = stranger.to_str().unwrap();
+    jitgate(&["certs", "init", "--dir", dir]);
+    jitgate(&["certs", "issue", "--dir", dir, "--user", "alice"]);
+    let forged = (stranger.join("alice.crt"), stranger.join("alice.key"));
+    for _ in 0..3 {
+        let o = psql(
+            &env.gw.conninfo("alice", Some((&forged.0, &forged.1)), ""),
+            "SELECT 1",
+        );
+        assert!(!o.status.success(), "a certificate of another CA got in");
+    }
+    for _ in 0..2 {
+        let shut_out = psql(
+            &env.gw
+                .conninfo("alice", Some((&env.alice.0, &env.alice.1)), ""),
+            "SELECT 1",
+        );
+        assert!(!shut_out.status.success(), "a throttled address got in");
+    }
+    assert_eq!(
+        env.gw.log().matches("limits.throttled").count(),
+        1,
+        "{}",
+        env.gw.log()
+    );
 }

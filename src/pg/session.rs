@@ -28,6 +28,7 @@ use crate::identity::Identity;
 use crate::jit::postgres::PgProvisioner;
 use crate::jit::reaper::LiveLeases;
 use crate::jit::{LeaseId, PgLease};
+use crate::limits::{Handshake, Limits};
 use crate::logsafe::{diagnostic, untrusted};
 use crate::policy::{self, AccessRequest, Denial, PolicySet, TargetKind};
 use crate::session::lifetime::{Event, Lifetime};
@@ -56,6 +57,8 @@ pub struct PgContext {
     /// How long before a session's end the user is warned (`session_warnings`).
     pub warnings: Vec<Duration>,
     pub audit: Audit,
+    /// Sessions in total and per identity, handshakes per source (`limits:`).
+    pub limits: Limits,
     pub shutdown: CancellationToken,
 }
 
@@ -116,13 +119,18 @@ fn denial_refusal(
 }
 
 /// Serves one accepted TCP connection.
-pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<PgContext>) {
+/// `handshake` counts it against its source address until the client has shown a certificate
+/// (or sent a cancel key); any other end of the handshake counts as a failed one.
+pub async fn handle(tcp: TcpStream, peer: SocketAddr, handshake: Handshake, ctx: Arc<PgContext>) {
     let _ = tcp.set_nodelay(true);
     let arrival = tokio::time::timeout(
         ctx.handshake_timeout,
         accept(tcp, &ctx.tls, &ctx.trust_domain),
     )
     .await;
+    if let Ok(Ok(_)) = &arrival {
+        handshake.done();
+    }
     match arrival {
         Err(_) => tracing::info!(client = %peer, "handshake timed out"),
         Ok(Err(FrontDoorError::Refused { code, message })) => {
@@ -285,6 +293,15 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         }
     };
 
+    // A person past their share of the gateway is told so, as PostgreSQL tells a client past
+    // max_connections (53300); the count holds until the account is dropped.
+    let _permit = match ctx.limits.session(&identity.user) {
+        Ok(permit) => permit,
+        Err(e) => {
+            let refusal = Refusal::new("53300", e.to_string()).detail(e.key());
+            return refuse(&mut stream, &who, refusal).await;
+        }
+    };
     // No session starts that cannot be audited (audit.on_failure: fail_closed), and none
     // gets an account first.
     if let Err(message) = ctx.audit.accepting() {
