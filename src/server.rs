@@ -152,11 +152,19 @@ pub async fn serve_until(
     for (name, target) in &config.targets {
         match target {
             Target::Postgres(t) => {
-                let provisioner = PgProvisioner::new(t.clone(), config.instance_id.clone());
+                let provisioner = PgProvisioner::with_concurrency(
+                    t.clone(),
+                    config.instance_id.clone(),
+                    config.limits.max_mints_per_target,
+                );
                 targets.insert(name.clone(), (Arc::new(t.clone()), provisioner));
             }
             Target::Ssh(t) => {
-                let provisioner = LinuxProvisioner::new(t.clone(), config.instance_id.clone())?;
+                let provisioner = LinuxProvisioner::with_concurrency(
+                    t.clone(),
+                    config.instance_id.clone(),
+                    config.limits.max_mints_per_target,
+                )?;
                 ssh_targets.insert(name.clone(), (Arc::new(t.clone()), provisioner));
             }
         }

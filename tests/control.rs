@@ -594,7 +594,8 @@ fn limits_refuse_the_next_session_clearly_while_others_work() {
     // Her place comes back once that account has been dropped (not when ssh exits).
     env.wait_until("alice admitted again", || {
         psql(
-            &env.gw.conninfo("alice", Some((&env.alice.0, &env.alice.1)), ""),
+            &env.gw
+                .conninfo("alice", Some((&env.alice.0, &env.alice.1)), ""),
             "SELECT 1",
         )
         .status
