@@ -44,6 +44,10 @@ fn env() -> Option<Env> {
 
 /// `env`, with the gateway's jitgate.yaml passed through `edit` first.
 fn env_edited(edit: impl FnOnce(String) -> String) -> Option<Env> {
+    env_with(POLICY, edit)
+}
+
+fn env_with(policy: &str, edit: impl FnOnce(String) -> String) -> Option<Env> {
     for bin in ["psql", "ssh"] {
         if which(bin).is_none() {
             unavailable(&format!(
@@ -53,7 +57,7 @@ fn env_edited(edit: impl FnOnce(String) -> String) -> Option<Env> {
     }
     let pg = Postgres::start()?;
     let sshd = Sshd::start()?;
-    let gw = Gateway::start_edited(Some(&pg), Some(&sshd), POLICY, edit);
+    let gw = Gateway::start_edited(Some(&pg), Some(&sshd), policy, edit);
     let alice = gw.issue("alice", &[]);
     let bob = gw.issue("bob", &[]);
     Some(Env {
@@ -634,4 +638,65 @@ fn limits_refuse_the_next_session_clearly_while_others_work() {
         "{}",
         env.gw.log()
     );
+}
+
+/// A grant's `idle_timeout: 2s`: a psql stuck in a silent `pg_sleep` and an ssh `sleep` with
+/// no output end a little after 2 s with a message saying why; the accounts go, the audit
+/// says `idle_timeout`. A session that keeps talking is not idle.
+#[test]
+fn idle_timeout_ends_silent_sessions_only() {
+    let policy = POLICY
+        .replace(
+            "    postgres: { roles: [orders_read] }",
+            "    postgres: { roles: [orders_read] }\n    idle_timeout: 2s",
+        )
+        .replace("    ssh: {}", "    ssh: {}\n    idle_timeout: 2s");
+    let Some(env) = env_with(&policy, |config| config) else {
+        return;
+    };
+    let psql = env.psql("alice", &env.alice, "SELECT pg_sleep(30)");
+    let ssh = env.ssh("alice", &env.alice, "sleep 30; echo outlived");
+    // Output every half second keeps this one alive past the timeout.
+    let started = Instant::now();
+    let chatty = env.ssh(
+        "alice",
+        &env.alice,
+        "for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.5; done",
+    );
+
+    let (psql, _) = wait_exit(psql, Duration::from_secs(15));
+    let said = stderr(&psql);
+    assert!(!psql.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "jitgate: this session was idle for 2s (the idle_timeout of its grant); it ends now"
+        ),
+        "{said}"
+    );
+    let (ssh, _) = wait_exit(ssh, Duration::from_secs(15));
+    assert_eq!(ssh.status.code(), Some(255), "{}", stderr(&ssh));
+    assert!(
+        stderr(&ssh).contains("this session was idle for 2s"),
+        "{}",
+        stderr(&ssh)
+    );
+    assert!(!stdout(&ssh).contains("outlived"));
+    let (chatty, _) = wait_exit(chatty, Duration::from_secs(15));
+    let took = started.elapsed();
+    assert!(chatty.status.success(), "{}", stderr(&chatty));
+    assert_eq!(stdout(&chatty).lines().count(), 8, "{}", stdout(&chatty));
+    assert!(
+        took > Duration::from_secs(3),
+        "the chatty session took {took:?}"
+    );
+
+    assert_eq!(env.pg.wait_no_jit_roles(), Vec::<String>::new());
+    assert_eq!(env.wait_no_ssh_accounts(), Vec::<String>::new());
+    env.wait_until("two idle_timeout session.end events", || {
+        env.events()
+            .iter()
+            .filter(|v| v["event"] == "session.end" && v["ended"] == "idle_timeout")
+            .count()
+            == 2
+    });
 }

@@ -394,6 +394,7 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         counters: &counters,
         requested: &requested,
         database: &database,
+        idle_timeout: grant.idle_timeout(),
     };
     let (end, upstream) = serve(&mut stream, ctx, &opened).await;
     let session_ended = StdInstant::now();
@@ -474,6 +475,8 @@ struct Opened<'a> {
     counters: &'a Counters,
     requested: &'a Requested,
     database: &'a str,
+    /// The grant's `idle_timeout`.
+    idle_timeout: Option<Duration>,
 }
 
 /// Logs in upstream, completes the client's handshake, and relays. Returns how it ended.
@@ -537,7 +540,8 @@ async fn serve(
             lease.expires_at,
             registered.info().credential.not_after,
             &ctx.warnings,
-        );
+        )
+        .idle_after(opened.idle_timeout, registered.info().bytes.clone());
         // The warnings, and at the end the reason, reach the client as WARNING notices put
         // between the upstream's messages (see pg::relay); the end itself is the target's
         // own FATAL 57P01 after `terminate`, as for any administrator's termination.

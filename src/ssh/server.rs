@@ -51,6 +51,8 @@ pub struct LiveAccount {
     /// The session's place in `limits:` (per identity, in total), given back when the
     /// account has been dropped.
     pub permit: Option<crate::limits::SessionPermit>,
+    /// The grant's `idle_timeout`.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 pub type AccountSlot = Arc<Mutex<Option<LiveAccount>>>;
@@ -254,6 +256,7 @@ impl BastionHandler {
             bytes: self.bytes.clone(),
             open: self.open.clone(),
             permit,
+            idle_timeout: grant.idle_timeout(),
         };
         *self.account.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
 

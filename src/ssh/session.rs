@@ -317,8 +317,10 @@ fn register(
     };
     let lifetime = {
         let slot = account.lock().unwrap_or_else(|p| p.into_inner());
-        let expires_at = slot.as_ref()?.lease.as_ref()?.expires_at;
+        let live = slot.as_ref()?;
+        let expires_at = live.lease.as_ref()?.expires_at;
         Lifetime::new(expires_at, who.credential.not_after, &ctx.warnings)
+            .idle_after(live.idle_timeout, live.bytes.clone())
     };
     let registered = ctx.sessions.register(info);
     trust::recheck_new(&registered, &ctx.tls, &(ctx.policies)());
