@@ -40,6 +40,10 @@ use crate::tls::ServerTls;
 /// lease "live", and the reaper never takes a live lease.
 const DROP_DEADLINE: Duration = Duration::from_secs(90);
 
+/// Longest a mint may take, waiting for an admin slot included (the admin login alone has
+/// 15 s); the client is refused after it and the reaper takes what a cut-off mint left.
+const MINT_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Everything a Postgres session needs from the gateway, shared by all sessions.
 pub struct PgContext {
     pub instance_id: String,
@@ -319,12 +323,16 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
     }
     let lease_id = LeaseId::random();
     let _live = ctx.live.register(&lease_id);
-    let lease = match provisioner
-        .mint(lease_id.clone(), &grant, &identity, &database)
-        .await
-    {
-        Ok(lease) => lease,
-        Err(e) => {
+    let minting = provisioner.mint(lease_id.clone(), &grant, &identity, &database);
+    let lease = match tokio::time::timeout(MINT_DEADLINE, minting).await {
+        Ok(Ok(lease)) => lease,
+        Err(_) => {
+            // Whatever the target did with the CREATE ROLE, the lease is this instance's and
+            // not live once `_live` goes: the reaper removes a role that was made.
+            tracing::error!(lease = %lease_id, target_name = %target.name, user = %identity.user, seconds = MINT_DEADLINE.as_secs(), "mint did not finish in time; the target is slow or not answering");
+            return refuse(&mut stream, &who, jit_refusal(&target.name, &lease_id)).await;
+        }
+        Ok(Err(e)) => {
             // The user hears "ask the operator"; the operator's line says what fixes it.
             let fix = crate::doctor::fix_for_mint_error(&e, target, &grant);
             tracing::error!(lease = %lease_id, target_name = %target.name, user = %identity.user, error = %diagnostic(&e.to_string()), fix = fix.as_deref().map(tracing::field::display), "mint failed");
