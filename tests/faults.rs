@@ -202,3 +202,78 @@ fn a_target_down_at_drop_time_gets_its_role_dropped_when_back() {
     let o = psql(&conninfo, "SELECT 1");
     assert!(o.status.success(), "{}\n{}", stderr(&o), gw.log());
 }
+
+/// sshd restarted (`systemctl restart ssh`: the listener only) under a running ssh session:
+/// the session goes on to its end, its account is removed over the admin connection that
+/// outlived the restart, and the next session goes through the new listener.
+#[test]
+fn sshd_restarted_mid_session() {
+    use common::sshd::Sshd;
+    if which("ssh").is_none() {
+        unavailable("ssh (apt-get install openssh-client)");
+        return;
+    }
+    let Some(mut sshd) = Sshd::start() else {
+        return;
+    };
+    let policy = "grants:\n  - name: web\n    subjects: { users: [alice] }\n    targets: [web-1]\n    ssh: {}\n";
+    let gw = Gateway::start_with(None, Some(&sshd), policy);
+    let (crt, key) = gw.issue("alice", &[]);
+    let ssh = |command: &str| {
+        let proxy = format!(
+            "ProxyCommand={} tunnel --gateway 127.0.0.1:{} --cert {} --key {} --ca {} %h",
+            jitgate_bin().display(),
+            gw.ssh_port,
+            crt.display(),
+            key.display(),
+            gw.path("certs/ca.crt").display()
+        );
+        std::process::Command::new("ssh")
+            .args(["-F", "/dev/null", "-o", &proxy])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "LogLevel=ERROR",
+                "alice@web-1",
+                command,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = ssh("sleep 2; echo survived");
+    wait_until(
+        "the account made",
+        Duration::from_secs(20),
+        || gw.log(),
+        || !sshd.own_accounts().is_empty(),
+    );
+    sshd.restart();
+    let o = finish(first, Duration::from_secs(30));
+    assert!(o.status.success(), "{}\n{}", stderr(&o), gw.log());
+    assert_eq!(stdout(&o), "survived");
+    wait_until(
+        "the account removed",
+        Duration::from_secs(20),
+        || gw.log(),
+        || sshd.own_accounts().is_empty(),
+    );
+    let o = finish(ssh("id -un"), Duration::from_secs(30));
+    assert!(o.status.success(), "{}\n{}", stderr(&o), gw.log());
+    assert!(stdout(&o).starts_with("jit-alice-"), "{}", stdout(&o));
+    wait_until(
+        "the second account removed",
+        Duration::from_secs(20),
+        || gw.log(),
+        || sshd.own_accounts().is_empty(),
+    );
+}
