@@ -534,8 +534,9 @@ fn only_root_or_the_gateways_uid_may_use_the_socket() {
 /// `limits.max_sessions_per_identity: 2`: with two sessions of alice's open (one psql, one
 /// ssh), her third is refused before any account is made (psql: FATAL naming the limit, 53300;
 /// ssh: the same words on stderr) while bob works; once one of hers ends she gets in again.
-/// Then `limits.max_failed_handshakes_per_minute: 3`: three refused certificates from one
-/// address and its next connection is closed unanswered, with one log line.
+/// Then `limits.max_failed_handshakes_per_minute: 3`: after three failed handshakes from one
+/// address (refused certificates; the harness's own readiness probe, a connect-and-close,
+/// counts as one too) its next connections are closed unanswered, with one log line.
 #[test]
 fn limits_refuse_the_next_session_clearly_while_others_work() {
     let Some(env) = env_edited(|config| {
