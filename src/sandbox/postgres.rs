@@ -160,15 +160,7 @@ impl ThrowawayPostgres {
             .open(data.join("postgresql.conf"))
             .and_then(|mut f| f.write_all(conf.as_bytes()))
             .map_err(io_err("writing postgresql.conf"))?;
-        pg.run_as_owner(
-            Command::new(pg.bindir.join("pg_ctl"))
-                .arg("-D")
-                .arg(&data)
-                .arg("-l")
-                .arg(pg.log_path())
-                .args(["-w", "-t", "30", "start"]),
-        )?;
-        pg.running = true;
+        pg.start_server()?;
         let version = pg.superuser_sql("postgres", "SHOW server_version_num")?;
         pg.version_num = version.parse().map_err(|_| SandboxError::Command {
             command: "SHOW server_version_num".to_string(),
@@ -255,17 +247,37 @@ impl ThrowawayPostgres {
         if self.running {
             return Ok(());
         }
+        self.start_server()
+    }
+
+    /// `pg_ctl start`; a server that does not come up is reported with its log's last lines
+    /// (pg_ctl itself only says "Examine the log output").
+    fn start_server(&mut self) -> Result<(), SandboxError> {
         let data = self.data_dir();
-        self.run_as_owner(
+        let started = self.run_as_owner(
             Command::new(self.bindir.join("pg_ctl"))
                 .arg("-D")
                 .arg(&data)
                 .arg("-l")
                 .arg(self.log_path())
                 .args(["-w", "-t", "30", "start"]),
-        )?;
-        self.running = true;
-        Ok(())
+        );
+        match started {
+            Ok(_) => {
+                self.running = true;
+                Ok(())
+            }
+            Err(SandboxError::Command { command, output }) => {
+                let log = fs::read_to_string(self.log_path()).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                Err(SandboxError::Command {
+                    command,
+                    output: format!("{output}\nserver log (last lines):\n{}", tail.join("\n")),
+                })
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// Stops the server (immediate mode: it is throwaway).

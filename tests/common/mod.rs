@@ -31,6 +31,10 @@ pub fn unavailable(what: &str) -> Option<std::convert::Infallible> {
 
 pub use jitgate::sandbox::{random_word, which};
 
+fn port_taken(error: &str) -> bool {
+    error.contains("could not bind") || error.contains("already in use")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -80,7 +84,22 @@ impl Postgres {
             .prefix("jitgate-pg-")
             .tempdir()
             .unwrap();
-        let inner = ThrowawayPostgres::start_with(dir.path(), free_port(), bindir).unwrap();
+        // free_port's port is free when it answers, not necessarily when the server binds it
+        // (tests of three majors run at once): a port taken meanwhile gets another try.
+        // The clusters live one level down; the server's user must get through this one.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let mut attempt = 0;
+        let inner = loop {
+            attempt += 1;
+            let data = dir.path().join(format!("cluster-{attempt}"));
+            match ThrowawayPostgres::start_with(&data, free_port(), bindir.clone()) {
+                Ok(pg) => break pg,
+                Err(e) if attempt < 3 && port_taken(&e.to_string()) => {
+                    eprintln!("PostgreSQL could not bind its port, trying another: {e}");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         if let Some(major) = pg_major() {
             assert_eq!(
                 inner.major(),
@@ -159,7 +178,7 @@ impl Postgres {
             args.extend(["--host", h]);
         }
         jitgate(&args);
-        let data = self.dir.path().join("data");
+        let data = self.inner.data_dir();
         for (from, to) in [("server.crt", "ssl.crt"), ("server.key", "ssl.key")] {
             let dest = data.join(to);
             fs::copy(certs.join(from), &dest).unwrap();
