@@ -17,7 +17,11 @@
 //! to the account (chown) for one connection, locked back at removal. A second concurrent
 //! connection of the same person gets an ephemeral home instead (logged). `ephemeral`:
 //! `<state_dir>/tmp-home/<account>`, removed with the account.
+//!
+//! Liveness. `liveness` holds this instance's lock on the target (`<state_dir>/instances/`)
+//! in a long-lived admin exec that is also the target's watchdog for the instance.
 
+mod liveness;
 mod names;
 mod script;
 
@@ -36,6 +40,7 @@ pub use script::shell_quote;
 use self::names::HomeKind;
 use self::script::{output_value, output_values, Vars};
 use super::lease::{LeaseId, Marker};
+use super::liveness::Liveness;
 use crate::config::SshTarget;
 use crate::identity::Identity;
 use crate::policy::{Grant, HomeMode};
@@ -146,7 +151,14 @@ pub struct LinuxProvisioner {
     /// how many such removals run; a mint for that person waits for them (see `mint`).
     releasing: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     released: tokio::sync::Notify,
+    /// This instance's liveness lock on the target, when a holder task keeps one (`serve`).
+    liveness: std::sync::OnceLock<Liveness>,
 }
+
+/// Longest a mint waits for this instance's liveness lock on the target (at start-up, or
+/// while the holder reconnects) before it goes on without: until the lock is held, another
+/// instance may take this instance for dead and reap the new account.
+const MINT_WAITS_FOR_LIVENESS: Duration = Duration::from_secs(5);
 
 /// While it lives, a person's persistent home counts as "being released": taken by
 /// [`LinuxProvisioner::releasing`] when a connection ends, before its account's removal.
@@ -202,7 +214,15 @@ impl LinuxProvisioner {
             admin: tokio::sync::Mutex::new(None),
             releasing: std::sync::Mutex::new(std::collections::HashMap::new()),
             released: tokio::sync::Notify::new(),
+            liveness: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// From now on accounts are marked `live=1` (this instance holds a liveness lock, so
+    /// another instance that finds it free reaps them at once) and a mint waits a little for
+    /// the lock when it is not held. Set once, by `serve`, with its holder task's state.
+    pub fn attach_liveness(&self, liveness: Liveness) {
+        let _ = self.liveness.set(liveness);
     }
 
     pub fn target(&self) -> &SshTarget {
@@ -274,8 +294,20 @@ impl LinuxProvisioner {
             .public_key()
             .to_openssh()
             .map_err(|e| LinuxError::KeyGeneration(e.to_string()))?;
+        let live = self.liveness.get();
+        if let Some(live) = live {
+            if !live.wait_held(MINT_WAITS_FOR_LIVENESS).await {
+                tracing::warn!(target_name = %self.target.name, lease = %id, "minting while this instance's liveness lock on the target is not held: another instance may take the account for a dead gateway's and reap it");
+            }
+        }
         let expires_at = SystemTime::now() + grant.max_session();
-        let marker = Marker::render_gecos(&self.instance_id, &id, expires_at, grant.name());
+        let marker = Marker::render_gecos(
+            &self.instance_id,
+            &id,
+            expires_at,
+            live.is_some(),
+            grant.name(),
+        );
         let groups: Vec<&str> = grant
             .ssh_groups()
             .iter()

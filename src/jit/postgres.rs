@@ -1,6 +1,9 @@
 //! Postgres roles as JIT accounts: `mint` creates `jit_<user>_<random>` with exactly what the
 //! grant gives, `drop_lease` terminates its backend and drops it. Both run over a small pool of
-//! admin connections per database (tokio-postgres).
+//! admin connections per database (tokio-postgres). `liveness` holds this instance's
+//! advisory lock on the target and asks about other instances' locks.
+
+mod liveness;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +14,7 @@ use tokio_postgres::Client;
 
 use super::admin_login::{AdminTls, AuthGuard, LoginRefusal};
 use super::lease::{random_password, random_suffix, LeaseId, Marker, PgLease};
+use super::liveness::Liveness;
 use crate::config::{PgTarget, UpstreamTls};
 use crate::identity::Identity;
 use crate::policy::Grant;
@@ -87,7 +91,14 @@ pub struct PgProvisioner {
     target: PgTarget,
     instance_id: String,
     idle: Mutex<HashMap<String, Vec<Client>>>,
+    /// This instance's liveness lock on the target, when a holder task keeps one (`serve`).
+    liveness: std::sync::OnceLock<Liveness>,
 }
+
+/// Longest a mint waits for this instance's liveness lock on the target (at start-up, or
+/// while the holder reconnects) before it goes on without: until the lock is held, another
+/// instance may take this instance for dead and reap the new role.
+const MINT_WAITS_FOR_LIVENESS: Duration = Duration::from_secs(5);
 
 impl PgProvisioner {
     pub fn new(target: PgTarget, instance_id: String) -> Arc<Self> {
@@ -95,7 +106,15 @@ impl PgProvisioner {
             target,
             instance_id,
             idle: Mutex::new(HashMap::new()),
+            liveness: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on roles are marked `live=1` (this instance holds a liveness lock, so
+    /// another instance that finds it free reaps them at once) and a mint waits a little for
+    /// the lock when it is not held. Set once, by `serve`, with its holder task's state.
+    pub fn attach_liveness(&self, liveness: Liveness) {
+        let _ = self.liveness.set(liveness);
     }
 
     pub fn target(&self) -> &PgTarget {
@@ -117,10 +136,17 @@ impl PgProvisioner {
         let expires_at = SystemTime::now() + grant.max_session();
         // The server only ever sees the SCRAM verifier: the plaintext cannot land in its logs.
         let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
+        let live = self.liveness.get();
+        if let Some(live) = live {
+            if !live.wait_held(MINT_WAITS_FOR_LIVENESS).await {
+                tracing::warn!(target_name = %self.target.name, lease = %id, "minting while this instance's liveness lock on the target is not held: another instance may take the role for a dead gateway's and reap it");
+            }
+        }
         let marker = Marker::render(
             &self.instance_id,
             &id,
             expires_at,
+            live.is_some(),
             grant.name(),
             &identity.user,
         );
@@ -344,6 +370,15 @@ impl PgProvisioner {
 
     /// A new admin session ([`admin_session`]), its failure told as a `JitError`.
     async fn connect_admin(&self, database: &str) -> Result<Client, JitError> {
+        self.connect_admin_as(database, "jitgate").await
+    }
+
+    /// `connect_admin` with its own `application_name` (what pg_stat_activity shows).
+    async fn connect_admin_as(
+        &self,
+        database: &str,
+        application_name: &str,
+    ) -> Result<Client, JitError> {
         let t = &self.target;
         let password = t
             .admin
@@ -353,7 +388,7 @@ impl PgProvisioner {
                 target: t.name.clone(),
                 reason: e.to_string(),
             })?;
-        match admin_session(t, database, &password, "jitgate").await {
+        match admin_session(t, database, &password, application_name).await {
             Ok(client) => Ok(client),
             Err(AdminConnect::Unreachable(reason)) => Err(JitError::Unreachable {
                 target: t.name.clone(),
