@@ -370,8 +370,14 @@ impl LinuxProvisioner {
     /// persistent home away or deletes its ephemeral one. An account that is already gone is
     /// success; one not marked as this lease's is refused with [`LinuxError::NotOurs`].
     pub async fn drop_lease(&self, lease: &LinuxLease) -> Result<(), LinuxError> {
-        self.remove(&lease.user, lease.uid, &lease.home, lease.id.as_str())
-            .await
+        self.remove(
+            &lease.user,
+            lease.uid,
+            &lease.home,
+            &self.instance_id,
+            lease.id.as_str(),
+        )
+        .await
     }
 
     /// `drop_lease`, retried with backoff for about a minute while the target is unreachable.
@@ -393,11 +399,14 @@ impl LinuxProvisioner {
     }
 
     /// Removes a managed account found by the reaper. The caller decided it has no live session.
+    /// The removal script checks the marker of the instance that owns it (another instance's,
+    /// when the reaper takes a dead or long-expired replica's account).
     pub async fn reap_account(&self, account: &ManagedAccount) -> Result<(), LinuxError> {
         self.remove(
             &account.name,
             account.uid,
             &account.home,
+            &account.marker.instance,
             &account.marker.lease,
         )
         .await
@@ -408,6 +417,7 @@ impl LinuxProvisioner {
         account: &str,
         uid: u32,
         home: &str,
+        instance: &str,
         lease: &str,
     ) -> Result<(), LinuxError> {
         const OP: &str = "removing a JIT account";
@@ -418,7 +428,7 @@ impl LinuxProvisioner {
             .set("uid", uid.to_string())
             .set("home", home)
             .set("home_kind", kind.as_str())
-            .set("instance", self.instance_id.as_str())
+            .set("instance", instance)
             .set("lease", lease);
         let out = self
             .run_script(OP, script::build(&vars, script::REMOVE))
