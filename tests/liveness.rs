@@ -408,3 +408,102 @@ fn a_gateway_restarted_within_the_grace_keeps_its_new_sessions() {
     );
     kill_children(children);
 }
+
+/// A throwaway admin account (not root) allowed `sudo -n /bin/sh -s`, removed however the
+/// test ends.
+struct SudoAdmin {
+    name: String,
+}
+
+impl SudoAdmin {
+    fn create(sshd: &Sshd) -> SudoAdmin {
+        let name = format!("jgadm{}", random_word(8));
+        let ok = Command::new("useradd")
+            .args([
+                "-M",
+                "-d",
+                "/nonexistent",
+                "-s",
+                "/bin/sh",
+                "-p",
+                "*",
+                &name,
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "useradd {name}");
+        let admin = SudoAdmin { name };
+        fs::write(
+            format!("/etc/sudoers.d/{}", admin.name),
+            format!("{} ALL=(root) NOPASSWD: /bin/sh -s\n", admin.name),
+        )
+        .unwrap();
+        let admin_pub = fs::read_to_string(sshd.admin_key.with_extension("pub")).unwrap();
+        fs::write(
+            sshd.dir.join("authorized_keys").join(&admin.name),
+            admin_pub,
+        )
+        .unwrap();
+        admin
+    }
+}
+
+impl Drop for SudoAdmin {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(format!("/etc/sudoers.d/{}", self.name));
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-u", &self.name])
+            .status();
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}
+
+/// The watchdog runs under `sudo -n /bin/sh -s` when the admin is not root: sudo passes on no
+/// end of the connection (no pty, no signal), so the watchdog outlives it the same way.
+#[test]
+fn the_watchdog_works_through_sudo() {
+    let Some(()) = tools_present() else { return };
+    if !std::path::Path::new("/usr/sbin/visudo").exists() {
+        unavailable("sudo (visudo)");
+        return;
+    }
+    let Some(sshd) = Sshd::start() else { return };
+    let admin = SudoAdmin::create(&sshd);
+    let mut gw = Gateway::start_edited(None, Some(&sshd), POLICY, |config| {
+        let config = config.replace("user: root\n", &format!("user: {}\n", admin.name));
+        format!("{config}watchdog_grace: 1s\n")
+    });
+    let gw_log = logs_of(&gw);
+    let context = || {
+        format!(
+            "{}\nwatchdog:\n{}",
+            gw_log(),
+            watchdog_log(&sshd, &sshd.instance_id)
+        )
+    };
+    let cert = alice(&gw);
+    let children = vec![ssh(&gw, &cert, "sleep 300")];
+    wait_for(
+        "the session's sleep",
+        Duration::from_secs(20),
+        context,
+        || {
+            let accounts = sshd.own_accounts();
+            accounts.len() == 1 && processes_of_uid(uid_of(&accounts[0])) > 0
+        },
+    );
+    let uid = uid_of(&sshd.own_accounts()[0]);
+    gw.kill_hard();
+    let gone = wait_for(
+        "the watchdog's removal",
+        Duration::from_secs(10),
+        context,
+        || sshd.own_accounts().is_empty() && processes_of_uid(uid) == 0,
+    );
+    eprintln!("watchdog under sudo (grace 1s) removed the account {gone:.2?} after kill -9");
+    assert!(gone >= Duration::from_secs(1), "{gone:?}\n{}", context());
+    let log = watchdog_log(&sshd, &sshd.instance_id);
+    assert!(log.contains("done: 1 removed, 0 failed"), "{log}");
+    kill_children(children);
+}
