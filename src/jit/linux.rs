@@ -155,9 +155,10 @@ pub struct LinuxProvisioner {
     liveness: std::sync::OnceLock<Liveness>,
 }
 
-/// Longest a mint waits for this instance's liveness lock on the target (at start-up, or
-/// while the holder reconnects) before it goes on without: until the lock is held, another
-/// instance may take this instance for dead and reap the new account.
+/// Longest a mint waits for the first attempt to take this instance's liveness lock on the
+/// target (the gateway just started) before it goes on without; a lock that is down (lost,
+/// being taken again) is not waited for. Until the lock is held, another instance may take
+/// this instance for dead and reap the new account.
 const MINT_WAITS_FOR_LIVENESS: Duration = Duration::from_secs(5);
 
 /// While it lives, a person's persistent home counts as "being released": taken by

@@ -47,8 +47,10 @@ pub const PG_LOCK_CLASS: i32 = 0x6a67_6174;
 
 /// The advisory lock key of `instance`: ([`PG_LOCK_CLASS`], FNV-1a 32 of the instance id's
 /// bytes, as a signed `int4`). Stable across versions and hosts; documented in the README.
-/// Two instance ids with the same hash (one chance in 2^32 per pair) only make each look
-/// alive while the other runs, never dead.
+/// Two instance ids with the same hash (one chance in 2^32 per pair) share one lock: the
+/// second cannot take it while the first runs (it logs that another session holds it, and
+/// `pg_stat_activity` names the holder by its `application_name`, "jitgate liveness <id>"):
+/// give one of them another instance_id.
 pub fn pg_lock_key(instance: &str) -> (i32, i32) {
     let mut hash: u32 = 0x811c_9dc5;
     for byte in instance.bytes() {
@@ -58,41 +60,55 @@ pub fn pg_lock_key(instance: &str) -> (i32, i32) {
     (PG_LOCK_CLASS, i32::from_ne_bytes(hash.to_ne_bytes()))
 }
 
+/// Where this instance's lock on one target stands, as its holder task sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockState {
+    /// The first attempt to take it has not finished yet (the gateway just started).
+    Starting,
+    Held,
+    /// Not held: an attempt failed, or the lock was lost; the holder keeps trying.
+    Down,
+}
+
 /// Whether this instance holds its lock on one target right now, as its holder task sees it.
 #[derive(Debug, Clone)]
 pub struct Liveness {
-    held: watch::Receiver<bool>,
+    state: watch::Receiver<LockState>,
 }
 
 /// The holder task's side of a [`Liveness`].
 #[derive(Debug)]
 pub struct LivenessSender {
-    held: watch::Sender<bool>,
+    state: watch::Sender<LockState>,
 }
 
 impl Liveness {
     pub fn channel() -> (LivenessSender, Liveness) {
-        let (tx, rx) = watch::channel(false);
-        (LivenessSender { held: tx }, Liveness { held: rx })
+        let (tx, rx) = watch::channel(LockState::Starting);
+        (LivenessSender { state: tx }, Liveness { state: rx })
     }
 
     pub fn is_held(&self) -> bool {
-        *self.held.borrow()
+        *self.state.borrow() == LockState::Held
     }
 
-    /// Waits until the lock is held, at most `within`; whether it is.
+    /// Whether the lock is held, after waiting (at most `within`) for the holder's first
+    /// attempt to finish if it has not yet. A lock that is down is not waited for: a target
+    /// that refuses or is unreachable must not slow every mint down.
     pub async fn wait_held(&self, within: Duration) -> bool {
-        let mut held = self.held.clone();
-        let waited = tokio::time::timeout(within, held.wait_for(|held| *held))
-            .await
-            .map(|r| r.map(|_| ()));
-        matches!(waited, Ok(Ok(())))
+        let mut state = self.state.clone();
+        let _ = tokio::time::timeout(within, state.wait_for(|s| *s != LockState::Starting)).await;
+        self.is_held()
     }
 }
 
 impl LivenessSender {
     pub fn set(&self, held: bool) {
-        self.held.send_replace(held);
+        self.state.send_replace(if held {
+            LockState::Held
+        } else {
+            LockState::Down
+        });
     }
 }
 
@@ -198,10 +214,13 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn waiting_for_the_lock_is_bounded() {
+    async fn mints_wait_only_for_the_first_attempt_and_boundedly() {
         let (tx, live) = Liveness::channel();
         assert!(!live.is_held());
+        // Starting: waited for, at most `within`.
+        let started = tokio::time::Instant::now();
         assert!(!live.wait_held(Duration::from_secs(5)).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
         let waiter = {
             let live = live.clone();
             tokio::spawn(async move { live.wait_held(Duration::from_secs(5)).await })
@@ -210,5 +229,10 @@ mod tests {
         tx.set(true);
         assert!(waiter.await.unwrap_or(false));
         assert!(live.is_held());
+        // Down (lost, reconnecting): answered at once.
+        tx.set(false);
+        let asked = tokio::time::Instant::now();
+        assert!(!live.wait_held(Duration::from_secs(5)).await);
+        assert_eq!(asked.elapsed(), Duration::ZERO);
     }
 }

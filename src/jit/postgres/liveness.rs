@@ -1,6 +1,6 @@
 //! This instance's liveness lock on a PostgreSQL target: a session-level advisory lock,
 //! `pg_try_advisory_lock(PG_LOCK_CLASS, <hash of the instance id>)`, on an admin session of
-//! its own (`application_name` "jitgate liveness") in the target's admin database, kept open
+//! its own (`application_name` "jitgate liveness <instance>") in the target's admin database, kept open
 //! while the gateway runs and taken again with backoff whenever it drops. PostgreSQL releases
 //! a session-level advisory lock when the session ends, however it ends ("Advisory Locks",
 //! PostgreSQL docs §13.3.5): the gateway killed, or its host lost once the server notices the
@@ -77,7 +77,7 @@ impl PgProvisioner {
     async fn take_liveness_lock(&self) -> Result<Client, String> {
         let db = self.target.admin.database.clone();
         let client = self
-            .connect_admin_as(&db, "jitgate liveness")
+            .connect_admin_as(&db, &format!("jitgate liveness {}", self.instance_id))
             .await
             .map_err(|e| e.to_string())?;
         let (class, key) = pg_lock_key(&self.instance_id);
@@ -103,7 +103,7 @@ impl PgProvisioner {
             Err(format!(
                 "another session holds advisory lock ({class}, {key}) of instance {}: another \
                  gateway runs with this instance_id, or this instance's previous session has \
-                 not ended on the server yet",
+                 not ended on the server yet (pg_locks and pg_stat_activity show which session)",
                 self.instance_id
             ))
         }
