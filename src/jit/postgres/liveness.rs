@@ -23,6 +23,11 @@ use crate::jit::liveness::{
 /// often it asks the server (`SELECT 1`, which also finds a connection that went silent).
 const CLOSED_CHECK: Duration = Duration::from_millis(250);
 const PING_EVERY: Duration = Duration::from_secs(5);
+/// TCP keepalives on the server's end of the holder's session (idle 10 s, then 3 probes 5 s
+/// apart), and at most 20 s for sent data to be acknowledged (`tcp_user_timeout`, PostgreSQL
+/// 12+): a lost gateway host's lock is released within about half a minute.
+const SERVER_KEEPALIVES: &str = "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
+     SET tcp_keepalives_count = 3; SET tcp_user_timeout = 20000";
 
 impl PgProvisioner {
     /// Holds this instance's liveness lock on the target until `release` says stop, and tells
@@ -80,6 +85,18 @@ impl PgProvisioner {
             .connect_admin_as(&db, &format!("jitgate liveness {}", self.instance_id))
             .await
             .map_err(|e| e.to_string())?;
+        // The server's side of this session's socket finds a vanished gateway host (no FIN)
+        // in about 25 s rather than the kernel's two hours, and so releases the lock: each of
+        // these is settable by any user, for its own session (PostgreSQL docs §19.3.1).
+        tokio::time::timeout(PROBE_TIMEOUT, client.batch_execute(SERVER_KEEPALIVES))
+            .await
+            .map_err(|_| {
+                format!(
+                    "setting keepalives did not answer within {}s",
+                    PROBE_TIMEOUT.as_secs()
+                )
+            })?
+            .map_err(|e| format!("setting keepalives failed: {e}"))?;
         let (class, key) = pg_lock_key(&self.instance_id);
         let row = tokio::time::timeout(
             PROBE_TIMEOUT,
