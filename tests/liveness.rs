@@ -221,6 +221,18 @@ fn a_survivor_reaps_a_killed_replicas_accounts_within_one_reap_interval() {
         ),
     );
     assert!(comment.contains(" live=1 "), "{comment}");
+    // What keeps a dead gateway's role inert until it is reaped (no watchdog runs on
+    // PostgreSQL): one connection at most, and no password login two minutes after creation.
+    let inert = pg.superuser_sql(
+        "postgres",
+        &format!(
+            "SELECT rolconnlimit, rolvaliduntil <= now() + interval '2 minutes', \
+             rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls \
+             FROM pg_roles WHERE rolname = '{}'",
+            roles[0]
+        ),
+    );
+    assert_eq!(inert, "1|t|f", "{inert}");
 
     // Two of the survivor's passes over both targets after the sessions started: the
     // victim's locks are held, so nothing of it is touched.
