@@ -418,7 +418,22 @@ fn a_gateway_restarted_within_the_grace_keeps_its_new_sessions() {
         new_session.try_wait().unwrap().is_none(),
         "the new session ended"
     );
+
+    // A clean stop (the session ended, its account dropped) tells the watchdog so: it ends at
+    // once instead of waiting its grace.
     kill_children(children);
+    wait_for(
+        "the session's account dropped",
+        Duration::from_secs(20),
+        context,
+        || sshd.own_accounts().is_empty(),
+    );
+    gw.stop();
+    let log = watchdog_log(&sshd, &sshd.instance_id);
+    assert!(
+        log.contains("the gateway stopped cleanly; nothing to do"),
+        "{log}"
+    );
 }
 
 /// A throwaway admin account (not root) allowed `sudo -n /bin/sh -s`, removed however the

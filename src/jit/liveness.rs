@@ -182,7 +182,7 @@ impl FailureLog {
         if after_loss || self.last.is_some() {
             tracing::info!(target_name = %target, "liveness lock taken back");
         } else {
-            tracing::debug!(target_name = %target, "liveness lock held");
+            tracing::info!(target_name = %target, "liveness lock held");
         }
         self.last = None;
     }
