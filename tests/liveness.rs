@@ -395,7 +395,7 @@ fn a_gateway_restarted_within_the_grace_keeps_its_new_sessions() {
         },
     );
     let second = sshd.own_accounts();
-    let retaken = wait_for(
+    wait_for(
         "the old watchdog standing down",
         Duration::from_secs(20),
         context,
@@ -408,7 +408,6 @@ fn a_gateway_restarted_within_the_grace_keeps_its_new_sessions() {
         "restarted within the grace (8s): the old watchdog stood down {:.2?} after kill -9",
         killed.elapsed()
     );
-    let _ = retaken;
     let log = watchdog_log(&sshd, &sshd.instance_id);
     assert!(!log.contains("no gateway took the lock back"), "{log}");
     assert_eq!(sshd.own_accounts(), second, "{}", context());
@@ -532,5 +531,95 @@ fn the_watchdog_works_through_sudo() {
     assert!(gone >= Duration::from_secs(1), "{gone:?}\n{}", context());
     let log = watchdog_log(&sshd, &sshd.instance_id);
     assert!(log.contains("done: 1 removed, 0 failed"), "{log}");
+    kill_children(children);
+}
+
+/// The holder's admin session is killed on the server (as a PostgreSQL restart or a network
+/// cut would end it): the gateway takes its lock again on a new session, and meanwhile does not
+/// take itself for dead — its own reaper (every second) leaves its live session's role alone.
+#[test]
+fn a_lost_postgres_lock_is_taken_again_and_the_instance_keeps_its_sessions() {
+    const PG_POLICY: &str = r#"
+grants:
+  - name: db
+    subjects: { users: [alice] }
+    targets: [orders]
+    postgres: { roles: [orders_read] }
+"#;
+    let Some(()) = tools_present() else { return };
+    let Some(pg) = Postgres::start() else { return };
+    let gw = Gateway::start_edited(Some(&pg), None, PG_POLICY, with("reap_interval: 1s\n"));
+    let gw_log = logs_of(&gw);
+    let context = || gw_log();
+    let holder = || {
+        pg.superuser_sql(
+            "postgres",
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'jitgate liveness test-gw'",
+        )
+    };
+    wait_for(
+        "the liveness session",
+        Duration::from_secs(20),
+        context,
+        || !holder().is_empty(),
+    );
+    let cert = alice(&gw);
+    let sql = "SELECT pg_sleep(30)";
+    let children = vec![psql(&gw, &cert, sql)];
+    wait_for(
+        "psql's query running",
+        Duration::from_secs(20),
+        context,
+        || running(&pg, sql) == 1,
+    );
+    let roles = pg.jit_roles();
+    let first = holder();
+    let (class, key) = jitgate::jit::liveness::pg_lock_key("test-gw");
+    let held_by = |pid: &str| {
+        pg.superuser_sql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND classid = {class}::oid AND objid = {}::oid AND objsubid = 2 AND pid = {pid}",
+                i64::from(key as u32)
+            ),
+        ) == "1"
+    };
+    assert!(
+        held_by(&first),
+        "the liveness session holds no lock:\n{}",
+        context()
+    );
+
+    pg.superuser_sql("postgres", &format!("SELECT pg_terminate_backend({first})"));
+    let retaken = wait_for(
+        "the lock taken again",
+        Duration::from_secs(10),
+        context,
+        || {
+            let now = holder();
+            !now.is_empty() && now != first && held_by(&now)
+        },
+    );
+    eprintln!(
+        "the Postgres liveness lock was taken again {retaken:.2?} after its session was terminated"
+    );
+    // Two of its own reaper passes after the loss: the live session's role stays.
+    let passes = || gw_log().matches("reaper pass").count();
+    let before = passes();
+    wait_for(
+        "two reaper passes",
+        Duration::from_secs(20),
+        context,
+        || passes() >= before + 2,
+    );
+    assert_eq!(pg.jit_roles(), roles, "{}", context());
+    assert_eq!(running(&pg, sql), 1, "{}", context());
+    assert!(context().contains("liveness lock lost"), "{}", context());
+    assert!(
+        context().contains("liveness lock taken back"),
+        "{}",
+        context()
+    );
     kill_children(children);
 }
