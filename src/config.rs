@@ -74,6 +74,9 @@ pub struct Config {
     /// The control socket `jitgate sessions` and `jitgate lock` talk to (`control_socket:`;
     /// default `jitgate.sock` in `state_dir`).
     pub control_socket: PathBuf,
+    /// `limits:` — sessions in total and per identity, handshakes per source, TCP keepalive,
+    /// concurrent mints per target.
+    pub limits: crate::limits::LimitsConfig,
     pub targets: BTreeMap<String, Target>,
 }
 
@@ -368,6 +371,7 @@ struct RawConfig {
     ssh_host_key: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
     control_socket: Option<Spanned<String>>,
+    limits: Option<limits::RawLimits>,
     targets: Option<SpannedMap<Spanned<RawTarget>>>,
 }
 
@@ -588,6 +592,7 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<
         problems,
     );
     let audit = validate_audit(base, raw.audit.as_ref(), problems);
+    let limits = limits::validate(raw.limits.as_ref(), problems);
 
     let mut targets = BTreeMap::new();
     let raw_targets = raw.targets.as_ref().map_or(&[][..], |t| &t.0);
@@ -617,6 +622,7 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<
         ssh_host_key: ssh_host_key?,
         state_dir: gateway_state_dir?,
         control_socket: control_socket?,
+        limits: limits?,
         targets,
     })
 }
@@ -1081,5 +1087,6 @@ fn resolve(base: &Path, path: &str) -> PathBuf {
     }
 }
 
+mod limits;
 #[cfg(test)]
 mod tests;

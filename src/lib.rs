@@ -39,6 +39,7 @@ pub mod demo;
 pub mod doctor;
 pub mod identity;
 pub mod jit;
+pub mod limits;
 pub mod logsafe;
 pub mod pg;
 pub mod policy;

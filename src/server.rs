@@ -20,6 +20,7 @@ use crate::jit::linux::{LinuxError, LinuxProvisioner};
 use crate::jit::liveness::{Liveness, Release};
 use crate::jit::postgres::PgProvisioner;
 use crate::jit::reaper::{reap_linux, reap_postgres, LiveLeases, ReapReport};
+use crate::limits::{Limits, Throttled};
 use crate::pg::cancel::CancelRegistry;
 use crate::pg::session::PgContext;
 use crate::pg::startup::ALPN_POSTGRESQL;
@@ -152,11 +153,19 @@ pub async fn serve_until(
     for (name, target) in &config.targets {
         match target {
             Target::Postgres(t) => {
-                let provisioner = PgProvisioner::new(t.clone(), config.instance_id.clone());
+                let provisioner = PgProvisioner::with_concurrency(
+                    t.clone(),
+                    config.instance_id.clone(),
+                    config.limits.max_mints_per_target,
+                );
                 targets.insert(name.clone(), (Arc::new(t.clone()), provisioner));
             }
             Target::Ssh(t) => {
-                let provisioner = LinuxProvisioner::new(t.clone(), config.instance_id.clone())?;
+                let provisioner = LinuxProvisioner::with_concurrency(
+                    t.clone(),
+                    config.instance_id.clone(),
+                    config.limits.max_mints_per_target,
+                )?;
                 ssh_targets.insert(name.clone(), (Arc::new(t.clone()), provisioner));
             }
         }
@@ -185,6 +194,7 @@ pub async fn serve_until(
     }
 
     let shutdown = CancellationToken::new();
+    let limits = Limits::new(config.limits.clone());
     let live = LiveLeases::default();
     let live_sessions = Sessions::default();
     let sessions = TaskTracker::new();
@@ -204,6 +214,7 @@ pub async fn serve_until(
         locks: locks.clone(),
         warnings: config.session_warnings.clone(),
         audit: audit.clone(),
+        limits: limits.clone(),
         shutdown: shutdown.clone(),
     });
     let ssh_ctx = match config.listen.ssh {
@@ -230,6 +241,7 @@ pub async fn serve_until(
                 locks: locks.clone(),
                 warnings: config.session_warnings.clone(),
                 audit: audit.clone(),
+                limits: limits.clone(),
                 shutdown: shutdown.clone(),
             }))
         }
@@ -247,8 +259,8 @@ pub async fn serve_until(
         }
     });
 
-    // Leftovers of a crashed run of this instance go before anyone connects.
-    reap_all(&ctx, ssh_ctx.as_deref()).await;
+    // Leftovers of a crashed run of this instance are reaped by the loop's first pass, which
+    // starts now and runs beside the listeners.
     let reaper = tokio::spawn(reap_loop(
         ctx.clone(),
         ssh_ctx.clone(),
@@ -294,14 +306,14 @@ pub async fn serve_until(
     loop {
         tokio::select! {
             accepted = accept(&pg_listener) => match accepted {
-                Ok((tcp, peer)) => {
-                    sessions.spawn(crate::pg::session::handle(tcp, peer, ctx.clone()));
+                Ok((tcp, peer)) => if let Some(handshake) = admit_tcp(&limits, &tcp, peer) {
+                    sessions.spawn(crate::pg::session::handle(tcp, peer, handshake, ctx.clone()));
                 }
                 Err(e) => accept_failed(e).await,
             },
             accepted = accept(&ssh_listener) => match (accepted, &ssh_ctx) {
-                (Ok((tcp, peer)), Some(ssh_ctx)) => {
-                    sessions.spawn(crate::ssh::session::handle(tcp, peer, ssh_ctx.clone()));
+                (Ok((tcp, peer)), Some(ssh_ctx)) => if let Some(handshake) = admit_tcp(&limits, &tcp, peer) {
+                    sessions.spawn(crate::ssh::session::handle(tcp, peer, handshake, ssh_ctx.clone()));
                 }
                 (Ok(_), None) => {}
                 (Err(e), _) => accept_failed(e).await,
@@ -380,6 +392,31 @@ async fn accept(
     }
 }
 
+/// A new client connection: TCP keepalive on, and counted against its source address; a
+/// source past `limits:` has the connection closed unanswered (logged once a minute).
+fn admit_tcp(
+    limits: &Limits,
+    tcp: &tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<crate::limits::Handshake> {
+    if let Err(e) = crate::limits::keepalive(tcp, limits.config().tcp_keepalive) {
+        tracing::debug!(client = %peer, error = %e, "TCP keepalive could not be set");
+    }
+    match limits.handshake(peer.ip()) {
+        Ok(handshake) => Some(handshake),
+        Err(throttled) => {
+            if limits.first_throttle_this_minute(peer.ip()) {
+                let why = match throttled {
+                    Throttled::Handshakes(n) => format!("{n} handshakes from it are in progress (limits.max_handshakes_per_source)"),
+                    Throttled::Failures(n) => format!("{n} of its handshakes failed in the last minute (limits.max_failed_handshakes_per_minute)"),
+                };
+                tracing::warn!(event = "limits.throttled", client = %peer.ip(), why = %why, "connections from this address are closed unanswered for now; logged once a minute");
+            }
+            None
+        }
+    }
+}
+
 async fn accept_failed(e: std::io::Error) {
     // EMFILE and friends: back off instead of spinning.
     tracing::warn!(error = %e, "accept failed");
@@ -455,36 +492,95 @@ async fn watch_audit(audit: Audit, sessions: Sessions, shutdown: CancellationTok
     }
 }
 
+/// The reaper: a pass at start-up, then one every `every`. The start-up pass does not hold up
+/// the listeners: sessions minted meanwhile are live, so it never touches them, and a target
+/// that does not answer must not keep everyone else out.
 async fn reap_loop(
     ctx: Arc<PgContext>,
     ssh: Option<Arc<SshContext>>,
     every: Duration,
     shutdown: CancellationToken,
 ) {
+    let faults = TargetFaults::default();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => reap_all(&ctx, ssh.as_deref()).await,
+            () = reap_all(&ctx, ssh.as_ref(), &faults) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
             _ = shutdown.cancelled() => return,
         }
     }
 }
 
-async fn reap_all(ctx: &PgContext, ssh: Option<&SshContext>) {
+/// Longest one target's reaper pass may take; a pass cut short is tried again next interval.
+const REAP_PASS_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The targets whose last reaper pass failed, and why: a fault is logged when it starts and
+/// when it clears, not once per interval while it lasts.
+#[derive(Default)]
+struct TargetFaults(std::sync::Mutex<HashMap<String, String>>);
+
+impl TargetFaults {
+    fn record(&self, target: &str, outcome: Result<ReapReport, String>) {
+        let mut faults = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(report) => {
+                if faults.remove(target).is_some() {
+                    tracing::info!(target_name = %target, "target answers the reaper again");
+                }
+                log_reap(target, report);
+            }
+            Err(e) => {
+                let e = crate::logsafe::diagnostic(&e).to_string();
+                if faults.insert(target.to_string(), e.clone()).is_none() {
+                    tracing::error!(target_name = %target, error = %e, "reaper pass failed; retried every reap_interval, logged again when the target answers");
+                } else {
+                    tracing::debug!(target_name = %target, error = %e, "reaper pass failed again");
+                }
+            }
+        }
+    }
+}
+
+/// One pass over every target, each on its own (a silent one holds up none of the others),
+/// each within `REAP_PASS_DEADLINE`.
+async fn reap_all(ctx: &Arc<PgContext>, ssh: Option<&Arc<SshContext>>, faults: &TargetFaults) {
+    let mut passes = tokio::task::JoinSet::new();
+    let timed_out = || format!("no answer within {}s", REAP_PASS_DEADLINE.as_secs());
     for (name, (_, provisioner)) in &ctx.targets {
-        let report = reap_postgres(provisioner, &ctx.instance_id, |role| {
-            ctx.live.contains(&role.marker.lease)
-        })
-        .await;
-        audit_reaped(&ctx.audit, name, &report).await;
-        log_reap(name, report.map_err(|e| e.to_string()));
+        let (ctx, name, provisioner) = (ctx.clone(), name.clone(), provisioner.clone());
+        passes.spawn(async move {
+            let pass = reap_postgres(&provisioner, &ctx.instance_id, |role| {
+                ctx.live.contains(&role.marker.lease)
+            });
+            let report = match tokio::time::timeout(REAP_PASS_DEADLINE, pass).await {
+                Ok(report) => report.map_err(|e| e.to_string()),
+                Err(_) => Err(timed_out()),
+            };
+            audit_reaped(&ctx.audit, &name, &report).await;
+            (name, report)
+        });
     }
     for (name, (_, provisioner)) in ssh.map(|s| &s.targets).into_iter().flatten() {
-        let report = reap_linux(provisioner, &ctx.instance_id, |account| {
-            ctx.live.contains(&account.marker.lease)
-        })
-        .await;
-        audit_reaped(&ctx.audit, name, &report).await;
-        log_reap(name, report.map_err(|e| e.to_string()));
+        let (ctx, name, provisioner) = (ctx.clone(), name.clone(), provisioner.clone());
+        passes.spawn(async move {
+            let pass = reap_linux(&provisioner, &ctx.instance_id, |account| {
+                ctx.live.contains(&account.marker.lease)
+            });
+            let report = match tokio::time::timeout(REAP_PASS_DEADLINE, pass).await {
+                Ok(report) => report.map_err(|e| e.to_string()),
+                Err(_) => Err(timed_out()),
+            };
+            audit_reaped(&ctx.audit, &name, &report).await;
+            (name, report)
+        });
+    }
+    while let Some(done) = passes.join_next().await {
+        if let Ok((name, report)) = done {
+            faults.record(&name, report);
+        }
     }
 }
 
@@ -502,16 +598,10 @@ async fn audit_reaped<E>(audit: &Audit, target: &str, report: &Result<ReapReport
     }
 }
 
-fn log_reap(target: &str, report: Result<ReapReport, String>) {
-    match report {
-        Ok(report) if report.failed.is_empty() => {
-            tracing::debug!(target_name = %target, dropped = report.dropped.len(), "reaper pass")
-        }
-        Ok(report) => {
-            tracing::error!(target_name = %target, failed = ?report.failed, "reaper could not drop some accounts")
-        }
-        Err(e) => {
-            tracing::error!(target_name = %target, error = %crate::logsafe::diagnostic(&e.to_string()), "reaper pass failed")
-        }
+fn log_reap(target: &str, report: ReapReport) {
+    if report.failed.is_empty() {
+        tracing::debug!(target_name = %target, dropped = report.dropped.len(), "reaper pass")
+    } else {
+        tracing::error!(target_name = %target, failed = ?report.failed, "reaper could not drop some accounts")
     }
 }

@@ -39,6 +39,15 @@ struct Env {
 }
 
 fn env() -> Option<Env> {
+    env_edited(|config| config)
+}
+
+/// `env`, with the gateway's jitgate.yaml passed through `edit` first.
+fn env_edited(edit: impl FnOnce(String) -> String) -> Option<Env> {
+    env_with(POLICY, edit)
+}
+
+fn env_with(policy: &str, edit: impl FnOnce(String) -> String) -> Option<Env> {
     for bin in ["psql", "ssh"] {
         if which(bin).is_none() {
             unavailable(&format!(
@@ -48,7 +57,7 @@ fn env() -> Option<Env> {
     }
     let pg = Postgres::start()?;
     let sshd = Sshd::start()?;
-    let gw = Gateway::start_with(Some(&pg), Some(&sshd), POLICY);
+    let gw = Gateway::start_edited(Some(&pg), Some(&sshd), policy, edit);
     let alice = gw.issue("alice", &[]);
     let bob = gw.issue("bob", &[]);
     Some(Env {
@@ -520,4 +529,175 @@ fn only_root_or_the_gateways_uid_may_use_the_socket() {
         stderr(&out)
     );
     assert!(gw.log().contains("control.refused"), "{}", gw.log());
+}
+
+/// `limits.max_sessions_per_identity: 2`: with two sessions of alice's open (one psql, one
+/// ssh), her third is refused before any account is made (psql: FATAL naming the limit, 53300;
+/// ssh: the same words on stderr) while bob works; once one of hers ends she gets in again.
+/// Then `limits.max_failed_handshakes_per_minute: 3`: after three failed handshakes from one
+/// address (refused certificates; the harness's own readiness probe, a connect-and-close,
+/// counts as one too) its next connections are closed unanswered, with one log line.
+#[test]
+fn limits_refuse_the_next_session_clearly_while_others_work() {
+    let Some(env) = env_edited(|config| {
+        format!("{config}limits:\n  max_sessions_per_identity: 2\n  max_failed_handshakes_per_minute: 3\n")
+    }) else {
+        return;
+    };
+    let sql = "SELECT pg_sleep(30)";
+    let held = env.psql("alice", &env.alice, sql);
+    let ssh = env.ssh("alice", &env.alice, "sleep 30");
+    env.wait_until("alice's query running", || env.running(sql) == 1);
+    env.wait_until("both sessions listed", || env.sessions().len() == 2);
+    let roles_before = env.pg.jit_roles().len();
+
+    let third = psql(
+        &env.gw
+            .conninfo("alice", Some((&env.alice.0, &env.alice.1)), ""),
+        "SELECT 1",
+    );
+    let said = stderr(&third);
+    assert!(!third.status.success(), "{said}");
+    // (psql shows a connection's FATAL without its SQLSTATE; the audit below has it: 53300,
+    // PostgreSQL's own too_many_connections.)
+    assert!(
+        said.contains(
+            "jitgate: alice already has 2 sessions open through this gateway \
+             (limits.max_sessions_per_identity); close one and try again"
+        ),
+        "{said}"
+    );
+    let (out, _) = wait_exit(
+        env.ssh("alice", &env.alice, "true"),
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("alice already has 2 sessions open"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing was minted for either refusal, and bob is not held up.
+    assert_eq!(env.pg.jit_roles().len(), roles_before);
+    let bobs = psql(
+        &env.gw.conninfo("bob", Some((&env.bob.0, &env.bob.1)), ""),
+        "SELECT current_user",
+    );
+    assert!(bobs.status.success(), "{}", stderr(&bobs));
+    env.wait_event("the refusal audited", |v| {
+        v["event"] == "access.denied"
+            && v["sqlstate"] == "53300"
+            && v["why"]
+                .as_str()
+                .is_some_and(|w| w.contains("limits.max_sessions_per_identity"))
+    });
+
+    // One of hers ends: her next one gets in.
+    let mut ssh = ssh;
+    ssh.kill().unwrap();
+    ssh.wait().unwrap();
+    // Her place comes back once that account has been dropped (not when ssh exits).
+    env.wait_until("alice admitted again", || {
+        psql(
+            &env.gw
+                .conninfo("alice", Some((&env.alice.0, &env.alice.1)), ""),
+            "SELECT 1",
+        )
+        .status
+        .success()
+    });
+    assert_eq!(env.wait_no_ssh_accounts(), Vec::<String>::new());
+    let mut held = held;
+    held.kill().unwrap();
+    held.wait().unwrap();
+
+    // Failed handshakes: a certificate of another CA, three times; the fourth connection
+    // from the address, a good one, is closed before TLS, and the log says so once.
+    let stranger = env.gw.path("stranger");
+    let dir = stranger.to_str().unwrap();
+    jitgate(&["certs", "init", "--dir", dir]);
+    jitgate(&["certs", "issue", "--dir", dir, "--user", "alice"]);
+    let forged = (stranger.join("alice.crt"), stranger.join("alice.key"));
+    for _ in 0..3 {
+        let o = psql(
+            &env.gw.conninfo("alice", Some((&forged.0, &forged.1)), ""),
+            "SELECT 1",
+        );
+        assert!(!o.status.success(), "a certificate of another CA got in");
+    }
+    for _ in 0..2 {
+        let shut_out = psql(
+            &env.gw
+                .conninfo("alice", Some((&env.alice.0, &env.alice.1)), ""),
+            "SELECT 1",
+        );
+        assert!(!shut_out.status.success(), "a throttled address got in");
+    }
+    assert_eq!(
+        env.gw.log().matches("limits.throttled").count(),
+        1,
+        "{}",
+        env.gw.log()
+    );
+}
+
+/// A grant's `idle_timeout: 2s`: a psql stuck in a silent `pg_sleep` and an ssh `sleep` with
+/// no output end a little after 2 s with a message saying why; the accounts go, the audit
+/// says `idle_timeout`. A session that keeps talking is not idle.
+#[test]
+fn idle_timeout_ends_silent_sessions_only() {
+    let policy = POLICY
+        .replace(
+            "    postgres: { roles: [orders_read] }",
+            "    postgres: { roles: [orders_read] }\n    idle_timeout: 2s",
+        )
+        .replace("    ssh: {}", "    ssh: {}\n    idle_timeout: 2s");
+    let Some(env) = env_with(&policy, |config| config) else {
+        return;
+    };
+    let psql = env.psql("alice", &env.alice, "SELECT pg_sleep(30)");
+    let ssh = env.ssh("alice", &env.alice, "sleep 30; echo outlived");
+    // Output every half second keeps this one alive past the timeout.
+    let started = Instant::now();
+    let chatty = env.ssh(
+        "alice",
+        &env.alice,
+        "for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.5; done",
+    );
+
+    let (psql, _) = wait_exit(psql, Duration::from_secs(15));
+    let said = stderr(&psql);
+    assert!(!psql.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "jitgate: this session was idle for 2s (the idle_timeout of its grant); it ends now"
+        ),
+        "{said}"
+    );
+    let (ssh, _) = wait_exit(ssh, Duration::from_secs(15));
+    assert_eq!(ssh.status.code(), Some(255), "{}", stderr(&ssh));
+    assert!(
+        stderr(&ssh).contains("this session was idle for 2s"),
+        "{}",
+        stderr(&ssh)
+    );
+    assert!(!stdout(&ssh).contains("outlived"));
+    let (chatty, _) = wait_exit(chatty, Duration::from_secs(15));
+    let took = started.elapsed();
+    assert!(chatty.status.success(), "{}", stderr(&chatty));
+    assert_eq!(stdout(&chatty).lines().count(), 8, "{}", stdout(&chatty));
+    assert!(
+        took > Duration::from_secs(3),
+        "the chatty session took {took:?}"
+    );
+
+    assert_eq!(env.pg.wait_no_jit_roles(), Vec::<String>::new());
+    assert_eq!(env.wait_no_ssh_accounts(), Vec::<String>::new());
+    env.wait_until("two idle_timeout session.end events", || {
+        env.events()
+            .iter()
+            .filter(|v| v["event"] == "session.end" && v["ended"] == "idle_timeout")
+            .count()
+            == 2
+    });
 }

@@ -663,3 +663,35 @@ fn state_dir_and_control_socket() -> Result<(), ConfigError> {
     );
     Ok(())
 }
+
+#[test]
+fn limits_default_and_point_at_a_bad_value() -> Result<(), ConfigError> {
+    let config = load(EXAMPLE)?;
+    assert_eq!(config.limits, crate::limits::LimitsConfig::default());
+    let config = load(&EXAMPLE.replace(
+        "reap_interval: 60s",
+        "limits:\n  max_sessions_per_identity: 3\n  tcp_keepalive: 15s",
+    ))?;
+    assert_eq!(config.limits.max_sessions_per_identity, 3);
+    assert_eq!(config.limits.tcp_keepalive, Duration::from_secs(15));
+    assert_eq!(
+        config.limits.max_sessions,
+        crate::limits::LimitsConfig::default().max_sessions
+    );
+    let bad = errors(&EXAMPLE.replace(
+        "reap_interval: 60s",
+        "limits:\n  max_sessions: 0\n  max_mints_per_target: lots",
+    ));
+    assert_eq!(
+        bad,
+        vec![
+            "/etc/jitgate/jitgate.yaml:16:17: limits.max_sessions must be a whole number from 1 \
+             to 1000000 (got 0)"
+                .to_string(),
+            "/etc/jitgate/jitgate.yaml:17:25: limits.max_mints_per_target must be a whole number \
+             from 1 to 256 (got `lots`)"
+                .to_string(),
+        ]
+    );
+    Ok(())
+}

@@ -153,6 +153,9 @@ pub struct LinuxProvisioner {
     released: tokio::sync::Notify,
     /// This instance's liveness lock on the target, when a holder task keeps one (`serve`).
     liveness: std::sync::OnceLock<Liveness>,
+    /// One per admin script in flight (`limits.max_mints_per_target`): the scripts share one
+    /// SSH connection, and sshd refuses channels past its MaxSessions (10 by default).
+    slots: tokio::sync::Semaphore,
 }
 
 /// Longest a mint waits for the first attempt to take this instance's liveness lock on the
@@ -196,6 +199,16 @@ const RELEASE_WAIT: Duration = Duration::from_secs(30);
 impl LinuxProvisioner {
     /// Loads the admin key and checks the pinned host key; connects only when first used.
     pub fn new(target: SshTarget, instance_id: String) -> Result<Arc<Self>, LinuxError> {
+        let concurrent = crate::limits::LimitsConfig::default().max_mints_per_target;
+        Self::with_concurrency(target, instance_id, concurrent)
+    }
+
+    /// `new`, with at most `concurrent` admin scripts running on the target at once.
+    pub fn with_concurrency(
+        target: SshTarget,
+        instance_id: String,
+        concurrent: usize,
+    ) -> Result<Arc<Self>, LinuxError> {
         let admin_key =
             russh::keys::load_secret_key(&target.admin.key_file, None).map_err(|e| {
                 LinuxError::AdminKey {
@@ -216,6 +229,7 @@ impl LinuxProvisioner {
             releasing: std::sync::Mutex::new(std::collections::HashMap::new()),
             released: tokio::sync::Notify::new(),
             liveness: std::sync::OnceLock::new(),
+            slots: tokio::sync::Semaphore::new(concurrent.max(1)),
         }))
     }
 
@@ -466,6 +480,13 @@ impl LinuxProvisioner {
         text: String,
     ) -> Result<ExecOutput, LinuxError> {
         let command = admin_shell(&self.target);
+        // Waiting for a slot is not the script's time: the scripts holding them are bounded.
+        let Ok(_slot) = self.slots.acquire().await else {
+            return Err(LinuxError::Timeout {
+                target: self.target.name.clone(),
+                operation,
+            });
+        };
         let run = async {
             // A cached connection may have died since; a fresh one is tried once, and only
             // when the channel could not even be opened (the script has not run).

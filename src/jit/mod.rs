@@ -32,13 +32,28 @@ where
 {
     let mut delay = Duration::from_millis(200);
     let mut waited = Duration::ZERO;
+    let mut failures = 0u32;
     loop {
         match op().await {
             Err(e) if is_transient(&e) && waited < DROP_RETRY_FOR => {
-                tracing::warn!(error = %crate::logsafe::diagnostic(&e.to_string()), "{what} failed, retrying");
+                let error = crate::logsafe::diagnostic(&e.to_string()).to_string();
+                // One line for the outage, not one per attempt.
+                if failures == 0 {
+                    tracing::warn!(error = %error, "{what} failed, retrying for up to {}s", DROP_RETRY_FOR.as_secs());
+                } else {
+                    tracing::debug!(error = %error, attempt = failures + 1, "{what} failed again, retrying");
+                }
+                failures += 1;
                 tokio::time::sleep(delay).await;
                 waited += delay;
                 delay = (delay * 2).min(Duration::from_secs(15));
+            }
+            Ok(done) if failures > 0 => {
+                tracing::info!(
+                    attempts = failures + 1,
+                    "{what} succeeded after the target came back"
+                );
+                return Ok(done);
             }
             result => return result,
         }

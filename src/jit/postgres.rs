@@ -93,6 +93,22 @@ pub struct PgProvisioner {
     idle: Mutex<HashMap<String, Vec<Client>>>,
     /// This instance's liveness lock on the target, when a holder task keeps one (`serve`).
     liveness: std::sync::OnceLock<Liveness>,
+    /// One per admin statement sequence in flight (mint, drop, reap): a burst of logins
+    /// waits here instead of opening a connection each (`limits.max_mints_per_target`).
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// An admin connection, holding one of the provisioner's slots until it is put back or dropped.
+pub(crate) struct Admin {
+    client: Client,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Admin {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 /// Longest a mint waits for the first attempt to take this instance's liveness lock on the
@@ -103,11 +119,18 @@ const MINT_WAITS_FOR_LIVENESS: Duration = Duration::from_secs(5);
 
 impl PgProvisioner {
     pub fn new(target: PgTarget, instance_id: String) -> Arc<Self> {
+        let concurrent = crate::limits::LimitsConfig::default().max_mints_per_target;
+        Self::with_concurrency(target, instance_id, concurrent)
+    }
+
+    /// `new`, with at most `concurrent` admin operations against the target at once.
+    pub fn with_concurrency(target: PgTarget, instance_id: String, concurrent: usize) -> Arc<Self> {
         Arc::new(PgProvisioner {
             target,
             instance_id,
             idle: Mutex::new(HashMap::new()),
             liveness: std::sync::OnceLock::new(),
+            slots: Arc::new(tokio::sync::Semaphore::new(concurrent.max(1))),
         })
     }
 
@@ -348,20 +371,36 @@ impl PgProvisioner {
     }
 
     /// An idle admin connection to `database`, or a new one.
-    async fn admin(&self, database: &str) -> Result<Client, JitError> {
+    async fn admin(&self, database: &str) -> Result<Admin, JitError> {
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            // The semaphore is never closed; should it be, say so as a retryable fault.
+            .map_err(|_| JitError::Unreachable {
+                target: self.target.name.clone(),
+                addr: format!("{}:{}", self.target.host, self.target.port),
+                reason: "the admin connection slots were closed".to_string(),
+            })?;
         let pooled = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             let list = idle.entry(database.to_string()).or_default();
             list.retain(|c| !c.is_closed());
             list.pop()
         };
-        match pooled {
-            Some(client) => Ok(client),
-            None => self.connect_admin(database).await,
-        }
+        let client = match pooled {
+            Some(client) => client,
+            None => self.connect_admin(database).await?,
+        };
+        Ok(Admin {
+            client,
+            _slot: slot,
+        })
     }
 
-    fn put_back(&self, database: &str, client: Client) {
+    fn put_back(&self, database: &str, admin: Admin) {
+        let client = admin.client;
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.entry(database.to_string()).or_default();
         if list.len() < IDLE_ADMIN_CONNECTIONS && !client.is_closed() {

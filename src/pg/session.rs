@@ -28,6 +28,7 @@ use crate::identity::Identity;
 use crate::jit::postgres::PgProvisioner;
 use crate::jit::reaper::LiveLeases;
 use crate::jit::{LeaseId, PgLease};
+use crate::limits::{Handshake, Limits};
 use crate::logsafe::{diagnostic, untrusted};
 use crate::policy::{self, AccessRequest, Denial, PolicySet, TargetKind};
 use crate::session::lifetime::{Event, Lifetime};
@@ -38,6 +39,10 @@ use crate::tls::ServerTls;
 /// role to the reaper: a lock another session holds on the role's objects must not keep the
 /// lease "live", and the reaper never takes a live lease.
 const DROP_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Longest a mint may take, waiting for an admin slot included (the admin login alone has
+/// 15 s); the client is refused after it and the reaper takes what a cut-off mint left.
+const MINT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Everything a Postgres session needs from the gateway, shared by all sessions.
 pub struct PgContext {
@@ -56,6 +61,8 @@ pub struct PgContext {
     /// How long before a session's end the user is warned (`session_warnings`).
     pub warnings: Vec<Duration>,
     pub audit: Audit,
+    /// Sessions in total and per identity, handshakes per source (`limits:`).
+    pub limits: Limits,
     pub shutdown: CancellationToken,
 }
 
@@ -116,13 +123,18 @@ fn denial_refusal(
 }
 
 /// Serves one accepted TCP connection.
-pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<PgContext>) {
+/// `handshake` counts it against its source address until the client has shown a certificate
+/// (or sent a cancel key); any other end of the handshake counts as a failed one.
+pub async fn handle(tcp: TcpStream, peer: SocketAddr, handshake: Handshake, ctx: Arc<PgContext>) {
     let _ = tcp.set_nodelay(true);
     let arrival = tokio::time::timeout(
         ctx.handshake_timeout,
         accept(tcp, &ctx.tls, &ctx.trust_domain),
     )
     .await;
+    if let Ok(Ok(_)) = &arrival {
+        handshake.done();
+    }
     match arrival {
         Err(_) => tracing::info!(client = %peer, "handshake timed out"),
         Ok(Err(FrontDoorError::Refused { code, message })) => {
@@ -285,6 +297,15 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         }
     };
 
+    // A person past their share of the gateway is told so, as PostgreSQL tells a client past
+    // max_connections (53300); the count holds until the account is dropped.
+    let _permit = match ctx.limits.session(&identity.user) {
+        Ok(permit) => permit,
+        Err(e) => {
+            let refusal = Refusal::new("53300", e.to_string()).detail(e.key());
+            return refuse(&mut stream, &who, refusal).await;
+        }
+    };
     // No session starts that cannot be audited (audit.on_failure: fail_closed), and none
     // gets an account first.
     if let Err(message) = ctx.audit.accepting() {
@@ -302,12 +323,16 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
     }
     let lease_id = LeaseId::random();
     let _live = ctx.live.register(&lease_id);
-    let lease = match provisioner
-        .mint(lease_id.clone(), &grant, &identity, &database)
-        .await
-    {
-        Ok(lease) => lease,
-        Err(e) => {
+    let minting = provisioner.mint(lease_id.clone(), &grant, &identity, &database);
+    let lease = match tokio::time::timeout(MINT_DEADLINE, minting).await {
+        Ok(Ok(lease)) => lease,
+        Err(_) => {
+            // Whatever the target did with the CREATE ROLE, the lease is this instance's and
+            // not live once `_live` goes: the reaper removes a role that was made.
+            tracing::error!(lease = %lease_id, target_name = %target.name, user = %identity.user, seconds = MINT_DEADLINE.as_secs(), "mint did not finish in time; the target is slow or not answering");
+            return refuse(&mut stream, &who, jit_refusal(&target.name, &lease_id)).await;
+        }
+        Ok(Err(e)) => {
             // The user hears "ask the operator"; the operator's line says what fixes it.
             let fix = crate::doctor::fix_for_mint_error(&e, target, &grant);
             tracing::error!(lease = %lease_id, target_name = %target.name, user = %identity.user, error = %diagnostic(&e.to_string()), fix = fix.as_deref().map(tracing::field::display), "mint failed");
@@ -377,6 +402,7 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         counters: &counters,
         requested: &requested,
         database: &database,
+        idle_timeout: grant.idle_timeout(),
     };
     let (end, upstream) = serve(&mut stream, ctx, &opened).await;
     let session_ended = StdInstant::now();
@@ -457,6 +483,8 @@ struct Opened<'a> {
     counters: &'a Counters,
     requested: &'a Requested,
     database: &'a str,
+    /// The grant's `idle_timeout`.
+    idle_timeout: Option<Duration>,
 }
 
 /// Logs in upstream, completes the client's handshake, and relays. Returns how it ended.
@@ -520,7 +548,8 @@ async fn serve(
             lease.expires_at,
             registered.info().credential.not_after,
             &ctx.warnings,
-        );
+        )
+        .idle_after(opened.idle_timeout, registered.info().bytes.clone());
         // The warnings, and at the end the reason, reach the client as WARNING notices put
         // between the upstream's messages (see pg::relay); the end itself is the target's
         // own FATAL 57P01 after `terminate`, as for any administrator's termination.

@@ -37,6 +37,7 @@ pub struct Grant {
     pg_set_role: bool,
     pg_redact_parameters: bool,
     max_session: Duration,
+    idle_timeout: Option<Duration>,
     reason: Option<String>,
     ssh: SshGrant,
 }
@@ -66,6 +67,11 @@ impl Grant {
     /// Longest the lease may live: the JIT role's `VALID UNTIL` is now + this.
     pub fn max_session(&self) -> Duration {
         self.max_session
+    }
+
+    /// The grant's `idle_timeout`: a session with no byte either way this long ends.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout
     }
 
     /// The stated reason, trimmed, if one was given.
@@ -241,6 +247,7 @@ pub fn evaluate(policies: &PolicySet, req: &AccessRequest<'_>) -> Result<Grant, 
         pg_set_role: rule.pg_set_role,
         pg_redact_parameters: rule.pg_redact_parameters,
         max_session: rule.max_session,
+        idle_timeout: rule.idle_timeout,
         reason,
         ssh: rule.ssh.clone(),
     })

@@ -21,6 +21,8 @@ const SUBJECT_MAX: usize = 255;
 const SPIFFE_MAX: usize = 2048;
 const DEFAULT_MAX_SESSION: Duration = Duration::from_secs(3600);
 const MAX_SESSION_MIN: Duration = Duration::from_secs(60);
+/// Short enough to test; an operator who sets it this low gets what they asked for.
+const IDLE_TIMEOUT_MIN: Duration = Duration::from_secs(1);
 const MAX_SESSION_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Longest Linux group name `groupadd` accepts.
 const LINUX_GROUP_MAX: usize = 32;
@@ -143,6 +145,7 @@ struct RawGrant {
     postgres: Option<RawPgGrant>,
     ssh: Option<RawSshGrant>,
     max_session: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
     require_reason: Option<bool>,
 }
 
@@ -265,6 +268,13 @@ fn validate(raw: &RawGrant, origin: String, problems: &mut Problems<'_>) -> Opti
         }),
     };
 
+    let idle_timeout = match &raw.idle_timeout {
+        None => Some(None),
+        Some(text) => problems.check(text, |t| {
+            yaml::duration_in("idle_timeout", t, IDLE_TIMEOUT_MIN, MAX_SESSION_MAX).map(Some)
+        }),
+    };
+
     if problems.len() != before {
         return None;
     }
@@ -295,6 +305,7 @@ fn validate(raw: &RawGrant, origin: String, problems: &mut Problems<'_>) -> Opti
             .and_then(|pg| pg.redact_parameters)
             .unwrap_or(false),
         max_session: max_session?,
+        idle_timeout: idle_timeout?,
         require_reason: raw.require_reason.unwrap_or(false),
         ssh: ssh?,
     })

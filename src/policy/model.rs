@@ -168,6 +168,8 @@ pub(super) struct GrantRule {
     /// Bind parameters are audited as type and length only (`postgres.redact_parameters`).
     pub(super) pg_redact_parameters: bool,
     pub(super) max_session: Duration,
+    /// No byte either way for this long ends the session (`idle_timeout`; none by default).
+    pub(super) idle_timeout: Option<Duration>,
     pub(super) require_reason: bool,
     pub(super) ssh: SshGrant,
 }

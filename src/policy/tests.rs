@@ -206,7 +206,7 @@ fn unknown_field_points_at_the_key() {
         errors(&[("p/a.yaml", &text)]),
         vec![
             "p/a.yaml:18:5: unknown field `require_reasn`, expected one of name, description, \
-             subjects, targets, postgres, ssh, max_session, require_reason"
+             subjects, targets, postgres, ssh, max_session, idle_timeout, require_reason"
         ]
     );
 }

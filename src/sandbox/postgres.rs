@@ -250,6 +250,24 @@ impl ThrowawayPostgres {
         Ok(out.trim().to_string())
     }
 
+    /// Starts the server again after `stop` (same data, same port).
+    pub fn start_again(&mut self) -> Result<(), SandboxError> {
+        if self.running {
+            return Ok(());
+        }
+        let data = self.data_dir();
+        self.run_as_owner(
+            Command::new(self.bindir.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(self.log_path())
+                .args(["-w", "-t", "30", "start"]),
+        )?;
+        self.running = true;
+        Ok(())
+    }
+
     /// Stops the server (immediate mode: it is throwaway).
     pub fn stop(&mut self) {
         if !self.running {

@@ -115,13 +115,31 @@ impl ThrowawaySshd {
             ),
         )
         .map_err(io_err(format!("writing {}", config.display())))?;
-        let log_path = sshd.log_path();
-        let log = fs::File::create(&log_path)
-            .map_err(io_err(format!("creating {}", log_path.display())))?;
+        sshd.spawn()?;
+        Ok(sshd)
+    }
+
+    /// Starts the listening sshd again after `stop` (same keys, config and port), as a
+    /// `systemctl restart ssh` does: connections already made are not touched by either.
+    pub fn start_again(&mut self) -> Result<(), SandboxError> {
+        if self.child.is_none() {
+            self.spawn()?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self) -> Result<(), SandboxError> {
+        let config = self.dir.join("sshd_config");
+        let log_path = self.log_path();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_err(format!("opening {}", log_path.display())))?;
         let child = Command::new(SSHD)
             .args(["-D", "-e", "-f"])
             .arg(&config)
-            .args(["-p", &port.to_string()])
+            .args(["-p", &self.port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -130,9 +148,8 @@ impl ThrowawaySshd {
             .process_group(0)
             .spawn()
             .map_err(io_err(format!("starting {SSHD}")))?;
-        sshd.child = Some(child);
-        sshd.wait_listening()?;
-        Ok(sshd)
+        self.child = Some(child);
+        self.wait_listening()
     }
 
     fn wait_listening(&mut self) -> Result<(), SandboxError> {

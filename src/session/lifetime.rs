@@ -4,12 +4,14 @@
 //! default). Each protocol turns the [`Event`]s into its own words: a Postgres
 //! NoticeResponse, a line on an SSH session's stderr, and at the end its usual goodbye.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{EndReason, EndSwitch};
+use crate::audit::Counters;
 
 /// `session_warnings` when the config sets none: five minutes and one minute before the end.
 pub const DEFAULT_WARNINGS: [Duration; 2] = [Duration::from_secs(300), Duration::from_secs(60)];
@@ -23,9 +25,27 @@ pub enum Event {
     End(EndReason),
 }
 
+/// The grant's `idle_timeout`: the session ends once its byte counters stood still that long.
+#[derive(Debug)]
+struct Idle {
+    after: Duration,
+    bytes: Arc<Counters>,
+    /// The counters as last seen, and since when they have stood at that.
+    seen: (u64, u64),
+    since: Instant,
+}
+
+impl Idle {
+    /// How often the counters are looked at: the session ends at most this late.
+    fn tick(&self) -> Duration {
+        (self.after / 20).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    }
+}
+
 #[derive(Debug)]
 pub struct Lifetime {
     deadline: Instant,
+    idle: Option<Idle>,
     /// `MaxSession` or `CertificateExpired`: whichever comes first.
     cause: EndReason,
     /// (when, how long before the end), earliest first; `next` is the first not yet given.
@@ -56,6 +76,7 @@ impl Lifetime {
         leads.dedup();
         Lifetime {
             deadline,
+            idle: None,
             cause,
             warnings: leads
                 .into_iter()
@@ -63,6 +84,17 @@ impl Lifetime {
                 .collect(),
             next: 0,
         }
+    }
+
+    /// Ends the session, too, once `bytes` (both ways) stood still for `after`.
+    pub fn idle_after(mut self, after: Option<Duration>, bytes: Arc<Counters>) -> Lifetime {
+        self.idle = after.map(|after| Idle {
+            after,
+            seen: bytes.get(),
+            bytes,
+            since: Instant::now(),
+        });
+        self
     }
 
     pub fn deadline(&self) -> Instant {
@@ -78,19 +110,36 @@ impl Lifetime {
     /// shutdown, a warning, or the deadline. Cancel-safe: a warning is only counted as given
     /// when this returns it.
     pub async fn next(&mut self, switch: &EndSwitch, shutdown: &CancellationToken) -> Event {
-        let warning = self.warnings.get(self.next).copied();
-        let warn_at = warning.map_or(self.deadline, |(at, _)| at);
-        tokio::select! {
-            // A trust change beats a timer due at the same moment; the deadline beats a
-            // warning due with it.
-            biased;
-            reason = switch.ended() => Event::End(reason),
-            () = shutdown.cancelled() => Event::End(EndReason::Shutdown),
-            () = tokio::time::sleep_until(self.deadline) => Event::End(self.cause.clone()),
-            () = tokio::time::sleep_until(warn_at), if warning.is_some() => {
-                self.next += 1;
-                let lead = warning.map_or(Duration::ZERO, |(_, lead)| lead);
-                Event::Warning(self.warning_text(lead))
+        loop {
+            let warning = self.warnings.get(self.next).copied();
+            let warn_at = warning.map_or(self.deadline, |(at, _)| at);
+            let look_at = self
+                .idle
+                .as_ref()
+                .map_or(self.deadline, |i| Instant::now() + i.tick());
+            tokio::select! {
+                // A trust change beats a timer due at the same moment; the deadline beats a
+                // warning due with it.
+                biased;
+                reason = switch.ended() => return Event::End(reason),
+                () = shutdown.cancelled() => return Event::End(EndReason::Shutdown),
+                () = tokio::time::sleep_until(self.deadline) => return Event::End(self.cause.clone()),
+                () = tokio::time::sleep_until(warn_at), if warning.is_some() => {
+                    self.next += 1;
+                    let lead = warning.map_or(Duration::ZERO, |(_, lead)| lead);
+                    return Event::Warning(self.warning_text(lead));
+                }
+                () = tokio::time::sleep_until(look_at), if self.idle.is_some() => {
+                    if let Some(idle) = &mut self.idle {
+                        let now = idle.bytes.get();
+                        if now != idle.seen {
+                            idle.seen = now;
+                            idle.since = Instant::now();
+                        } else if idle.since.elapsed() >= idle.after {
+                            return Event::End(EndReason::Idle(idle.after));
+                        }
+                    }
+                }
             }
         }
     }
@@ -115,6 +164,42 @@ mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_ends_a_still_session_and_traffic_keeps_it() {
+        let now = SystemTime::now();
+        let never = CancellationToken::new();
+        let switch = EndSwitch::default();
+        let bytes = Arc::new(Counters::default());
+        let mut life = Lifetime::new(now + 3600 * S, now + 3600 * S, &[])
+            .idle_after(Some(60 * S), bytes.clone());
+        // Traffic at 40 s (one byte) restarts the clock: the end comes 60 s after it, give
+        // or take one look (every 3 s for a 60 s timeout).
+        let traffic = tokio::spawn({
+            let bytes = bytes.clone();
+            async move {
+                tokio::time::sleep(40 * S).await;
+                bytes.add(0, 1);
+            }
+        });
+        let start = Instant::now();
+        assert_eq!(
+            life.next(&switch, &never).await,
+            Event::End(EndReason::Idle(60 * S))
+        );
+        let ended = start.elapsed().as_secs();
+        assert!((100..=106).contains(&ended), "ended after {ended}s");
+        traffic.await.unwrap_or_default();
+
+        // Without idle_timeout nothing but the deadline ends it.
+        let mut life = Lifetime::new(now + 3600 * S, now + 3600 * S, &[]).idle_after(None, bytes);
+        let start = Instant::now();
+        assert_eq!(
+            life.next(&switch, &never).await,
+            Event::End(EndReason::MaxSession)
+        );
+        assert!(start.elapsed().as_secs() >= 3599);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn warns_then_ends_at_the_earlier_of_lease_and_certificate() {

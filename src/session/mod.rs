@@ -85,6 +85,8 @@ pub struct SessionInfo {
 pub enum EndReason {
     /// The grant's `max_session` was reached.
     MaxSession,
+    /// No byte went either way for the grant's `idle_timeout` (given here).
+    Idle(std::time::Duration),
     /// The client certificate's notAfter was reached.
     CertificateExpired,
     /// The client certificate is on the CRL now.
@@ -118,6 +120,11 @@ impl EndReason {
             EndReason::MaxSession => {
                 "jitgate: this session reached the max_session of its grant".to_string()
             }
+            EndReason::Idle(after) => format!(
+                "jitgate: this session was idle for {} (the idle_timeout of its grant); \
+                 it ends now",
+                humantime::format_duration(*after)
+            ),
             EndReason::CertificateExpired => {
                 "jitgate: your certificate expired; this session ends with it".to_string()
             }
@@ -151,6 +158,7 @@ impl EndReason {
     pub fn as_str(&self) -> &'static str {
         match self {
             EndReason::MaxSession => "max_session",
+            EndReason::Idle(_) => "idle_timeout",
             EndReason::CertificateExpired => "certificate_expired",
             EndReason::CertificateRevoked => "certificate_revoked",
             EndReason::CertificateRefused(_) => "certificate_refused",
@@ -170,6 +178,7 @@ impl EndReason {
             | EndReason::CertificateRefused(_)
             | EndReason::PolicyChanged { .. } => true,
             EndReason::MaxSession
+            | EndReason::Idle(_)
             | EndReason::CertificateExpired
             | EndReason::Shutdown
             | EndReason::AuditUnavailable

@@ -48,6 +48,11 @@ pub struct LiveAccount {
     /// Channels and forwards whose audit has not finished: `session.end` waits for them, so it
     /// follows their `ssh.exit` and counts their bytes.
     pub open: TaskTracker,
+    /// The session's place in `limits:` (per identity, in total), given back when the
+    /// account has been dropped.
+    pub permit: Option<crate::limits::SessionPermit>,
+    /// The grant's `idle_timeout`.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 pub type AccountSlot = Arc<Mutex<Option<LiveAccount>>>;
@@ -70,6 +75,7 @@ pub struct BastionHandler {
     channels: HashMap<ChannelId, (SplicedChannel, Arc<ChannelAudit>)>,
     audit: Option<Audit>,
     locks: Locks,
+    limits: Option<crate::limits::Limits>,
     bytes: Arc<crate::audit::Counters>,
     open: TaskTracker,
     /// The session's audit and the fields its events carry, once the account exists.
@@ -105,10 +111,17 @@ impl BastionHandler {
             channels: HashMap::new(),
             audit: None,
             locks: Locks::default(),
+            limits: None,
             bytes: Arc::default(),
             open: TaskTracker::new(),
             session_audit: None,
         }
+    }
+
+    /// The gateway's session limits, checked before minting.
+    pub fn limited_by(mut self, limits: crate::limits::Limits) -> Self {
+        self.limits = Some(limits);
+        self
     }
 
     /// Where the session's events go.
@@ -176,6 +189,16 @@ impl BastionHandler {
                 .await;
             return Err(lock.user_message());
         }
+        let permit = match self.limits.as_ref().map(|l| l.session(&self.identity.user)) {
+            None => None,
+            Some(Ok(permit)) => Some(permit),
+            Some(Err(e)) => {
+                tracing::info!(event = "access.denied", client = %self.peer, user = %self.identity.user, target_name = %self.target.name, limit = e.key(), "login refused: limit");
+                self.denied(self.requested.as_deref(), format!("{} reached", e.key()))
+                    .await;
+                return Err(e.to_string());
+            }
+        };
         let started = std::time::Instant::now();
         let id = LeaseId::random();
         let live = self.live.register(&id);
@@ -232,6 +255,8 @@ impl BastionHandler {
             started: Some(started),
             bytes: self.bytes.clone(),
             open: self.open.clone(),
+            permit,
+            idle_timeout: grant.idle_timeout(),
         };
         *self.account.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
 

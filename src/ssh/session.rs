@@ -44,6 +44,8 @@ pub struct SshContext {
     /// How long before a session's end the user is warned (`session_warnings`).
     pub warnings: Vec<Duration>,
     pub audit: crate::audit::Audit,
+    /// Sessions in total and per identity, handshakes per source (`limits:`).
+    pub limits: crate::limits::Limits,
     pub shutdown: CancellationToken,
 }
 
@@ -91,13 +93,22 @@ enum AdmitError {
     Refused(String),
 }
 
-pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
+/// `handshake` counts it against its source address until the client's certificate is
+/// accepted; any other end counts as a failed handshake.
+pub async fn handle(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    handshake: crate::limits::Handshake,
+    ctx: Arc<SshContext>,
+) {
     let _ = tcp.set_nodelay(true);
     // handshake_timeout covers the client's whole part up to a started session: TLS, the
     // preamble, then SSH's version exchange, key exchange and authentication request (as
     // OpenSSH's LoginGraceTime does), so a client that goes silent half-way is not held.
     let deadline = tokio::time::Instant::now() + ctx.handshake_timeout;
-    let admitted = match tokio::time::timeout(ctx.handshake_timeout, admit(tcp, &ctx)).await {
+    let admitted = match tokio::time::timeout(ctx.handshake_timeout, admit(tcp, handshake, &ctx))
+        .await
+    {
         Err(_) => return tracing::info!(client = %peer, "bastion handshake timed out"),
         Ok(Err(AdmitError::Refused(reason))) => {
             tracing::info!(event = "access.denied", client = %peer, reason = %reason, "bastion connection refused");
@@ -142,7 +153,8 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<SshContext>) {
     )
     .offering(ctx.targets.keys().cloned().collect())
     .audited(ctx.audit.clone())
-    .locked_by(ctx.locks.clone());
+    .locked_by(ctx.locks.clone())
+    .limited_by(ctx.limits.clone());
     let who = Who {
         identity,
         credential,
@@ -305,8 +317,10 @@ fn register(
     };
     let lifetime = {
         let slot = account.lock().unwrap_or_else(|p| p.into_inner());
-        let expires_at = slot.as_ref()?.lease.as_ref()?.expires_at;
+        let live = slot.as_ref()?;
+        let expires_at = live.lease.as_ref()?.expires_at;
         Lifetime::new(expires_at, who.credential.not_after, &ctx.warnings)
+            .idle_after(live.idle_timeout, live.bytes.clone())
     };
     let registered = ctx.sessions.register(info);
     trust::recheck_new(&registered, &ctx.tls, &(ctx.policies)());
@@ -349,7 +363,11 @@ fn handshake_timed_out(peer: SocketAddr, ctx: &SshContext) {
     tracing::info!(client = %peer, seconds = ctx.handshake_timeout.as_secs(), "SSH handshake did not finish within handshake_timeout; connection closed");
 }
 
-async fn admit(tcp: TcpStream, ctx: &SshContext) -> Result<Admitted, AdmitError> {
+async fn admit(
+    tcp: TcpStream,
+    handshake: crate::limits::Handshake,
+    ctx: &SshContext,
+) -> Result<Admitted, AdmitError> {
     let mut stream = ctx
         .tls
         .acceptor()
@@ -384,6 +402,7 @@ async fn admit(tcp: TcpStream, ctx: &SshContext) -> Result<Admitted, AdmitError>
         Ok(identity) => identity,
         Err(message) => return refuse(stream, message.clone(), message).await,
     };
+    handshake.done();
     let Some(name) = sni else {
         let message = "no target name was sent (jitgate tunnel sends it as TLS SNI)".to_string();
         return refuse(stream, message.clone(), message).await;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::preamble;
@@ -14,6 +14,8 @@ use super::preamble;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 const PIPE_BUFFER: usize = 64 * 1024;
+/// How long stdin stays open after the gateway side has ended (see `run`).
+const LINGER: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct TunnelOptions {
@@ -106,10 +108,27 @@ pub async fn run(opts: TunnelOptions) -> Result<(), TunnelError> {
     let (mut from_gateway, mut to_gateway) = tokio::io::split(tls);
     let upload = async {
         let mut stdin = BufReader::with_capacity(PIPE_BUFFER, tokio::io::stdin());
-        let copied = tokio::io::copy_buf(&mut stdin, &mut to_gateway).await;
+        let mut gateway_open = true;
+        let mut copied = 0u64;
+        loop {
+            let chunk = stdin.fill_buf().await?;
+            if chunk.is_empty() {
+                break;
+            }
+            let n = chunk.len();
+            // Once the gateway can take no more, what ssh still writes is read and dropped:
+            // ssh must not get EPIPE before it has read the gateway's last words.
+            if gateway_open {
+                match to_gateway.write_all(chunk).await {
+                    Ok(()) => copied += n as u64,
+                    Err(_) => gateway_open = false,
+                }
+            }
+            stdin.consume(n);
+        }
         // SSH clients close stdin when they are done; pass the half-close on.
         let _ = to_gateway.shutdown().await;
-        copied
+        Ok::<_, std::io::Error>(copied)
     };
     let download = async {
         let mut stdout = tokio::io::stdout();
@@ -123,7 +142,16 @@ pub async fn run(opts: TunnelOptions) -> Result<(), TunnelError> {
     tokio::pin!(upload);
     tokio::pin!(download);
     tokio::select! {
-        result = &mut download => ended(result)?,
+        result = &mut download => {
+            // The gateway's last packets (a refusal's SSH disconnect message) are in ssh's
+            // pipe now, but ssh may be writing before it reads them (after a refusal at
+            // auth_succeeded it is already opening its channel): if this process left, that
+            // write would fail with EPIPE and ssh would die without showing the message.
+            // So stdin stays open until ssh closes it, which it does once it has read the
+            // end, or LINGER at most.
+            let _ = tokio::time::timeout(LINGER, &mut upload).await;
+            ended(result)?;
+        }
         result = &mut upload => {
             ended(result)?;
             ended(download.await)?;

@@ -109,6 +109,16 @@ impl Postgres {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Stops the server at once (`pg_ctl -m immediate`), as a crash or a host loss would.
+    pub fn stop(&mut self) {
+        self.inner.stop();
+    }
+
+    /// Starts it again after `stop`: same data, same port.
+    pub fn start_again(&mut self) {
+        self.inner.start_again().unwrap();
+    }
+
     /// Runs SQL as the bootstrap superuser over the Unix socket; returns unaligned output.
     pub fn superuser_sql(&self, db: &str, sql: &str) -> String {
         self.inner.superuser_sql(db, sql).unwrap()

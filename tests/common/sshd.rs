@@ -65,6 +65,14 @@ impl Sshd {
         })
     }
 
+    /// Kills the listening sshd and starts it again, as `systemctl restart ssh` does on Debian
+    /// (KillMode=process): sessions it had already handed to their own processes go on.
+    pub fn restart(&mut self) {
+        let inner = self.inner.as_mut().unwrap();
+        inner.stop();
+        inner.start_again().unwrap_or_else(|e| panic!("{e}"));
+    }
+
     pub fn log(&self) -> String {
         self.inner
             .as_ref()
