@@ -309,12 +309,19 @@ impl LinuxProvisioner {
             .public_key()
             .to_openssh()
             .map_err(|e| LinuxError::KeyGeneration(e.to_string()))?;
+        // Waiting for the liveness lock (only while its first attempt runs) goes alongside
+        // the admin connection the script needs anyway, so it adds nothing to a mint's time
+        // unless the lock is slower than the connection — nor to a failure's.
         let live = self.liveness.get();
-        if let Some(live) = live {
-            if !live.wait_held(MINT_WAITS_FOR_LIVENESS).await {
-                tracing::warn!(target_name = %self.target.name, lease = %id, "minting while this instance's liveness lock on the target is not held: another instance may take the account for a dead gateway's and reap it");
+        let waiting = async {
+            if let Some(live) = live {
+                if !live.wait_held(MINT_WAITS_FOR_LIVENESS).await {
+                    tracing::warn!(target_name = %self.target.name, lease = %id, "minting while this instance's liveness lock on the target is not held: another instance may take the account for a dead gateway's and reap it");
+                }
             }
-        }
+        };
+        let (connected, ()) = tokio::join!(self.admin_handle(false), waiting);
+        drop(connected?);
         let expires_at = SystemTime::now() + grant.max_session();
         let marker = Marker::render_gecos(
             &self.instance_id,

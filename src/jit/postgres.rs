@@ -157,15 +157,22 @@ impl PgProvisioner {
         let role = role_name(&identity.account_stem());
         let password = random_password();
         super::lease::record_for_leak_tests(&password);
+        // Waiting for the liveness lock (only while its first attempt runs) goes alongside
+        // the admin connection, so it adds nothing to a mint's time unless the lock is slower
+        // than the connection — nor to a failure's (a silent target).
+        let live = self.liveness.get();
+        let waiting = async {
+            if let Some(live) = live {
+                if !live.wait_held(MINT_WAITS_FOR_LIVENESS).await {
+                    tracing::warn!(target_name = %self.target.name, lease = %id, "minting while this instance's liveness lock on the target is not held: another instance may take the role for a dead gateway's and reap it");
+                }
+            }
+        };
+        let (admin, ()) = tokio::join!(self.admin(database), waiting);
+        let admin = admin?;
         let expires_at = SystemTime::now() + grant.max_session();
         // The server only ever sees the SCRAM verifier: the plaintext cannot land in its logs.
         let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
-        let live = self.liveness.get();
-        if let Some(live) = live {
-            if !live.wait_held(MINT_WAITS_FOR_LIVENESS).await {
-                tracing::warn!(target_name = %self.target.name, lease = %id, "minting while this instance's liveness lock on the target is not held: another instance may take the role for a dead gateway's and reap it");
-            }
-        }
         let marker = Marker::render(
             &self.instance_id,
             &id,
@@ -174,7 +181,6 @@ impl PgProvisioner {
             grant.name(),
             &identity.user,
         );
-        let admin = self.admin(database).await?;
         let (version, valid_until) = login_window(&admin)
             .await
             .map_err(|e| self.sql("SHOW server_version_num", e))?;

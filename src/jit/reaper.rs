@@ -201,33 +201,6 @@ impl Reaped {
     }
 }
 
-/// Longest one step of a pass over a Postgres target may take (the listing, or one role's
-/// drop, whose backends get 5 s to exit): a target that stopped answering must not stall the
-/// reaper, which goes on to the next target and tries again next pass. (The SSH steps have the
-/// provisioning script's own deadline.)
-const PG_STEP_DEADLINE: Duration = Duration::from_secs(60);
-
-async fn within<T>(
-    provisioner: &PgProvisioner,
-    step: &str,
-    op: impl std::future::Future<Output = Result<T, super::postgres::JitError>>,
-) -> Result<T, super::postgres::JitError> {
-    match tokio::time::timeout(PG_STEP_DEADLINE, op).await {
-        Ok(result) => result,
-        Err(_) => {
-            let t = provisioner.target();
-            Err(super::postgres::JitError::Unreachable {
-                target: t.name.clone(),
-                addr: format!("{}:{}", t.host, t.port),
-                reason: format!(
-                    "reaper: {step} did not finish within {}s",
-                    PG_STEP_DEADLINE.as_secs()
-                ),
-            })
-        }
-    }
-}
-
 /// One pass over one Postgres target.
 pub async fn reap_postgres(
     provisioner: &PgProvisioner,
@@ -236,7 +209,7 @@ pub async fn reap_postgres(
 ) -> Result<ReapReport, super::postgres::JitError> {
     let now = SystemTime::now();
     let mut report = ReapReport::default();
-    let roles = within(provisioner, "listing roles", provisioner.managed_roles()).await?;
+    let roles = provisioner.managed_roles().await?;
     let probe = instances_to_probe(&roles, instance_id, now);
     let answers = if probe.is_empty() {
         HashMap::new()
@@ -248,7 +221,7 @@ pub async fn reap_postgres(
         let Some(why) = reap_reason(&role, instance_id, &is_live, owner_of(&answers), now) else {
             continue;
         };
-        match within(provisioner, "dropping a role", provisioner.reap_role(&role)).await {
+        match provisioner.reap_role(&role).await {
             Ok(()) => {
                 tracing::info!(target_name = %provisioner.target().name, role = %role.role, lease = %role.marker.lease, owner_instance = %role.marker.instance, why = why.describe(), "reaped account without a live session");
                 report
