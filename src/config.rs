@@ -58,6 +58,10 @@ pub struct Config {
     /// config).
     pub audit: crate::audit::AuditConfig,
     pub reap_interval: Duration,
+    /// How long an SSH target's watchdog waits after this gateway's connection ended before
+    /// it removes this instance's accounts itself (`watchdog_grace:`, default 30s): a gateway
+    /// that reconnects within it takes its liveness lock back and nothing is removed.
+    pub watchdog_grace: Duration,
     /// How long before a session's end (max_session or certificate expiry) its user is
     /// warned, longest first; `session_warnings: []` warns never. Default 5m and 1m.
     pub session_warnings: Vec<Duration>,
@@ -362,6 +366,7 @@ struct RawConfig {
     policy_dir: Option<Spanned<String>>,
     audit: Option<RawAudit>,
     reap_interval: Option<Spanned<String>>,
+    watchdog_grace: Option<Spanned<String>>,
     session_warnings: Option<Vec<Spanned<String>>>,
     ssh_host_key: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
@@ -564,6 +569,12 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<
         DEFAULT_REAP_INTERVAL,
         problems,
     );
+    let watchdog_grace = duration(
+        "watchdog_grace",
+        raw.watchdog_grace.as_ref(),
+        crate::jit::liveness::DEFAULT_WATCHDOG_GRACE,
+        problems,
+    );
     let session_warnings = match &raw.session_warnings {
         None => Some(crate::session::lifetime::DEFAULT_WARNINGS.to_vec()),
         Some(leads) => leads
@@ -606,6 +617,7 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<
         policy_dir: policy_dir?,
         audit: audit?,
         reap_interval: reap_interval?,
+        watchdog_grace: watchdog_grace?,
         session_warnings: session_warnings?,
         ssh_host_key: ssh_host_key?,
         state_dir: gateway_state_dir?,

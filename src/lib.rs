@@ -9,7 +9,8 @@
 //! policy     YAML grants; `policy::evaluate` alone makes a `Grant`
 //! pg::startup   front door: SSLRequest / direct TLS / GSSENC / cancel / startup packet
 //! jit        Provisioner: mint a least-privilege account for a Grant, drop it at close
-//!            (jit::postgres roles, jit::linux users over an admin SSH connection)
+//!            (jit::postgres roles, jit::linux users over an admin SSH connection);
+//!            jit::liveness: each instance's lock on every target, the SSH watchdog
 //! ssh::client   russh client to SSH targets: pinned host key, key login, exec
 //! ssh::hostkey  the gateway's own persistent SSH host key
 //! pg::upstream  log in to the target as the JIT role (SCRAM-SHA-256, password never shown)

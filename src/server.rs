@@ -17,6 +17,7 @@ use crate::config::{Config, Target};
 use crate::control::locks::Locks;
 use crate::control::socket::ControlSocket;
 use crate::jit::linux::{LinuxError, LinuxProvisioner};
+use crate::jit::liveness::{Liveness, Release};
 use crate::jit::postgres::PgProvisioner;
 use crate::jit::reaper::{reap_linux, reap_postgres, LiveLeases, ReapReport};
 use crate::limits::{Limits, Throttled};
@@ -170,6 +171,28 @@ pub async fn serve_until(
         }
     }
 
+    // This instance's liveness lock on every target, held for as long as it runs: others
+    // reap its accounts at once when it is gone, and the SSH targets' watchdogs remove them
+    // if it never comes back. Mints wait a little for it (see `attach_liveness`).
+    let release = Release::default();
+    let mut holders = Vec::new();
+    for (_, provisioner) in targets.values() {
+        let (held, liveness) = Liveness::channel();
+        provisioner.attach_liveness(liveness);
+        holders.push(tokio::spawn(
+            provisioner.clone().hold_liveness(held, release.clone()),
+        ));
+    }
+    for (_, provisioner) in ssh_targets.values() {
+        let (held, liveness) = Liveness::channel();
+        provisioner.attach_liveness(liveness);
+        holders.push(tokio::spawn(provisioner.clone().hold_liveness(
+            config.watchdog_grace,
+            held,
+            release.clone(),
+        )));
+    }
+
     let shutdown = CancellationToken::new();
     let limits = Limits::new(config.limits.clone());
     let live = LiveLeases::default();
@@ -317,15 +340,21 @@ pub async fn serve_until(
     drop(ssh_listener);
     shutdown.cancel();
     sessions.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait())
+    let ended = tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait())
         .await
-        .is_err()
-    {
+        .is_ok();
+    if !ended {
         tracing::error!(
             "sessions did not end in time; the reaper will remove their accounts at next start"
         );
     }
     reaper.abort();
+    // Clean: the SSH watchdogs stand down at once if their target shows no account of this
+    // instance; otherwise they wait their grace and remove what is left.
+    release.release(ended && live.is_empty());
+    for holder in holders {
+        let _ = tokio::time::timeout(Duration::from_secs(15), holder).await;
+    }
     watcher.abort();
     audit_watch.abort();
     control_task.abort();

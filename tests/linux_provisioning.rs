@@ -374,7 +374,7 @@ fn accounts_outside_the_lease_or_the_group_are_never_touched() {
         // The worst case: a marker naming this very instance, but not in group jitgate.
         let id = LeaseId::random();
         let expires = SystemTime::now() + Duration::from_secs(3600);
-        let marker = Marker::render_gecos(&env.sshd.instance_id, &id, expires, "web-ops");
+        let marker = Marker::render_gecos(&env.sshd.instance_id, &id, expires, false, "web-ops");
         let (ok, _) = local(
             "useradd",
             &[

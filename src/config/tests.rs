@@ -44,6 +44,18 @@ fn errors(text: &str) -> Vec<String> {
 }
 
 #[test]
+fn watchdog_grace_is_a_duration_of_a_second_or_more() -> Result<(), ConfigError> {
+    let config = load(&EXAMPLE.replace("reap_interval: 60s", "watchdog_grace: 5s"))?;
+    assert_eq!(config.watchdog_grace, Duration::from_secs(5));
+    let bad = errors(&EXAMPLE.replace("reap_interval: 60s", "watchdog_grace: 0s"));
+    assert!(
+        bad.len() == 1 && bad[0].contains("watchdog_grace"),
+        "{bad:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn session_warnings_are_durations_or_none() -> Result<(), ConfigError> {
     let config = load(&EXAMPLE.replace("reap_interval: 60s", "session_warnings: [10m, 30s]"))?;
     assert_eq!(
@@ -129,6 +141,7 @@ targets:
     assert_eq!(config.listen, Listen::default());
     assert_eq!(config.handshake_timeout, Duration::from_secs(10));
     assert_eq!(config.reap_interval, Duration::from_secs(60));
+    assert_eq!(config.watchdog_grace, Duration::from_secs(30));
     assert_eq!(
         config.session_warnings,
         vec![Duration::from_secs(300), Duration::from_secs(60)]

@@ -51,15 +51,26 @@ pub struct Marker {
     pub instance: String,
     pub lease: String,
     pub expires_at: SystemTime,
+    /// `live=1`: the owning instance holds a liveness lock on the target while it runs
+    /// (`jit::liveness`), so a free lock means it is gone and its accounts may be reaped at
+    /// once. Accounts without it (a `jitgate doctor` dry run, a gateway of an earlier
+    /// version) are only reaped by another instance after expiry and `FOREIGN_GRACE`.
+    pub liveness: bool,
 }
 
+/// The word a marker carries after `expires=` when its owner holds a liveness lock.
+const LIVENESS_WORD: &str = "live=1";
+
 impl Marker {
-    /// `jitgate:managed instance=gw-1 lease=0123456789abcdef expires=1764400000 grant=.. user=..`;
-    /// grant and user are informational and come last (the user may contain anything).
+    /// `jitgate:managed instance=gw-1 lease=0123456789abcdef expires=1764400000 [live=1]
+    /// grant=.. user=..`; grant and user are informational and come last (the user may contain
+    /// anything). `live=1` comes after `expires=`, where parsers that predate it (which read
+    /// only the first three words) ignore it.
     pub fn render(
         instance: &str,
         lease: &LeaseId,
         expires_at: SystemTime,
+        liveness: bool,
         grant: &str,
         user: &str,
     ) -> String {
@@ -67,7 +78,8 @@ impl Marker {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        format!("{MARKER_PREFIX} instance={instance} lease={lease} expires={secs} grant={grant} user={user}")
+        let live = if liveness { " live=1" } else { "" };
+        format!("{MARKER_PREFIX} instance={instance} lease={lease} expires={secs}{live} grant={grant} user={user}")
     }
 
     /// Parses a marker; `None` for anything that is not exactly ours.
@@ -76,13 +88,14 @@ impl Marker {
     }
 
     /// The marker of a Linux account, for its GECOS field:
-    /// `jitgate-managed instance=gw-1 lease=0123456789abcdef expires=1764400000 grant=..`.
+    /// `jitgate-managed instance=gw-1 lease=0123456789abcdef expires=1764400000 [live=1] grant=..`.
     /// No `:`, `,` or newline can appear in it; the user name is left out (the account
     /// name carries its sanitised form).
     pub fn render_gecos(
         instance: &str,
         lease: &LeaseId,
         expires_at: SystemTime,
+        liveness: bool,
         grant: &str,
     ) -> String {
         let secs = expires_at
@@ -103,8 +116,9 @@ impl Marker {
                 .collect()
         };
         format!(
-            "{GECOS_MARKER_PREFIX} instance={} lease={lease} expires={secs} grant={}",
+            "{GECOS_MARKER_PREFIX} instance={} lease={lease} expires={secs}{} grant={}",
             plain(instance),
+            if liveness { " live=1" } else { "" },
             plain(grant)
         )
     }
@@ -120,6 +134,9 @@ impl Marker {
         let instance = words.next()?.strip_prefix("instance=")?;
         let lease = words.next()?.strip_prefix("lease=")?;
         let expires: u64 = words.next()?.strip_prefix("expires=")?.parse().ok()?;
+        let liveness = words
+            .next()
+            .is_some_and(|rest| rest.split(' ').next() == Some(LIVENESS_WORD));
         if instance.is_empty() || lease.len() != 16 || !lease.bytes().all(|b| b.is_ascii_hexdigit())
         {
             return None;
@@ -128,6 +145,7 @@ impl Marker {
             instance: instance.to_string(),
             lease: lease.to_string(),
             expires_at: UNIX_EPOCH + Duration::from_secs(expires),
+            liveness,
         })
     }
 }
@@ -188,11 +206,23 @@ mod tests {
     fn marker_round_trips_and_rejects_foreign_comments() {
         let id = LeaseId::random();
         let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let text = Marker::render("gw-1", &id, at, "orders-dba", "a\"; DROP ROLE x; --");
+        let text = Marker::render("gw-1", &id, at, false, "orders-dba", "a\"; DROP ROLE x; --");
         let m = Marker::parse(&text).unwrap();
         assert_eq!(m.instance, "gw-1");
         assert_eq!(m.lease, id.as_str());
         assert_eq!(m.expires_at, at);
+        assert!(!m.liveness);
+        let live = Marker::render("gw-1", &id, at, true, "orders-dba", "live=1");
+        assert!(live.contains(" expires=1800000000 live=1 grant="), "{live}");
+        assert!(Marker::parse(&live).unwrap().liveness);
+        // Only the word right after `expires=` counts: a user named `live=1` does not.
+        assert!(
+            !Marker::parse(&text.replace("a\"", "live=1 a"))
+                .unwrap()
+                .liveness
+        );
+        let user_forged = Marker::render("gw-1", &id, at, false, "g", "x live=1");
+        assert!(!Marker::parse(&user_forged).unwrap().liveness);
         assert_eq!(Marker::parse("managed by someone else"), None);
         assert_eq!(
             Marker::parse("jitgate:managedinstance=x lease=0123456789abcdef expires=1"),
@@ -208,7 +238,7 @@ mod tests {
     fn gecos_marker_round_trips_without_colons() {
         let id = LeaseId::random();
         let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let text = Marker::render_gecos("gw-1", &id, at, "web:ops,x\ny");
+        let text = Marker::render_gecos("gw-1", &id, at, false, "web:ops,x\ny");
         assert!(!text.contains([':', ',', '\n']), "{text}");
         assert_eq!(
             text,
@@ -220,9 +250,18 @@ mod tests {
         assert_eq!(m.instance, "gw-1");
         assert_eq!(m.lease, id.as_str());
         assert_eq!(m.expires_at, at);
+        assert!(!m.liveness);
+        let live = Marker::render_gecos("gw-1", &id, at, true, "web-ops");
+        assert_eq!(
+            live,
+            format!(
+                "jitgate-managed instance=gw-1 lease={id} expires=1800000000 live=1 grant=web-ops"
+            )
+        );
+        assert!(Marker::parse_gecos(&live).unwrap().liveness);
         // The two kinds of marker are not interchangeable.
         assert_eq!(Marker::parse(&text), None);
-        let pg = Marker::render("gw-1", &id, at, "g", "u");
+        let pg = Marker::render("gw-1", &id, at, false, "g", "u");
         assert_eq!(Marker::parse_gecos(&pg), None);
         assert_eq!(Marker::parse_gecos("Alice Smith,,,"), None);
         assert_eq!(Marker::parse_gecos(""), None);

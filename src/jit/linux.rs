@@ -17,7 +17,11 @@
 //! to the account (chown) for one connection, locked back at removal. A second concurrent
 //! connection of the same person gets an ephemeral home instead (logged). `ephemeral`:
 //! `<state_dir>/tmp-home/<account>`, removed with the account.
+//!
+//! Liveness. `liveness` holds this instance's lock on the target (`<state_dir>/instances/`)
+//! in a long-lived admin exec that is also the target's watchdog for the instance.
 
+mod liveness;
 mod names;
 mod script;
 
@@ -36,6 +40,7 @@ pub use script::shell_quote;
 use self::names::HomeKind;
 use self::script::{output_value, output_values, Vars};
 use super::lease::{LeaseId, Marker};
+use super::liveness::Liveness;
 use crate::config::SshTarget;
 use crate::identity::Identity;
 use crate::policy::{Grant, HomeMode};
@@ -146,10 +151,18 @@ pub struct LinuxProvisioner {
     /// how many such removals run; a mint for that person waits for them (see `mint`).
     releasing: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     released: tokio::sync::Notify,
+    /// This instance's liveness lock on the target, when a holder task keeps one (`serve`).
+    liveness: std::sync::OnceLock<Liveness>,
     /// One per admin script in flight (`limits.max_mints_per_target`): the scripts share one
     /// SSH connection, and sshd refuses channels past its MaxSessions (10 by default).
     slots: tokio::sync::Semaphore,
 }
+
+/// Longest a mint waits for the first attempt to take this instance's liveness lock on the
+/// target (the gateway just started) before it goes on without; a lock that is down (lost,
+/// being taken again) is not waited for. Until the lock is held, another instance may take
+/// this instance for dead and reap the new account.
+const MINT_WAITS_FOR_LIVENESS: Duration = Duration::from_secs(5);
 
 /// While it lives, a person's persistent home counts as "being released": taken by
 /// [`LinuxProvisioner::releasing`] when a connection ends, before its account's removal.
@@ -215,8 +228,16 @@ impl LinuxProvisioner {
             admin: tokio::sync::Mutex::new(None),
             releasing: std::sync::Mutex::new(std::collections::HashMap::new()),
             released: tokio::sync::Notify::new(),
+            liveness: std::sync::OnceLock::new(),
             slots: tokio::sync::Semaphore::new(concurrent.max(1)),
         }))
+    }
+
+    /// From now on accounts are marked `live=1` (this instance holds a liveness lock, so
+    /// another instance that finds it free reaps them at once) and a mint waits a little for
+    /// the lock when it is not held. Set once, by `serve`, with its holder task's state.
+    pub fn attach_liveness(&self, liveness: Liveness) {
+        let _ = self.liveness.set(liveness);
     }
 
     pub fn target(&self) -> &SshTarget {
@@ -288,8 +309,27 @@ impl LinuxProvisioner {
             .public_key()
             .to_openssh()
             .map_err(|e| LinuxError::KeyGeneration(e.to_string()))?;
+        // Waiting for the liveness lock (only while its first attempt runs) goes alongside
+        // the admin connection the script needs anyway, so it adds nothing to a mint's time
+        // unless the lock is slower than the connection — nor to a failure's.
+        let live = self.liveness.get();
+        let waiting = async {
+            if let Some(live) = live {
+                if !live.wait_held(MINT_WAITS_FOR_LIVENESS).await {
+                    tracing::warn!(target_name = %self.target.name, lease = %id, "minting while this instance's liveness lock on the target is not held: another instance may take the account for a dead gateway's and reap it");
+                }
+            }
+        };
+        let (connected, ()) = tokio::join!(self.admin_handle(false), waiting);
+        drop(connected?);
         let expires_at = SystemTime::now() + grant.max_session();
-        let marker = Marker::render_gecos(&self.instance_id, &id, expires_at, grant.name());
+        let marker = Marker::render_gecos(
+            &self.instance_id,
+            &id,
+            expires_at,
+            live.is_some(),
+            grant.name(),
+        );
         let groups: Vec<&str> = grant
             .ssh_groups()
             .iter()
@@ -352,8 +392,14 @@ impl LinuxProvisioner {
     /// persistent home away or deletes its ephemeral one. An account that is already gone is
     /// success; one not marked as this lease's is refused with [`LinuxError::NotOurs`].
     pub async fn drop_lease(&self, lease: &LinuxLease) -> Result<(), LinuxError> {
-        self.remove(&lease.user, lease.uid, &lease.home, lease.id.as_str())
-            .await
+        self.remove(
+            &lease.user,
+            lease.uid,
+            &lease.home,
+            &self.instance_id,
+            lease.id.as_str(),
+        )
+        .await
     }
 
     /// `drop_lease`, retried with backoff for about a minute while the target is unreachable.
@@ -375,11 +421,14 @@ impl LinuxProvisioner {
     }
 
     /// Removes a managed account found by the reaper. The caller decided it has no live session.
+    /// The removal script checks the marker of the instance that owns it (another instance's,
+    /// when the reaper takes a dead or long-expired replica's account).
     pub async fn reap_account(&self, account: &ManagedAccount) -> Result<(), LinuxError> {
         self.remove(
             &account.name,
             account.uid,
             &account.home,
+            &account.marker.instance,
             &account.marker.lease,
         )
         .await
@@ -390,6 +439,7 @@ impl LinuxProvisioner {
         account: &str,
         uid: u32,
         home: &str,
+        instance: &str,
         lease: &str,
     ) -> Result<(), LinuxError> {
         const OP: &str = "removing a JIT account";
@@ -400,7 +450,7 @@ impl LinuxProvisioner {
             .set("uid", uid.to_string())
             .set("home", home)
             .set("home_kind", kind.as_str())
-            .set("instance", self.instance_id.as_str())
+            .set("instance", instance)
             .set("lease", lease);
         let out = self
             .run_script(OP, script::build(&vars, script::REMOVE))

@@ -5,6 +5,7 @@
 pub mod admin_login;
 pub mod lease;
 pub mod linux;
+pub mod liveness;
 pub mod postgres;
 pub mod reaper;
 

@@ -1,6 +1,9 @@
 //! Postgres roles as JIT accounts: `mint` creates `jit_<user>_<random>` with exactly what the
 //! grant gives, `drop_lease` terminates its backend and drops it. Both run over a small pool of
-//! admin connections per database (tokio-postgres).
+//! admin connections per database (tokio-postgres). `liveness` holds this instance's
+//! advisory lock on the target and asks about other instances' locks.
+
+mod liveness;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +14,7 @@ use tokio_postgres::Client;
 
 use super::admin_login::{AdminTls, AuthGuard, LoginRefusal};
 use super::lease::{random_password, random_suffix, LeaseId, Marker, PgLease};
+use super::liveness::Liveness;
 use crate::config::{PgTarget, UpstreamTls};
 use crate::identity::Identity;
 use crate::policy::Grant;
@@ -87,6 +91,8 @@ pub struct PgProvisioner {
     target: PgTarget,
     instance_id: String,
     idle: Mutex<HashMap<String, Vec<Client>>>,
+    /// This instance's liveness lock on the target, when a holder task keeps one (`serve`).
+    liveness: std::sync::OnceLock<Liveness>,
     /// One per admin statement sequence in flight (mint, drop, reap): a burst of logins
     /// waits here instead of opening a connection each (`limits.max_mints_per_target`).
     slots: Arc<tokio::sync::Semaphore>,
@@ -105,6 +111,12 @@ impl std::ops::Deref for Admin {
     }
 }
 
+/// Longest a mint waits for the first attempt to take this instance's liveness lock on the
+/// target (the gateway just started) before it goes on without; a lock that is down (lost,
+/// being taken again) is not waited for. Until the lock is held, another instance may take
+/// this instance for dead and reap the new role.
+const MINT_WAITS_FOR_LIVENESS: Duration = Duration::from_secs(5);
+
 impl PgProvisioner {
     pub fn new(target: PgTarget, instance_id: String) -> Arc<Self> {
         let concurrent = crate::limits::LimitsConfig::default().max_mints_per_target;
@@ -117,8 +129,16 @@ impl PgProvisioner {
             target,
             instance_id,
             idle: Mutex::new(HashMap::new()),
+            liveness: std::sync::OnceLock::new(),
             slots: Arc::new(tokio::sync::Semaphore::new(concurrent.max(1))),
         })
+    }
+
+    /// From now on roles are marked `live=1` (this instance holds a liveness lock, so
+    /// another instance that finds it free reaps them at once) and a mint waits a little for
+    /// the lock when it is not held. Set once, by `serve`, with its holder task's state.
+    pub fn attach_liveness(&self, liveness: Liveness) {
+        let _ = self.liveness.set(liveness);
     }
 
     pub fn target(&self) -> &PgTarget {
@@ -137,6 +157,19 @@ impl PgProvisioner {
         let role = role_name(&identity.account_stem());
         let password = random_password();
         super::lease::record_for_leak_tests(&password);
+        // Waiting for the liveness lock (only while its first attempt runs) goes alongside
+        // the admin connection, so it adds nothing to a mint's time unless the lock is slower
+        // than the connection — nor to a failure's (a silent target).
+        let live = self.liveness.get();
+        let waiting = async {
+            if let Some(live) = live {
+                if !live.wait_held(MINT_WAITS_FOR_LIVENESS).await {
+                    tracing::warn!(target_name = %self.target.name, lease = %id, "minting while this instance's liveness lock on the target is not held: another instance may take the role for a dead gateway's and reap it");
+                }
+            }
+        };
+        let (admin, ()) = tokio::join!(self.admin(database), waiting);
+        let admin = admin?;
         let expires_at = SystemTime::now() + grant.max_session();
         // The server only ever sees the SCRAM verifier: the plaintext cannot land in its logs.
         let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
@@ -144,10 +177,10 @@ impl PgProvisioner {
             &self.instance_id,
             &id,
             expires_at,
+            live.is_some(),
             grant.name(),
             &identity.user,
         );
-        let admin = self.admin(database).await?;
         let (version, valid_until) = login_window(&admin)
             .await
             .map_err(|e| self.sql("SHOW server_version_num", e))?;
@@ -383,6 +416,15 @@ impl PgProvisioner {
 
     /// A new admin session ([`admin_session`]), its failure told as a `JitError`.
     async fn connect_admin(&self, database: &str) -> Result<Client, JitError> {
+        self.connect_admin_as(database, "jitgate").await
+    }
+
+    /// `connect_admin` with its own `application_name` (what pg_stat_activity shows).
+    async fn connect_admin_as(
+        &self,
+        database: &str,
+        application_name: &str,
+    ) -> Result<Client, JitError> {
         let t = &self.target;
         let password = t
             .admin
@@ -392,7 +434,7 @@ impl PgProvisioner {
                 target: t.name.clone(),
                 reason: e.to_string(),
             })?;
-        match admin_session(t, database, &password, "jitgate").await {
+        match admin_session(t, database, &password, application_name).await {
             Ok(client) => Ok(client),
             Err(AdminConnect::Unreachable(reason)) => Err(JitError::Unreachable {
                 target: t.name.clone(),

@@ -466,6 +466,136 @@ done
 } </dev/null
 "#;
 
+/// Removal as the watchdog runs it for each account: [`PRELUDE`] and [`REMOVE`] without a
+/// header; the watchdog passes the values in the environment (see [`WATCHDOG`]).
+pub(crate) fn remove_without_header() -> String {
+    format!("{PRELUDE}{REMOVE}")
+}
+
+/// This instance's liveness lock on the target, held by the exec that runs this script, which
+/// is also the target's watchdog for the instance. Needs: state, instance, grace (seconds for
+/// `sleep`), remove ([`remove_without_header`]). The script is sent on stdin and stdin stays
+/// open: the gateway never sends anything more but `bye`, so the end of stdin (fd 8 below) is
+/// the end of the gateway's connection (sshd closes the session's pipes when the connection
+/// ends, whether the gateway was killed or the host lost; no signal is sent to a session
+/// without a pty).
+///
+/// It takes `flock` on `<state>/instances/<instance>` (waiting up to 10 s for a previous
+/// holder to let go), prints `locked` and from then on writes only to
+/// `<state>/instances/<instance>.log`. When stdin ends it lets the lock go, so that a
+/// reconnecting gateway can take it back, and waits `grace`; if the lock is still free after
+/// that, no gateway of this instance came back: it takes the lock and removes every member of
+/// group `jitgate` whose marker names this instance, each with the very removal script the
+/// gateway runs (marker, UID and group checked again inside it), then lets the lock go.
+/// `bye` on stdin (a clean stop that dropped every account) ends it at once.
+pub(crate) const WATCHDOG: &str = r#"
+[ -L "$state" ] && fail "$state is a symbolic link"
+mkdir -p "$state/instances"
+[ -L "$state/instances" ] && fail "$state/instances is a symbolic link"
+chown 0:0 "$state/instances"
+chmod 0700 "$state/instances"
+lockfile="$state/instances/$instance"
+log="$state/instances/$instance.log"
+[ -L "$lockfile" ] && fail "$lockfile is a symbolic link"
+[ -L "$log" ] && fail "$log is a symbolic link"
+exec 7>>"$lockfile"
+chmod 0600 "$lockfile"
+note() { printf '%s pid=%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$$" "$*" >>"$log"; }
+if ! flock -w 10 7; then
+    echo "busy"
+    exit 4
+fi
+note "lock taken; watching the gateway's connection"
+echo "locked"
+exec >>"$log" 2>&1
+# A lost connection closes stdout too: nothing may die of SIGPIPE, nor of a hangup.
+trap '' HUP PIPE
+said=
+while IFS= read -r word <&8; do
+    case $word in bye) said=bye; break ;; esac
+done
+flock -u 7
+if [ "$said" = bye ]; then
+    note "the gateway stopped cleanly; nothing to do"
+    exit 0
+fi
+note "the gateway's connection ended; waiting ${grace}s for it to take the lock back"
+sleep "$grace" 7>&- 8<&-
+if ! flock -n 7; then
+    note "the lock was taken back within the grace; nothing to do"
+    exit 0
+fi
+note "no gateway took the lock back within ${grace}s: removing this instance's accounts"
+removed=0
+failed=0
+members=$(getent group jitgate | cut -d: -f4 || true)
+IFS=,
+for m in $members; do
+    entry=$(getent passwd "$m") || continue
+    name=$(printf '%s\n' "$entry" | cut -d: -f1)
+    uid=$(printf '%s\n' "$entry" | cut -d: -f3)
+    gecos=$(printf '%s\n' "$entry" | cut -d: -f5)
+    home=$(printf '%s\n' "$entry" | cut -d: -f6)
+    case $name in jit-*) ;; *) continue ;; esac
+    case $name in *[!a-z0-9_-]*) continue ;; esac
+    [ "${#name}" -le 32 ] || continue
+    case $uid in ''|*[!0-9]*) continue ;; esac
+    case $gecos in "jitgate-managed instance=$instance lease="*) ;; *) continue ;; esac
+    lease=${gecos#"jitgate-managed instance=$instance lease="}
+    lease=${lease%% *}
+    case $lease in ''|*[!0-9a-fA-F]*) continue ;; esac
+    [ "${#lease}" -eq 16 ] || continue
+    kind=other
+    if [ "$home" = "$state/tmp-home/$name" ]; then
+        kind=ephemeral
+    else
+        case $home in
+            "$state/home/"*)
+                person=${home#"$state/home/"}
+                case $person in
+                    ''|.*|-*|*[!a-z0-9_.-]*) ;;
+                    *) if [ "${#person}" -le 65 ]; then kind=persistent; fi ;;
+                esac
+                ;;
+        esac
+    fi
+    rc=0
+    printf '%s' "$remove" | state="$state" account="$name" uid="$uid" home="$home" \
+        home_kind="$kind" instance="$instance" lease="$lease" /bin/sh -s 7>&- 8<&- || rc=$?
+    if [ "$rc" = 0 ]; then
+        removed=$((removed + 1))
+        note "removed $name (lease $lease)"
+    else
+        failed=$((failed + 1))
+        note "removing $name (lease $lease) failed (exit status $rc)"
+    fi
+done
+IFS=' '
+note "done: $removed removed, $failed failed"
+flock -u 7
+exit 0
+} 8<&0 </dev/null
+"#;
+
+/// Asks about other instances' liveness locks. Needs: state, instances (space-separated
+/// instance ids, each already checked to be one). Prints `<instance>=alive|gone|unknown`:
+/// `gone` when its lock file's `flock` is free (taken and let go at once: the prober never
+/// keeps it), `unknown` when there is no lock file (that instance never held a lock here).
+pub(crate) const PROBE: &str = r#"
+IFS=' '
+for i in $instances; do
+    f="$state/instances/$i"
+    if [ -f "$f" ] && [ ! -L "$f" ] && [ ! -L "$state/instances" ]; then
+        exec 6<"$f"
+        if flock -n 6; then echo "$i=gone"; else echo "$i=alive"; fi
+        exec 6<&-
+    else
+        echo "$i=unknown"
+    fi
+done
+} </dev/null
+"#;
+
 /// The full text of a script: header, prelude, body.
 pub(crate) fn build(vars: &Vars, body: &str) -> String {
     vars.script(&format!("{PRELUDE}{body}"))
@@ -548,7 +678,13 @@ mod tests {
     #[test]
     fn scripts_parse() {
         // `sh -n` reads without running: every body is syntactically valid POSIX sh.
-        for (name, body) in [("mint", MINT), ("remove", REMOVE), ("list", LIST)] {
+        for (name, body) in [
+            ("mint", MINT),
+            ("remove", REMOVE),
+            ("list", LIST),
+            ("watchdog", WATCHDOG),
+            ("probe", PROBE),
+        ] {
             let script = build(&Vars::default().set("state", "/nonexistent"), body);
             let out = Command::new("/bin/sh")
                 .arg("-n")
