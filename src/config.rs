@@ -77,6 +77,8 @@ pub struct Config {
     /// `limits:` — sessions in total and per identity, handshakes per source, TCP keepalive,
     /// concurrent mints per target.
     pub limits: crate::limits::LimitsConfig,
+    /// `peer_id:` and `peers:`: the replicas a CancelRequest for another's session goes to.
+    pub peering: Option<peers::Peering>,
     pub targets: BTreeMap<String, Target>,
 }
 
@@ -372,6 +374,8 @@ struct RawConfig {
     state_dir: Option<Spanned<String>>,
     control_socket: Option<Spanned<String>>,
     limits: Option<limits::RawLimits>,
+    peer_id: Option<Spanned<String>>,
+    peers: Option<SpannedMap<Spanned<String>>>,
     targets: Option<SpannedMap<Spanned<RawTarget>>>,
 }
 
@@ -593,6 +597,7 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<
     );
     let audit = validate_audit(base, raw.audit.as_ref(), problems);
     let limits = limits::validate(raw.limits.as_ref(), problems);
+    let peering = peers::validate(raw.peer_id.as_ref(), raw.peers.as_ref(), problems);
 
     let mut targets = BTreeMap::new();
     let raw_targets = raw.targets.as_ref().map_or(&[][..], |t| &t.0);
@@ -623,6 +628,7 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<
         state_dir: gateway_state_dir?,
         control_socket: control_socket?,
         limits: limits?,
+        peering: peering?,
         targets,
     })
 }
@@ -1088,5 +1094,6 @@ fn resolve(base: &Path, path: &str) -> PathBuf {
 }
 
 mod limits;
+pub mod peers;
 #[cfg(test)]
 mod tests;

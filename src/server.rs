@@ -21,7 +21,7 @@ use crate::jit::liveness::{Liveness, Release};
 use crate::jit::postgres::PgProvisioner;
 use crate::jit::reaper::{reap_linux, reap_postgres, LiveLeases, ReapReport};
 use crate::limits::{Limits, Throttled};
-use crate::pg::cancel::CancelRegistry;
+use crate::pg::cancel::{CancelRegistry, PeerRouter};
 use crate::pg::session::PgContext;
 use crate::pg::startup::ALPN_POSTGRESQL;
 use crate::policy::{PolicyError, PolicySet, TargetKind};
@@ -51,6 +51,8 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("peers: {0}")]
+    Peers(String),
     #[error("no listener configured: set listen.postgres and/or listen.ssh in the config")]
     NoListener,
     #[error("SSH target: {0}")]
@@ -208,7 +210,13 @@ pub async fn serve_until(
         tls,
         policies: current_policies.clone(),
         targets,
-        cancels: CancelRegistry::default(),
+        cancels: match &config.peering {
+            None => CancelRegistry::default(),
+            Some(peering) => CancelRegistry::with_peers(
+                PeerRouter::new(peering, &config.tls.ca, &config.tls.cert, &config.tls.key)
+                    .map_err(ServeError::Peers)?,
+            ),
+        },
         live: live.clone(),
         sessions: live_sessions.clone(),
         locks: locks.clone(),

