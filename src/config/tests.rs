@@ -718,8 +718,14 @@ fn peers_need_a_peer_id_and_addresses() -> Result<(), ConfigError> {
         "peer_id: 1\npeers:\n  1: 10.0.0.1:6432\n  2: gw-2\n  16384: 10.0.0.9:6432",
     ));
     assert_eq!(bad.len(), 3, "{bad:?}");
-    assert!(bad[0].contains("1 is this gateway's own peer_id"), "{bad:?}");
-    assert!(bad[1].contains("peer address `gw-2` must be host:port"), "{bad:?}");
+    assert!(
+        bad[0].contains("1 is this gateway's own peer_id"),
+        "{bad:?}"
+    );
+    assert!(
+        bad[1].contains("peer address `gw-2` must be host:port"),
+        "{bad:?}"
+    );
     assert!(
         bad[2].contains("a peer's number must be a whole number from 1 to 16383"),
         "{bad:?}"
