@@ -322,7 +322,7 @@ fn run(tools: &Tools) -> bool {
 fn prepare_pgbench_tables(tools: &Tools, pg: &Postgres) {
     let out = Command::new(&tools.pgbench)
         .args(["-i", "-s", "1", "-q", "-h"])
-        .arg(pg.dir.path())
+        .arg(pg.socket_dir())
         .args(["-p", &pg.port.to_string(), "-U", "postgres", "orders"])
         .env_remove("PGPASSWORD")
         .output()

@@ -47,7 +47,7 @@ fn a_held_lock_does_not_stall_the_drop() {
     // marker stays.
     let mut holder = Command::new(jitgate::sandbox::postgres::bindir().unwrap().join("psql"))
         .args(["-X", "-q", "-h"])
-        .arg(pg.dir.path())
+        .arg(pg.socket_dir())
         .args([
             "-p",
             &pg.port.to_string(),

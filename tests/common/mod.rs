@@ -124,6 +124,12 @@ impl Postgres {
         self.inner.log_path()
     }
 
+    /// The server's Unix socket directory (`psql -h <this>`): the cluster's own directory.
+    pub fn socket_dir(&self) -> PathBuf {
+        let data = self.inner.data_dir();
+        data.parent().map_or(data.clone(), Path::to_path_buf)
+    }
+
     pub fn server_log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
