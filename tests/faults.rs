@@ -87,7 +87,11 @@ fn a_silent_target_holds_up_nothing_else() {
     });
     let (crt, key) = gw.issue("alice", &[]);
     let stuck = spawn_psql(
-        &gw.conninfo("alice", Some((&crt, &key)), "dbname=silent"),
+        &gw.conninfo(
+            "alice",
+            Some((&crt, &key)),
+            "dbname=silent connect_timeout=40",
+        ),
         "SELECT 1",
     );
     // Meanwhile the good target works, more than once.
