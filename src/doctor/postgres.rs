@@ -840,6 +840,7 @@ mod tests {
         let e = JitError::AdminRejected {
             target: "app".into(),
             reason: "password authentication failed".into(),
+            sqlstate: Some("28P01".into()),
         };
         assert_eq!(fix_for_mint_error(&e, &target(), &grant), None);
     }

@@ -43,7 +43,11 @@ pub enum JitError {
         reason: String,
     },
     #[error("target {target} rejected jitgate's admin login: {reason}")]
-    AdminRejected { target: String, reason: String },
+    AdminRejected {
+        target: String,
+        reason: String,
+        sqlstate: Option<String>,
+    },
     /// The server answering the admin login did not prove it is the target (see
     /// `connect_admin`): a fake server, a man in the middle, or a pg_hba.conf method other than
     /// scram-sha-256. The admin password was not sent.
@@ -70,8 +74,13 @@ impl JitError {
         match self {
             JitError::Unreachable { .. } => true,
             JitError::Sql { sqlstate, .. } => sqlstate.is_none(),
-            JitError::AdminRejected { .. }
-            | JitError::AdminUnauthenticated { .. }
+            // The server is there but not taking logins right now: shutting down, starting up,
+            // in recovery (57P03), restarting after a crash (57P01/02), or full (53300).
+            JitError::AdminRejected { sqlstate, .. } => matches!(
+                sqlstate.as_deref(),
+                Some("57P01" | "57P02" | "57P03" | "53300")
+            ),
+            JitError::AdminUnauthenticated { .. }
             | JitError::AdminCredential { .. }
             | JitError::NotOurs { .. }
             | JitError::Tls { .. } => false,
@@ -455,6 +464,7 @@ impl PgProvisioner {
             return JitError::AdminRejected {
                 target: t.name.clone(),
                 reason: db.message().to_string(),
+                sqlstate: Some(db.code().code().to_string()),
             };
         }
         let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
@@ -716,5 +726,20 @@ mod tests {
         let long = role_name(&"x".repeat(200));
         assert_eq!(long.len(), 63);
         assert_ne!(role_name("alice"), role_name("alice"));
+    }
+
+    #[test]
+    fn a_server_not_taking_logins_yet_is_worth_retrying() {
+        let rejected = |code: &str| JitError::AdminRejected {
+            target: "t".into(),
+            reason: "the database system is shutting down".into(),
+            sqlstate: Some(code.into()),
+        };
+        for code in ["57P01", "57P02", "57P03", "53300"] {
+            assert!(rejected(code).is_transient(), "{code}");
+        }
+        for code in ["28P01", "28000", "3D000"] {
+            assert!(!rejected(code).is_transient(), "{code}");
+        }
     }
 }
