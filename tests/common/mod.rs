@@ -349,7 +349,11 @@ impl Gateway {
         let child = Command::new(jitgate_bin())
             .args(["serve", "--config"])
             .arg(self.path("jitgate.yaml"))
-            .env("JITGATE_LOG", "debug")
+            // Tests log at debug; benchmarks measure the shipped level (info).
+            .env(
+                "JITGATE_LOG",
+                std::env::var("JITGATE_TEST_GATEWAY_LOG").unwrap_or_else(|_| "debug".to_string()),
+            )
             .env("JITGATE_TEST_CREDENTIAL_LOG", self.path("credentials.txt"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -440,6 +444,11 @@ impl Gateway {
             .lines()
             .map(str::to_string)
             .collect()
+    }
+
+    /// The gateway's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The gateway process's resident memory in KiB (Linux /proc).
