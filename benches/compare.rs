@@ -54,7 +54,7 @@ impl Mode {
                 pg_secs: 1,
                 pg_scale: 8,
                 copy_rows: 1 << 17,
-                idle_sessions: 10,
+                idle_sessions: 20,
                 stream_bytes: 128 << 20,
                 scp_bytes: 64 << 20,
                 setup_runs: 3,
@@ -68,7 +68,7 @@ impl Mode {
                 pg_secs: 10,
                 pg_scale: 8,
                 copy_rows: 1 << 20,
-                idle_sessions: 30,
+                idle_sessions: 50,
                 stream_bytes: 1 << 30,
                 scp_bytes: 512 << 20,
                 setup_runs: 10,
@@ -99,7 +99,7 @@ const PG_ENV: &[&str] = &[
 /// alice: a JIT role in orders (orders_read + orders_write) and a JIT account on web-1.
 fn policy() -> String {
     format!(
-        "{DEFAULT_POLICY}  - name: web-ops\n    subjects: {{ groups: [ops] }}\n    targets: [web-1]\n"
+        "{DEFAULT_POLICY}  - name: web-ops\n    subjects: {{ groups: [ops] }}\n    targets: [web-1]\n    ssh: {{}}\n"
     )
 }
 
@@ -308,7 +308,8 @@ impl Report {
                     let ratio = match (cell.median(), direct) {
                         (Some(m), Some(d)) if d != 0.0 => {
                             if row.better == Better::Lower {
-                                format!("{:.2} ({:+})", m / d, fmt_num(m - d))
+                                let sign = if m >= d { "+" } else { "" };
+                                format!("{:.2} ({sign}{})", m / d, fmt_num(m - d))
                             } else {
                                 format!("{:.2}", m / d)
                             }
@@ -376,7 +377,10 @@ fn measure(
                 Err(e) => {
                     let short: String = e.chars().take(120).collect();
                     eprintln!("path {i} failed: {e}");
-                    why[i] = Some(format!("failed: {}", short.replace('|', "/").replace('\n', " ")));
+                    why[i] = Some(format!(
+                        "failed: {}",
+                        short.replace('|', "/").replace('\n', " ")
+                    ));
                 }
             }
         }
@@ -442,9 +446,15 @@ fn tune_postgres(pg: &mut Postgres, mode: &Mode) {
     pg.stop();
     pg.start_again();
     let bindir = jitgate::sandbox::postgres::bindir().unwrap();
+    // The server's socket is in its data directory, one level below the harness's dir.
+    let socket_dir = fs::read_dir(pg.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|d| d.join(format!(".s.PGSQL.{}", pg.port)).exists())
+        .expect("the server's socket");
     let out = Command::new(bindir.join("pgbench"))
         .args(["-i", "-s", &mode.pg_scale.to_string(), "-q", "-h"])
-        .arg(pg.dir.path())
+        .arg(&socket_dir)
         .args(["-p", &pg.port.to_string(), "-U", "postgres", "orders"])
         .env_remove("PGPASSWORD")
         .output()
@@ -528,7 +538,12 @@ fn copy_sql(rows: u64) -> String {
 }
 
 /// psql's COPY out, stdout to /dev/null (or counted), wall time including login.
-fn copy_out(tools: &PgTools, path: &PgPath, rows: u64, count: bool) -> Result<(Duration, u64), String> {
+fn copy_out(
+    tools: &PgTools,
+    path: &PgPath,
+    rows: u64,
+    count: bool,
+) -> Result<(Duration, u64), String> {
     let mut cmd = path.command(&tools.psql);
     cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
         .arg(&path.conninfo)
@@ -537,17 +552,26 @@ fn copy_out(tools: &PgTools, path: &PgPath, rows: u64, count: bool) -> Result<(D
         .stderr(Stdio::piped());
     let start = Instant::now();
     let (out, bytes) = if count {
-        let mut child = cmd.stdout(Stdio::piped()).spawn().map_err(|e| e.to_string())?;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
         let bytes = std::io::copy(&mut child.stdout.take().unwrap(), &mut std::io::sink())
             .map_err(|e| e.to_string())?;
         (child.wait_with_output().map_err(|e| e.to_string())?, bytes)
     } else {
-        let devnull = fs::OpenOptions::new().write(true).open("/dev/null").unwrap();
+        let devnull = fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
         (cmd.stdout(devnull).output().map_err(|e| e.to_string())?, 0)
     };
     let elapsed = start.elapsed();
     if !out.status.success() {
-        return Err(format!("psql COPY: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "psql COPY: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     Ok((elapsed, bytes))
 }
@@ -635,104 +659,32 @@ fn pg_bench(
         },
     ];
     let absent = vec![None, bouncer.as_ref().err().cloned(), None];
-    println!("\n{}; {}", tools.version, if bouncer_version.is_empty() { "PgBouncer not installed" } else { &bouncer_version });
+    println!(
+        "\n{}; {}",
+        tools.version,
+        if bouncer_version.is_empty() {
+            "PgBouncer not installed"
+        } else {
+            &bouncer_version
+        }
+    );
     println!("  direct   libpq -> PostgreSQL, plain TCP on 127.0.0.1, role {ADMIN_USER}, SCRAM");
     println!("  PgBouncer libpq -> PgBouncer (TLS verify-full, client certificate required, auth_type=cert, session pool) -> PostgreSQL, plain TCP, SCRAM");
     println!("  jitgate  libpq -> jitgate (TLS verify-full, client certificate, audit on) -> PostgreSQL, plain TCP, a JIT role minted and dropped per connection");
 
-    // Every byte must arrive every way (untimed), then a warm-up on every path.
+    // Every byte must arrive every way (untimed); one session on each path first, so the
+    // memory measured next leaves out what a proxy sets up once.
     for (i, p) in paths.iter().enumerate() {
         if absent[i].is_some() {
             continue;
         }
         let (_, bytes) = copy_out(tools, p, 4096, true).unwrap();
         assert_eq!(bytes, 4096 * 1024, "COPY out via {}", p.name);
-        let warm: Vec<String> = ["-n", "-S", "-c", "4", "-j", "2", "-T", "1"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        pgbench(tools, p, &warm).unwrap();
     }
-
-    let t = mode.pg_secs.to_string();
-    let args = |a: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = a.iter().map(|s| s.to_string()).collect();
-        v.extend(["-T".to_string(), t.clone()]);
-        v
-    };
     let mut rows = Vec::new();
-    let run_pgbench = |label: &str, a: &[&str], bar: f64, rows: &mut Vec<Row>| {
-        let a = args(a);
-        let cells = measure(mode, &absent, 2, |i| {
-            let r = pgbench(tools, &paths[i], &a)?;
-            Ok(vec![r.tps, r.latency_ms * 1000.0])
-        });
-        let mut it = cells.into_iter();
-        rows.push(Row {
-            workload: format!("`pgbench {}` {label}", a.join(" ")),
-            unit: "TPS",
-            better: Better::Higher,
-            cells: it.next().unwrap(),
-            bar: Some(Bar::RatioAtLeast(bar)),
-        });
-        it.next().unwrap()
-    };
-    let latency = run_pgbench("1 client", &["-n", "-S", "-c", "1", "-j", "1"], 0.9, &mut rows);
-    rows.push(Row {
-        workload: "the same, average latency".to_string(),
-        unit: "µs",
-        better: Better::Lower,
-        cells: latency,
-        bar: Some(Bar::AddedAtMost(20.0)),
-    });
-    run_pgbench("8 clients", &["-n", "-S", "-c", "8", "-j", "2"], 0.85, &mut rows);
-    run_pgbench("32 clients", &["-n", "-S", "-c", "32", "-j", "2"], 0.85, &mut rows);
-    run_pgbench(
-        "prepared, 8 clients",
-        &["-n", "-S", "-M", "prepared", "-c", "8", "-j", "2"],
-        0.75,
-        &mut rows,
-    );
-    run_pgbench("TPC-B-like, 8 clients", &["-n", "-c", "8", "-j", "2"], 0.9, &mut rows);
-
-    // New connection per transaction: connections/s is the TPS.
-    let a = args(&["-n", "-S", "-C", "-c", "4", "-j", "2"]);
-    let cells = measure(mode, &absent, 2, |i| {
-        let r = pgbench(tools, &paths[i], &a)?;
-        Ok(vec![r.tps, r.connection_ms.unwrap_or(f64::NAN)])
-    });
-    let mut it = cells.into_iter();
-    rows.push(Row {
-        workload: format!("`pgbench {}` new connection per transaction", a.join(" ")),
-        unit: "conn/s",
-        better: Better::Higher,
-        cells: it.next().unwrap(),
-        bar: Some(Bar::RatioAtLeast(1.0)),
-    });
-    rows.push(Row {
-        workload: "the same, average connection time".to_string(),
-        unit: "ms",
-        better: Better::Lower,
-        cells: it.next().unwrap(),
-        bar: None,
-    });
-
-    let rows_n = mode.copy_rows;
-    let mib = (rows_n * 1024) >> 20;
-    let cells = measure(mode, &absent, 1, |i| {
-        let (d, _) = copy_out(tools, &paths[i], rows_n, false)?;
-        Ok(vec![(rows_n * 1024) as f64 / 1e6 / d.as_secs_f64()])
-    });
-    rows.push(Row {
-        workload: format!("COPY out {mib} MiB (`psql -c 'COPY …' > /dev/null`, wall incl. login)"),
-        unit: "MB/s",
-        better: Better::Higher,
-        cells: cells.into_iter().next().unwrap(),
-        bar: Some(Bar::RatioAtLeast(0.95)),
-    });
-
-    // Idle session memory: the proxy's RSS growth per session, each round adding a batch on
-    // top of the sessions the earlier rounds left open (freed memory would be reused).
+    // Idle session memory, measured before any load (a proxy's allocator keeps what 32
+    // pgbench clients made it touch): the proxy's RSS growth per session, each round adding a
+    // batch on top of the sessions the earlier rounds left open (freed memory is reused).
     let mut mem_absent = absent.clone();
     mem_absent[0] = Some("no proxy".to_string());
     let proxy_pid = |i: usize| -> Option<u32> {
@@ -761,6 +713,7 @@ fn pg_bench(
             let _ = c.wait();
         }
     }
+    pg.wait_no_jit_roles();
     rows.push(Row {
         workload: format!("idle session memory (proxy RSS growth, {k} more sessions per round)"),
         unit: "KiB",
@@ -769,6 +722,130 @@ fn pg_bench(
         bar: Some(Bar::AtMost(16.0)),
     });
 
+    // jitgate drops its roles after the session, off the client's path but on the same CPU:
+    // they are let finish before the next path is measured.
+    let settle_pg = |i: usize| {
+        if i == 2 {
+            pg.wait_no_jit_roles();
+        }
+    };
+    // A warm-up on every path.
+    for (i, p) in paths.iter().enumerate() {
+        if absent[i].is_some() {
+            continue;
+        }
+        let warm: Vec<String> = ["-n", "-S", "-c", "4", "-j", "2", "-T", "1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        pgbench(tools, p, &warm).unwrap();
+    }
+
+    let t = mode.pg_secs.to_string();
+    let args = |a: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+        v.extend(["-T".to_string(), t.clone()]);
+        v
+    };
+    let run_pgbench = |label: &str, a: &[&str], bar: f64, rows: &mut Vec<Row>| {
+        let a = args(a);
+        let cells = measure(mode, &absent, 2, |i| {
+            let r = pgbench(tools, &paths[i], &a);
+            settle_pg(i);
+            let r = r?;
+            Ok(vec![r.tps, r.latency_ms * 1000.0])
+        });
+        let mut it = cells.into_iter();
+        rows.push(Row {
+            workload: format!("`pgbench {}` {label}", a.join(" ")),
+            unit: "TPS",
+            better: Better::Higher,
+            cells: it.next().unwrap(),
+            bar: Some(Bar::RatioAtLeast(bar)),
+        });
+        it.next().unwrap()
+    };
+    let latency = run_pgbench(
+        "1 client",
+        &["-n", "-S", "-c", "1", "-j", "1"],
+        0.9,
+        &mut rows,
+    );
+    rows.push(Row {
+        workload: "the same, average latency".to_string(),
+        unit: "µs",
+        better: Better::Lower,
+        cells: latency,
+        bar: Some(Bar::AddedAtMost(20.0)),
+    });
+    run_pgbench(
+        "8 clients",
+        &["-n", "-S", "-c", "8", "-j", "2"],
+        0.85,
+        &mut rows,
+    );
+    run_pgbench(
+        "32 clients",
+        &["-n", "-S", "-c", "32", "-j", "2"],
+        0.85,
+        &mut rows,
+    );
+    run_pgbench(
+        "prepared, 8 clients",
+        &["-n", "-S", "-M", "prepared", "-c", "8", "-j", "2"],
+        0.75,
+        &mut rows,
+    );
+    run_pgbench(
+        "TPC-B-like, 8 clients",
+        &["-n", "-c", "8", "-j", "2"],
+        0.9,
+        &mut rows,
+    );
+
+    // New connection per transaction: connections/s is the TPS.
+    let a = args(&["-n", "-S", "-C", "-c", "4", "-j", "2"]);
+    let cells = measure(mode, &absent, 2, |i| {
+        let r = pgbench(tools, &paths[i], &a);
+        settle_pg(i);
+        let r = r?;
+        Ok(vec![r.tps, r.connection_ms.unwrap_or(f64::NAN)])
+    });
+    let mut it = cells.into_iter();
+    rows.push(Row {
+        workload: format!("`pgbench {}` new connection per transaction", a.join(" ")),
+        unit: "conn/s",
+        better: Better::Higher,
+        cells: it.next().unwrap(),
+        bar: Some(Bar::RatioAtLeast(1.0)),
+    });
+    rows.push(Row {
+        workload: "the same, average connection time".to_string(),
+        unit: "ms",
+        better: Better::Lower,
+        cells: it.next().unwrap(),
+        bar: None,
+    });
+
+    let rows_n = mode.copy_rows;
+    let mib = (rows_n * 1024) >> 20;
+    let cells = measure(mode, &absent, 1, |i| {
+        let d = copy_out(tools, &paths[i], rows_n, false);
+        settle_pg(i);
+        let (d, _) = d?;
+        Ok(vec![(rows_n * 1024) as f64 / 1e6 / d.as_secs_f64()])
+    });
+    rows.push(Row {
+        workload: format!("COPY out {mib} MiB (`psql -c 'COPY …' > /dev/null`, wall incl. login)"),
+        unit: "MB/s",
+        better: Better::Higher,
+        cells: cells.into_iter().next().unwrap(),
+        bar: Some(Bar::RatioAtLeast(0.95)),
+    });
+
+    // The issue's order: memory last.
+    let memory = rows.remove(0);
+    rows.push(memory);
     let mut notes = vec![format!(
         "{} rounds, path order rotating per round; cells: median (min–max); ratio = path / direct \
          (for µs, ms and KiB rows: also the difference). pgbench -T {}, scale {}; PostgreSQL: \
@@ -845,7 +922,12 @@ impl PgBouncer {
         }
         let mut cmd = if jitgate::sandbox::is_root() {
             let mut c = Command::new("setpriv");
-            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", PGBOUNCER]);
+            c.args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                PGBOUNCER,
+            ]);
             c
         } else {
             Command::new(PGBOUNCER)
@@ -865,9 +947,15 @@ impl PgBouncer {
         };
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if bouncer.child.try_wait().ok().flatten().is_some() || start.elapsed() > Duration::from_secs(10) {
-                let log = fs::read_to_string(bouncer.dir.path().join("pgbouncer.log")).unwrap_or_default();
-                return Err(format!("did not start: {}", log.lines().last().unwrap_or("")));
+            if bouncer.child.try_wait().ok().flatten().is_some()
+                || start.elapsed() > Duration::from_secs(10)
+            {
+                let log = fs::read_to_string(bouncer.dir.path().join("pgbouncer.log"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "did not start: {}",
+                    log.lines().last().unwrap_or("")
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -901,7 +989,9 @@ impl Drop for PgBouncer {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let start = Instant::now();
-        while self.child.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(5) {
+        while self.child.try_wait().ok().flatten().is_none()
+            && start.elapsed() < Duration::from_secs(5)
+        {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
@@ -915,7 +1005,9 @@ impl Drop for PgBouncer {
 fn ssh_missing() -> Option<String> {
     for program in ["ssh", "scp", "ssh-keygen", "timeout"] {
         if which(program).is_none() {
-            return Some(format!("{program} not found (apt-get install openssh-client)"));
+            return Some(format!(
+                "{program} not found (apt-get install openssh-client)"
+            ));
         }
     }
     if !Path::new("/usr/sbin/sshd").is_file() {
@@ -1024,12 +1116,25 @@ impl BenchUser {
         let home = sshd.dir.join(format!("home-{name}"));
         // Password `*`: no password login, but not locked, which sshd without PAM refuses.
         let out = Command::new("useradd")
-            .args(["-M", "-s", "/bin/bash", "-p", "*", "-c", "jitgate benches/compare.rs", "-d"])
+            .args([
+                "-M",
+                "-s",
+                "/bin/bash",
+                "-p",
+                "*",
+                "-c",
+                "jitgate benches/compare.rs",
+                "-d",
+            ])
             .arg(&home)
             .arg(&name)
             .output()
             .unwrap();
-        assert!(out.status.success(), "useradd: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "useradd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let user = BenchUser {
             keys: sshd.dir.join("authorized_keys").join(&name),
             name,
@@ -1056,7 +1161,9 @@ impl Drop for BenchUser {
     fn drop(&mut self) {
         // userdel refuses while a process of the user exists.
         for _ in 0..100 {
-            let _ = Command::new("pkill").args(["-KILL", "-u", &self.name]).status();
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-u", &self.name])
+                .status();
             let removed = Command::new("userdel")
                 .arg(&self.name)
                 .stderr(Stdio::null())
@@ -1115,7 +1222,10 @@ fn stream(route: &Route, bytes: u64) -> Result<f64, String> {
     let data = first.elapsed();
     let status = child.wait_with_output().map_err(|e| e.to_string())?;
     if !status.status.success() || got != bytes {
-        return Err(format!("{} ({got} of {bytes} bytes)", failed("ssh head", &status)));
+        return Err(format!(
+            "{} ({got} of {bytes} bytes)",
+            failed("ssh head", &status)
+        ));
     }
     Ok(bytes as f64 / 1e6 / data.as_secs_f64())
 }
@@ -1176,7 +1286,9 @@ fn echo(route: &Route, keys: usize) -> Result<f64, String> {
     let mut seen = Vec::new();
     let mut b = [0u8; 1];
     while !seen.ends_with(b"READY\n") && !seen.ends_with(b"READY\r\n") {
-        stdout.read_exact(&mut b).map_err(|e| format!("before READY: {e}"))?;
+        stdout
+            .read_exact(&mut b)
+            .map_err(|e| format!("before READY: {e}"))?;
         seen.push(b[0]);
         if seen.len() > 65536 {
             return Err("no READY".to_string());
@@ -1226,7 +1338,14 @@ fn concurrent(route: &Route, n: usize) -> Result<Vec<f64>, String> {
     Ok(vec![start.elapsed().as_secs_f64(), failures as f64])
 }
 
-fn ssh_bench(mode: &Mode, sshd: &Sshd, jump: &Sshd, gw: &Gateway, crt: &Path, key: &Path) -> Report {
+fn ssh_bench(
+    mode: &Mode,
+    sshd: &Sshd,
+    jump: &Sshd,
+    gw: &Gateway,
+    crt: &Path,
+    key: &Path,
+) -> Report {
     let user = BenchUser::create(sshd);
     let routes = [
         Route {
@@ -1240,7 +1359,10 @@ fn ssh_bench(mode: &Mode, sshd: &Sshd, jump: &Sshd, gw: &Gateway, crt: &Path, ke
     ];
     let openssh = Command::new("ssh").arg("-V").output().unwrap();
     println!("\n{}", String::from_utf8_lossy(&openssh.stderr).trim());
-    println!("  direct   ssh -> sshd on 127.0.0.1 as {} (bash, empty home), key login", user.name);
+    println!(
+        "  direct   ssh -> sshd on 127.0.0.1 as {} (bash, empty home), key login",
+        user.name
+    );
     println!("  jump     ssh with ProxyCommand `ssh -W %h:%p root@jump` (what ProxyJump runs) -> a second sshd -> the target, as direct");
     println!("  jitgate  ssh with ProxyCommand `jitgate tunnel` (TLS, client certificate) -> jitgate (audit on) -> a JIT account created and removed per connection");
     let absent = vec![None, None, None];
@@ -1262,14 +1384,20 @@ fn ssh_bench(mode: &Mode, sshd: &Sshd, jump: &Sshd, gw: &Gateway, crt: &Path, ke
         Ok(vec![v?])
     });
     rows.push(Row {
-        workload: format!("{} MiB stream (`ssh HOST 'head -c …'`, first byte to EOF)", mode.stream_bytes >> 20),
+        workload: format!(
+            "{} MiB stream (`ssh HOST 'head -c …'`, first byte to EOF)",
+            mode.stream_bytes >> 20
+        ),
         unit: "MB/s",
         better: Better::Higher,
         cells: cells.into_iter().next().unwrap(),
         bar: Some(Bar::RatioAtLeast(0.75)),
     });
 
-    let work = tempfile::Builder::new().prefix("jitgate-cmp-").tempdir().unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("jitgate-cmp-")
+        .tempdir()
+        .unwrap();
     let file = work.path().join("upload");
     let out = Command::new("head")
         .args(["-c", &mode.scp_bytes.to_string(), "/dev/urandom"])
@@ -1313,7 +1441,10 @@ fn ssh_bench(mode: &Mode, sshd: &Sshd, jump: &Sshd, gw: &Gateway, crt: &Path, ke
         Ok(vec![v?])
     });
     rows.push(Row {
-        workload: format!("keystroke echo p50 in a pty ({} keys, `stty raw -echo; cat`)", mode.echo_keys),
+        workload: format!(
+            "keystroke echo p50 in a pty ({} keys, `stty raw -echo; cat`)",
+            mode.echo_keys
+        ),
         unit: "µs",
         better: Better::Lower,
         cells: cells.into_iter().next().unwrap(),
@@ -1327,7 +1458,10 @@ fn ssh_bench(mode: &Mode, sshd: &Sshd, jump: &Sshd, gw: &Gateway, crt: &Path, ke
     });
     let mut it = cells.into_iter();
     rows.push(Row {
-        workload: format!("{} concurrent `ssh HOST true`: the last one done", mode.concurrent),
+        workload: format!(
+            "{} concurrent `ssh HOST true`: the last one done",
+            mode.concurrent
+        ),
         unit: "s",
         better: Better::Lower,
         cells: it.next().unwrap(),
@@ -1391,7 +1525,11 @@ impl LoadSampler {
             let mut tick = 0u32;
             while !s.load(Ordering::Relaxed) {
                 if tick % 20 == 0 {
-                    if let Some(l) = loadavg().split_whitespace().next().and_then(|l| l.parse().ok()) {
+                    if let Some(l) = loadavg()
+                        .split_whitespace()
+                        .next()
+                        .and_then(|l| l.parse().ok())
+                    {
                         v.lock().unwrap().push(l);
                     }
                 }
@@ -1399,7 +1537,11 @@ impl LoadSampler {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        LoadSampler { stop, samples, thread }
+        LoadSampler {
+            stop,
+            samples,
+            thread,
+        }
     }
 
     fn stop(self) -> (f64, f64, f64) {
