@@ -27,6 +27,11 @@ use common::{jitgate_bin, random_word, which, Gateway, Postgres, ADMIN_USER, DEF
 /// How long and how often. Quick mode keeps the shape and shrinks every size.
 struct Mode {
     quick: bool,
+    /// `JITGATE_BENCH_ONLY=<text>`: only the workloads whose key contains it (to profile one
+    /// row); the others are printed as skipped. Keys: idle memory, 1 client, 8 clients,
+    /// 32 clients, prepared, TPC-B-like, new connection per transaction, COPY, stream, scp,
+    /// connect + true, echo, concurrent.
+    only: Option<String>,
     rounds: usize,
     /// `pgbench -T`.
     pg_secs: u32,
@@ -47,9 +52,13 @@ struct Mode {
 impl Mode {
     fn from_env() -> Mode {
         let quick = std::env::var("JITGATE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let only = std::env::var("JITGATE_BENCH_ONLY")
+            .ok()
+            .filter(|v| !v.is_empty());
         if quick {
             Mode {
                 quick,
+                only: only.clone(),
                 rounds: 3,
                 pg_secs: 1,
                 pg_scale: 8,
@@ -64,6 +73,7 @@ impl Mode {
         } else {
             Mode {
                 quick,
+                only,
                 rounds: 3,
                 pg_secs: 10,
                 pg_scale: 8,
@@ -115,10 +125,11 @@ fn main() -> ExitCode {
     let load = LoadSampler::start();
     let started = Instant::now();
     let ok = run(&mode);
-    let (lo, hi, mean) = load.stop();
+    let (lo, hi, mean, compilers) = load.stop();
     println!(
         "\nwall time {:.0} s; load average (1 min) during the run: {lo:.2}–{hi:.2}, mean {mean:.2} \
-         ({} CPUs)",
+         ({} CPUs; the bench's own clients and servers count in it); compiler processes \
+         (rustc, cc1, ld) seen at once, sampled every 2 s: at most {compilers}",
         started.elapsed().as_secs_f64(),
         cpus()
     );
@@ -172,6 +183,8 @@ fn run(mode: &Mode) -> bool {
             + "limits:\n  max_sessions_per_identity: 1000\n  max_handshakes_per_source: 1000\n"
     });
     let (crt, key) = gw.issue("alice", &["dba", "ops"]);
+    // For `perf record -p` while one row runs (JITGATE_BENCH_ONLY).
+    println!("jitgate serve: pid {}", gw.pid().unwrap_or(0));
     let mut clean = true;
 
     match (&pg_tools, &pg) {
@@ -355,6 +368,7 @@ impl Report {
 /// a path ends that path's measurements for this workload (its cells say why).
 fn measure(
     mode: &Mode,
+    label: &str,
     absent: &[Option<String>],
     metrics: usize,
     mut f: impl FnMut(usize) -> Result<Vec<f64>, String>,
@@ -362,6 +376,11 @@ fn measure(
     let n = absent.len();
     let mut values = vec![vec![Vec::new(); metrics]; n];
     let mut why: Vec<Option<String>> = absent.to_vec();
+    if let Some(only) = &mode.only {
+        if !label.contains(only.as_str()) {
+            why = vec![Some("skipped (JITGATE_BENCH_ONLY)".to_string()); n];
+        }
+    }
     for round in 0..mode.rounds {
         for k in 0..n {
             let i = (k + round) % n;
@@ -696,7 +715,7 @@ fn pg_bench(
     };
     let mut held: Vec<Vec<Child>> = (0..paths.len()).map(|_| Vec::new()).collect();
     let k = mode.idle_sessions;
-    let cells = measure(mode, &mem_absent, 1, |i| {
+    let cells = measure(mode, "idle memory", &mem_absent, 1, |i| {
         let pid = proxy_pid(i).ok_or("no pid")?;
         std::thread::sleep(Duration::from_millis(300));
         let before = rss_kib(pid)?;
@@ -749,7 +768,7 @@ fn pg_bench(
     };
     let run_pgbench = |label: &str, a: &[&str], bar: f64, rows: &mut Vec<Row>| {
         let a = args(a);
-        let cells = measure(mode, &absent, 2, |i| {
+        let cells = measure(mode, label, &absent, 2, |i| {
             let r = pgbench(tools, &paths[i], &a);
             settle_pg(i);
             let r = r?;
@@ -805,7 +824,7 @@ fn pg_bench(
 
     // New connection per transaction: connections/s is the TPS.
     let a = args(&["-n", "-S", "-C", "-c", "4", "-j", "2"]);
-    let cells = measure(mode, &absent, 2, |i| {
+    let cells = measure(mode, "new connection per transaction", &absent, 2, |i| {
         let r = pgbench(tools, &paths[i], &a);
         settle_pg(i);
         let r = r?;
@@ -829,7 +848,7 @@ fn pg_bench(
 
     let rows_n = mode.copy_rows;
     let mib = (rows_n * 1024) >> 20;
-    let cells = measure(mode, &absent, 1, |i| {
+    let cells = measure(mode, "COPY", &absent, 1, |i| {
         let d = copy_out(tools, &paths[i], rows_n, false);
         settle_pg(i);
         let (d, _) = d?;
@@ -1378,7 +1397,7 @@ fn ssh_bench(
         after(r);
     }
     let mut rows = Vec::new();
-    let cells = measure(mode, &absent, 1, |i| {
+    let cells = measure(mode, "stream", &absent, 1, |i| {
         let v = stream(&routes[i], mode.stream_bytes);
         after(&routes[i]);
         Ok(vec![v?])
@@ -1405,7 +1424,7 @@ fn ssh_bench(
         .status()
         .unwrap();
     assert!(out.success());
-    let cells = measure(mode, &absent, 1, |i| {
+    let cells = measure(mode, "scp", &absent, 1, |i| {
         let v = upload(&routes[i], &file, mode.scp_bytes);
         after(&routes[i]);
         Ok(vec![v?])
@@ -1419,7 +1438,7 @@ fn ssh_bench(
         bar: Some(Bar::RatioAtLeast(0.7)),
     });
 
-    let cells = measure(mode, &absent, 1, |i| {
+    let cells = measure(mode, "connect + true", &absent, 1, |i| {
         let v = connect_true(&routes[i], mode.setup_runs);
         after(&routes[i]);
         Ok(vec![v?])
@@ -1435,7 +1454,7 @@ fn ssh_bench(
         bar: Some(Bar::AtMost(280.0)),
     });
 
-    let cells = measure(mode, &absent, 1, |i| {
+    let cells = measure(mode, "echo", &absent, 1, |i| {
         let v = echo(&routes[i], mode.echo_keys);
         after(&routes[i]);
         Ok(vec![v?])
@@ -1451,7 +1470,7 @@ fn ssh_bench(
         bar: Some(Bar::AddedAtMost(80.0)),
     });
 
-    let cells = measure(mode, &absent, 2, |i| {
+    let cells = measure(mode, "concurrent", &absent, 2, |i| {
         let v = concurrent(&routes[i], mode.concurrent);
         after(&routes[i]);
         v
@@ -1509,10 +1528,23 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-/// Samples the 1-minute load average every 2 s while the bench runs.
+/// Compiler processes running now (someone else's build would skew every number).
+fn compilers() -> usize {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| fs::read_to_string(e.path().join("comm")).ok())
+        .filter(|c| matches!(c.trim(), "rustc" | "cc1" | "cc1plus" | "ld" | "ld.lld" | "rust-lld"))
+        .count()
+}
+
+/// Samples the 1-minute load average and the compilers running every 2 s while the bench
+/// runs.
 struct LoadSampler {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<f64>>>,
+    compilers: Arc<Mutex<usize>>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -1520,7 +1552,8 @@ impl LoadSampler {
     fn start() -> LoadSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
-        let (s, v) = (stop.clone(), samples.clone());
+        let compilers_seen = Arc::new(Mutex::new(0));
+        let (s, v, c) = (stop.clone(), samples.clone(), compilers_seen.clone());
         let thread = std::thread::spawn(move || {
             let mut tick = 0u32;
             while !s.load(Ordering::Relaxed) {
@@ -1532,6 +1565,9 @@ impl LoadSampler {
                     {
                         v.lock().unwrap().push(l);
                     }
+                    let n = compilers();
+                    let mut max = c.lock().unwrap();
+                    *max = (*max).max(n);
                 }
                 tick += 1;
                 std::thread::sleep(Duration::from_millis(100));
@@ -1540,17 +1576,19 @@ impl LoadSampler {
         LoadSampler {
             stop,
             samples,
+            compilers: compilers_seen,
             thread,
         }
     }
 
-    fn stop(self) -> (f64, f64, f64) {
+    fn stop(self) -> (f64, f64, f64, usize) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
         let v = self.samples.lock().unwrap();
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
-        (lo, hi, mean)
+        let compilers = *self.compilers.lock().unwrap();
+        (lo, hi, mean, compilers)
     }
 }
