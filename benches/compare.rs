@@ -518,6 +518,7 @@ struct PgbenchOut {
     tps: f64,
     latency_ms: f64,
     connection_ms: Option<f64>,
+    transactions: f64,
 }
 
 fn pgbench(tools: &PgTools, path: &PgPath, args: &[String]) -> Result<PgbenchOut, String> {
@@ -549,6 +550,7 @@ fn pgbench(tools: &PgTools, path: &PgPath, args: &[String]) -> Result<PgbenchOut
         tps: value("tps = ").ok_or_else(|| format!("no tps in: {text}"))?,
         latency_ms: value("latency average = ").ok_or("no latency")?,
         connection_ms: value("average connection time = "),
+        transactions: value("number of transactions actually processed: ").unwrap_or(f64::NAN),
     })
 }
 
@@ -622,6 +624,66 @@ fn idle_session(tools: &PgTools, path: &PgPath) -> Result<Child, String> {
         return Err(format!("idle psql session did not log in (read {line:?})"));
     }
     Ok(child)
+}
+
+/// (ppid, own ticks, reaped children's ticks) from /proc/PID/stat.
+fn proc_ticks(pid: &str) -> Option<(u32, u64, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let n = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some((n(1)? as u32, n(11)? + n(12)?, n(13)? + n(14)?))
+}
+
+/// Where the CPU of one pgbench run went, in clock ticks: PostgreSQL (the postmaster, its
+/// live backends, and the ones it reaped), the proxy process, and the clients this bench
+/// reaped (pgbench).
+struct PgCpu {
+    postmaster: Option<u32>,
+    proxies: Vec<Option<u32>>,
+}
+
+impl PgCpu {
+    fn sample(&self, path: usize) -> [u64; 3] {
+        let pg = self.postmaster.map_or(0, |pm| {
+            let (_, own, reaped) = proc_ticks(&pm.to_string()).unwrap_or_default();
+            let live: u64 = fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+                .filter_map(|e| proc_ticks(e.file_name().to_str()?))
+                .filter(|(ppid, _, _)| *ppid == pm)
+                .map(|(_, own, _)| own)
+                .sum();
+            own + reaped + live
+        });
+        let proxy = self.proxies[path]
+            .and_then(|p| proc_ticks(&p.to_string()))
+            .map_or(0, |(_, own, _)| own);
+        let client = proc_ticks("self").map_or(0, |(_, _, reaped)| reaped);
+        [pg, proxy, client]
+    }
+}
+
+/// The postmaster's pid, from the postmaster.pid file somewhere below the harness's dir.
+fn postmaster_pid(pg: &Postgres) -> Option<u32> {
+    let mut dirs = vec![pg.dir.path().to_path_buf()];
+    for _ in 0..3 {
+        let mut next = Vec::new();
+        for d in dirs {
+            if let Ok(text) = fs::read_to_string(d.join("postmaster.pid")) {
+                return text.lines().next()?.trim().parse().ok();
+            }
+            next.extend(
+                fs::read_dir(&d)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.is_dir()),
+            );
+        }
+        dirs = next;
+    }
+    None
 }
 
 fn rss_kib(pid: u32) -> Result<f64, String> {
@@ -766,13 +828,31 @@ fn pg_bench(
         v.extend(["-T".to_string(), t.clone()]);
         v
     };
+    let cpu = PgCpu {
+        postmaster: postmaster_pid(pg),
+        proxies: vec![
+            None,
+            bouncer.as_ref().ok().and_then(PgBouncer::pid),
+            gw.pid(),
+        ],
+    };
+    let cpu_rows: std::cell::RefCell<Vec<(String, Vec<Vec<Cell>>)>> = Default::default();
+    // One pgbench run, with the CPU it cost per transaction (µs: PostgreSQL, proxy, client).
+    let timed_pgbench = |i: usize, a: &[String]| -> Result<(PgbenchOut, [f64; 3]), String> {
+        let before = cpu.sample(i);
+        let r = pgbench(tools, &paths[i], a);
+        let after = cpu.sample(i);
+        settle_pg(i);
+        let r = r?;
+        let per = |k: usize| after[k].saturating_sub(before[k]) as f64 * 10_000.0 / r.transactions;
+        let split = [per(0), per(1), per(2)];
+        Ok((r, split))
+    };
     let run_pgbench = |label: &str, a: &[&str], bar: f64, rows: &mut Vec<Row>| {
         let a = args(a);
-        let cells = measure(mode, label, &absent, 2, |i| {
-            let r = pgbench(tools, &paths[i], &a);
-            settle_pg(i);
-            let r = r?;
-            Ok(vec![r.tps, r.latency_ms * 1000.0])
+        let cells = measure(mode, label, &absent, 5, |i| {
+            let (r, c) = timed_pgbench(i, &a)?;
+            Ok(vec![r.tps, r.latency_ms * 1000.0, c[0], c[1], c[2]])
         });
         let mut it = cells.into_iter();
         rows.push(Row {
@@ -782,7 +862,11 @@ fn pg_bench(
             cells: it.next().unwrap(),
             bar: Some(Bar::RatioAtLeast(bar)),
         });
-        it.next().unwrap()
+        let latency = it.next().unwrap();
+        cpu_rows
+            .borrow_mut()
+            .push((label.to_string(), it.collect()));
+        latency
     };
     let latency = run_pgbench(
         "1 client",
@@ -824,11 +908,15 @@ fn pg_bench(
 
     // New connection per transaction: connections/s is the TPS.
     let a = args(&["-n", "-S", "-C", "-c", "4", "-j", "2"]);
-    let cells = measure(mode, "new connection per transaction", &absent, 2, |i| {
-        let r = pgbench(tools, &paths[i], &a);
-        settle_pg(i);
-        let r = r?;
-        Ok(vec![r.tps, r.connection_ms.unwrap_or(f64::NAN)])
+    let cells = measure(mode, "new connection per transaction", &absent, 5, |i| {
+        let (r, c) = timed_pgbench(i, &a)?;
+        Ok(vec![
+            r.tps,
+            r.connection_ms.unwrap_or(f64::NAN),
+            c[0],
+            c[1],
+            c[2],
+        ])
     });
     let mut it = cells.into_iter();
     rows.push(Row {
@@ -845,6 +933,9 @@ fn pg_bench(
         cells: it.next().unwrap(),
         bar: None,
     });
+    cpu_rows
+        .borrow_mut()
+        .push(("new connection per transaction".to_string(), it.collect()));
 
     let rows_n = mode.copy_rows;
     let mib = (rows_n * 1024) >> 20;
@@ -865,12 +956,39 @@ fn pg_bench(
     // The issue's order: memory last.
     let memory = rows.remove(0);
     rows.push(memory);
+    let mut cpu_table = String::from(
+        "CPU per transaction (µs, medians; from /proc, 10 ms ticks): PostgreSQL (postmaster and \
+         backends) + proxy + client (pgbench) = total\n\n| workload |",
+    );
+    for p in &paths {
+        cpu_table.push_str(&format!(" {} |", p.name));
+    }
+    cpu_table.push_str("\n|---|");
+    cpu_table.push_str(&"---|".repeat(paths.len()));
+    for (label, parts) in cpu_rows.borrow().iter() {
+        cpu_table.push_str(&format!("\n| {label} |"));
+        for i in 0..paths.len() {
+            let m: Vec<Option<f64>> = (0..3)
+                .map(|k| parts.get(k).and_then(|c| c.get(i)).and_then(Cell::median))
+                .collect();
+            match (m[0], m[1], m[2]) {
+                (Some(a), Some(b), Some(c)) if i == 0 => {
+                    cpu_table.push_str(&format!(" {a:.0} + — + {c:.0} = {:.0} |", a + b + c))
+                }
+                (Some(a), Some(b), Some(c)) => {
+                    cpu_table.push_str(&format!(" {a:.0} + {b:.0} + {c:.0} = {:.0} |", a + b + c))
+                }
+                _ => cpu_table.push_str(" — |"),
+            }
+        }
+    }
     let mut notes = vec![format!(
         "{} rounds, path order rotating per round; cells: median (min–max); ratio = path / direct \
          (for µs, ms and KiB rows: also the difference). pgbench -T {}, scale {}; PostgreSQL: \
          fsync off, synchronous_commit off, shared_buffers 256MB, no statement logging.",
         mode.rounds, mode.pg_secs, mode.pg_scale
     )];
+    notes.push(cpu_table);
     if mode.quick {
         notes.push("Quick mode: 1 s pgbench runs and a 128 MiB COPY; the issue's bars are for the full run.".to_string());
     }
@@ -1535,7 +1653,12 @@ fn compilers() -> usize {
         .flatten()
         .filter_map(|e| e.ok())
         .filter_map(|e| fs::read_to_string(e.path().join("comm")).ok())
-        .filter(|c| matches!(c.trim(), "rustc" | "cc1" | "cc1plus" | "ld" | "ld.lld" | "rust-lld"))
+        .filter(|c| {
+            matches!(
+                c.trim(),
+                "rustc" | "cc1" | "cc1plus" | "ld" | "ld.lld" | "rust-lld"
+            )
+        })
         .count()
 }
 

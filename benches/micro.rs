@@ -76,14 +76,17 @@ fn audit_decode(c: &mut Criterion) {
     let answer = select_answer();
     let mut decoder = PgDecoder::new(PgAuditOptions::default());
     let mut events = Vec::new();
-    c.bench_function("audit: decode one pgbench -S exchange (query + answer)", |b| {
-        b.iter(|| {
-            events.clear();
-            decoder.client(black_box(&query), &mut events);
-            decoder.upstream(black_box(&answer), &mut events);
-            black_box(events.len())
-        })
-    });
+    c.bench_function(
+        "audit: decode one pgbench -S exchange (query + answer)",
+        |b| {
+            b.iter(|| {
+                events.clear();
+                decoder.client(black_box(&query), &mut events);
+                decoder.upstream(black_box(&answer), &mut events);
+                black_box(events.len())
+            })
+        },
+    );
 }
 
 fn policy_eval(c: &mut Criterion) {
@@ -139,7 +142,13 @@ fn verifier(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function(
         "SCRAM-SHA-256 verifier for CREATE ROLE (4096 PBKDF2 iterations)",
-        |b| b.iter(|| black_box(postgres_protocol::password::scram_sha_256(black_box(password.as_bytes())))),
+        |b| {
+            b.iter(|| {
+                black_box(postgres_protocol::password::scram_sha_256(black_box(
+                    password.as_bytes(),
+                )))
+            })
+        },
     );
     group.finish();
 }
