@@ -39,6 +39,7 @@ grants:
   - name: web-ops
     subjects: { groups: [ops] }
     targets: [web-1]
+    ssh: {}
 ";
 
 /// What every path gets: no user config, no host key prompts, never a password prompt, and
