@@ -1680,7 +1680,7 @@ impl LoadSampler {
         let thread = std::thread::spawn(move || {
             let mut tick = 0u32;
             while !s.load(Ordering::Relaxed) {
-                if tick % 20 == 0 {
+                if tick.is_multiple_of(20) {
                     if let Some(l) = loadavg()
                         .split_whitespace()
                         .next()
