@@ -4,6 +4,7 @@
 //! advisory lock on the target and asks about other instances' locks.
 
 mod liveness;
+pub mod verifier;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -181,7 +182,7 @@ impl PgProvisioner {
         let admin = admin?;
         let expires_at = SystemTime::now() + grant.max_session();
         // The server only ever sees the SCRAM verifier: the plaintext cannot land in its logs.
-        let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
+        let verifier = verifier::scram_verifier(password.expose().as_bytes());
         let marker = Marker::render(
             &self.instance_id,
             &id,
@@ -608,9 +609,18 @@ fn admin_tls(t: &PgTarget) -> Result<AdminTls, AdminConnect> {
     })
 }
 
-/// `-c` options for every admin session, so that no admin statement can hang (issue 7 item 10).
+/// `-c` options for every admin session: no admin statement can hang (issue 7 item 10), and
+/// its commits do not wait for the WAL flush (`synchronous_commit=off`; a committed CREATE
+/// ROLE is visible to the gateway's login at once either way). What that risks is a server
+/// crash within the WAL writer's delay (a fraction of a second) forgetting a commit: a role
+/// created then is gone (its session had not started), and a drop forgotten then brings the
+/// role back unused, its password known to no one and expiring two minutes after its
+/// creation, for the reaper to drop on its next pass like any account without a live lease.
 fn admin_options() -> String {
-    format!("-c statement_timeout={ADMIN_STATEMENT_TIMEOUT} -c lock_timeout={ADMIN_LOCK_TIMEOUT}")
+    format!(
+        "-c statement_timeout={ADMIN_STATEMENT_TIMEOUT} -c lock_timeout={ADMIN_LOCK_TIMEOUT} \
+         -c synchronous_commit=off"
+    )
 }
 
 fn spawn_connection<S, T>(conn: tokio_postgres::Connection<S, T>)
