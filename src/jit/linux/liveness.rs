@@ -18,6 +18,7 @@ use super::{admin_shell, LinuxProvisioner};
 use crate::jit::liveness::{
     Backoff, FailureLog, LivenessSender, Owner, Release, ACQUIRE_TIMEOUT, PROBE_TIMEOUT,
 };
+use crate::jit::provisioner::Provisioner;
 use crate::ssh::client::{connect_pinned, PinnedHost};
 
 /// How long a clean stop waits for the watchdog to acknowledge `bye` (its channel closing).
@@ -90,7 +91,7 @@ impl LinuxProvisioner {
     /// Whether the target shows no account of this instance (checked within
     /// [`PROBE_TIMEOUT`]); only then may the watchdog stand down at once.
     async fn none_left(&self) -> bool {
-        match tokio::time::timeout(PROBE_TIMEOUT, self.managed_accounts()).await {
+        match tokio::time::timeout(PROBE_TIMEOUT, self.managed()).await {
             Ok(Ok(accounts)) => !accounts
                 .iter()
                 .any(|a| a.marker.instance == self.instance_id),
@@ -172,7 +173,7 @@ impl LinuxProvisioner {
     /// Asks the target, for each of `instances` (never this instance's own), whether its
     /// liveness lock is free. One exec for all of them, within [`PROBE_TIMEOUT`]; anything
     /// that goes wrong makes the answers [`Owner::Unknown`].
-    pub async fn probe_instances(&self, instances: &[&str]) -> HashMap<String, Owner> {
+    pub(super) async fn probe_locks(&self, instances: &[&str]) -> HashMap<String, Owner> {
         let mut answers: HashMap<String, Owner> = instances
             .iter()
             .map(|i| (i.to_string(), Owner::Unknown))

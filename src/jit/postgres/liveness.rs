@@ -130,7 +130,7 @@ impl PgProvisioner {
     /// liveness lock is free. A lock that is free is taken and released in the same statement,
     /// so the prober never keeps it; a statement that fails or times out costs its session
     /// (closed, not pooled), so an interrupted probe cannot keep a lock either.
-    pub async fn probe_instances(&self, instances: &[&str]) -> HashMap<String, Owner> {
+    pub(super) async fn probe_locks(&self, instances: &[&str]) -> HashMap<String, Owner> {
         let mut answers: HashMap<String, Owner> = instances
             .iter()
             .map(|i| (i.to_string(), Owner::Unknown))
