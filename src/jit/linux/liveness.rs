@@ -7,17 +7,16 @@
 //! Other instances' reapers ask about the lock with [`script::PROBE`].
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use russh::client::{Handle, Msg};
 use russh::{Channel, ChannelMsg};
 
 use super::script::{self, Vars};
 use super::{admin_shell, LinuxProvisioner};
-use crate::jit::liveness::{
-    Backoff, FailureLog, LivenessSender, Owner, Release, ACQUIRE_TIMEOUT, PROBE_TIMEOUT,
-};
+use crate::jit::liveness::{hold, LivenessSender, LockHolder, Owner, Release, PROBE_TIMEOUT};
 use crate::jit::provisioner::Provisioner;
 use crate::ssh::client::{connect_pinned, PinnedHost};
 
@@ -39,53 +38,11 @@ impl LinuxProvisioner {
         held: LivenessSender,
         release: Release,
     ) {
-        let name = self.target.name.clone();
-        let mut backoff = Backoff::default();
-        let mut failures = FailureLog::default();
-        let mut lost_once = false;
-        loop {
-            let attempt = tokio::select! {
-                attempt = tokio::time::timeout(ACQUIRE_TIMEOUT, self.take_liveness_lock(grace)) => attempt,
-                () = release.stop.cancelled() => return,
-            };
-            match attempt {
-                Ok(Ok(mut holder)) => {
-                    held.set(true);
-                    failures.held(&name, lost_once);
-                    let since = Instant::now();
-                    let why = tokio::select! {
-                        why = watch_channel(&mut holder.channel) => why,
-                        () = release.stop.cancelled() => {
-                            held.set(false);
-                            if release.is_clean() && self.none_left().await {
-                                say_bye(&mut holder.channel).await;
-                            }
-                            // Otherwise the connection just closes: the watchdog waits its
-                            // grace and removes what this instance left on the target.
-                            return;
-                        }
-                    };
-                    held.set(false);
-                    lost_once = true;
-                    tracing::warn!(target_name = %name, reason = %crate::logsafe::diagnostic(&why), grace_s = grace.as_secs_f64(), "liveness lock lost (its admin exec ended); taking it again — meanwhile other instances may reap this instance's accounts on the target, and its watchdog removes them after the grace");
-                    if since.elapsed() >= Backoff::STEADY {
-                        backoff.reset();
-                    }
-                }
-                Ok(Err(reason)) => failures.failed(&name, &reason),
-                Err(_) => failures.failed(
-                    &name,
-                    &format!(
-                        "taking the lock did not finish within {}s",
-                        ACQUIRE_TIMEOUT.as_secs()
-                    ),
-                ),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(backoff.next_delay()) => {}
-                () = release.stop.cancelled() => return,
-            }
-        }
+        let watchdog = Watchdog {
+            provisioner: &self,
+            grace,
+        };
+        hold(&watchdog, held, release).await;
     }
 
     /// Whether the target shows no account of this instance (checked within
@@ -216,6 +173,41 @@ impl LinuxProvisioner {
             }
         }
         answers
+    }
+}
+
+/// The lock as a `flock` held by the watchdog exec, which removes what is left after `grace`
+/// once its connection ends.
+struct Watchdog<'a> {
+    provisioner: &'a LinuxProvisioner,
+    grace: Duration,
+}
+
+impl LockHolder for Watchdog<'_> {
+    type Held = Holder;
+
+    fn target_name(&self) -> &str {
+        &self.provisioner.target.name
+    }
+
+    fn take(&self) -> impl Future<Output = Result<Holder, String>> + Send {
+        self.provisioner.take_liveness_lock(self.grace)
+    }
+
+    fn watch(holder: &mut Holder) -> impl Future<Output = String> + Send {
+        watch_channel(&mut holder.channel)
+    }
+
+    async fn let_go(&self, mut holder: Holder, release: &Release) {
+        if release.is_clean() && self.provisioner.none_left().await {
+            say_bye(&mut holder.channel).await;
+        }
+        // Otherwise the connection just closes: the watchdog waits its grace and removes
+        // what this instance left on the target.
+    }
+
+    fn log_lost(&self, why: &str) {
+        tracing::warn!(target_name = %self.provisioner.target.name, reason = %crate::logsafe::diagnostic(why), grace_s = self.grace.as_secs_f64(), "liveness lock lost (its admin exec ended); taking it again — meanwhile other instances may reap this instance's accounts on the target, and its watchdog removes them after the grace");
     }
 }
 
