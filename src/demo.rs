@@ -17,7 +17,7 @@ use crate::certs::CertError;
 use crate::config::{Config, ConfigError, Target};
 use crate::jit::linux::{LinuxError, LinuxProvisioner};
 use crate::jit::postgres::{JitError, PgProvisioner};
-use crate::jit::reaper::{reap_linux, reap_postgres};
+use crate::jit::reaper::reap;
 use crate::sandbox::postgres as pg_sandbox;
 use crate::sandbox::sshd::SSHD;
 use crate::sandbox::{is_root, which, SandboxError};
@@ -289,12 +289,12 @@ async fn final_reap(config: &Config) -> Vec<String> {
         let report = match target {
             Target::Postgres(t) => {
                 let provisioner = PgProvisioner::new(t.clone(), config.instance_id.clone());
-                reap_postgres(&provisioner, &config.instance_id, |_| false)
+                reap(&*provisioner, &config.instance_id, |_| false)
                     .await
                     .map_err(|e: JitError| e.to_string())
             }
             Target::Ssh(t) => match LinuxProvisioner::new(t.clone(), config.instance_id.clone()) {
-                Ok(provisioner) => reap_linux(&provisioner, &config.instance_id, |_| false)
+                Ok(provisioner) => reap(&*provisioner, &config.instance_id, |_| false)
                     .await
                     .map_err(|e: LinuxError| e.to_string()),
                 Err(e) => Err(e.to_string()),

@@ -981,7 +981,7 @@ async fn reap(config: jitgate::config::Config) -> anyhow::Result<bool> {
                     config.instance_id.clone(),
                 );
                 let busy = provisioner.roles_with_backends().await?;
-                jitgate::jit::reaper::reap_postgres(&provisioner, &config.instance_id, |r| {
+                jitgate::jit::reaper::reap(&*provisioner, &config.instance_id, |r| {
                     busy.contains(&r.role)
                 })
                 .await?
@@ -991,10 +991,8 @@ async fn reap(config: jitgate::config::Config) -> anyhow::Result<bool> {
                     t.clone(),
                     config.instance_id.clone(),
                 )?;
-                jitgate::jit::reaper::reap_linux(&provisioner, &config.instance_id, |a| {
-                    a.has_processes
-                })
-                .await?
+                jitgate::jit::reaper::reap(&*provisioner, &config.instance_id, |a| a.has_processes)
+                    .await?
             }
         };
         for account in &report.dropped {

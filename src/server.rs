@@ -19,7 +19,8 @@ use crate::control::socket::ControlSocket;
 use crate::jit::linux::{LinuxError, LinuxProvisioner};
 use crate::jit::liveness::{Liveness, Release};
 use crate::jit::postgres::PgProvisioner;
-use crate::jit::reaper::{reap_linux, reap_postgres, LiveLeases, ReapReport};
+use crate::jit::reaper::{reap, LiveLeases, ReapReport};
+use crate::jit::{Managed, Provisioner};
 use crate::limits::{Limits, Throttled};
 use crate::pg::cancel::{CancelRegistry, PeerRouter};
 use crate::pg::session::PgContext;
@@ -556,40 +557,37 @@ impl TargetFaults {
 /// each within `REAP_PASS_DEADLINE`.
 async fn reap_all(ctx: &Arc<PgContext>, ssh: Option<&Arc<SshContext>>, faults: &TargetFaults) {
     let mut passes = tokio::task::JoinSet::new();
-    let timed_out = || format!("no answer within {}s", REAP_PASS_DEADLINE.as_secs());
     for (name, (_, provisioner)) in &ctx.targets {
-        let (ctx, name, provisioner) = (ctx.clone(), name.clone(), provisioner.clone());
-        passes.spawn(async move {
-            let pass = reap_postgres(&provisioner, &ctx.instance_id, |role| {
-                ctx.live.contains(&role.marker.lease)
-            });
-            let report = match tokio::time::timeout(REAP_PASS_DEADLINE, pass).await {
-                Ok(report) => report.map_err(|e| e.to_string()),
-                Err(_) => Err(timed_out()),
-            };
-            audit_reaped(&ctx.audit, &name, &report).await;
-            (name, report)
-        });
+        passes.spawn(reap_target(ctx.clone(), name.clone(), provisioner.clone()));
     }
     for (name, (_, provisioner)) in ssh.map(|s| &s.targets).into_iter().flatten() {
-        let (ctx, name, provisioner) = (ctx.clone(), name.clone(), provisioner.clone());
-        passes.spawn(async move {
-            let pass = reap_linux(&provisioner, &ctx.instance_id, |account| {
-                ctx.live.contains(&account.marker.lease)
-            });
-            let report = match tokio::time::timeout(REAP_PASS_DEADLINE, pass).await {
-                Ok(report) => report.map_err(|e| e.to_string()),
-                Err(_) => Err(timed_out()),
-            };
-            audit_reaped(&ctx.audit, &name, &report).await;
-            (name, report)
-        });
+        passes.spawn(reap_target(ctx.clone(), name.clone(), provisioner.clone()));
     }
     while let Some(done) = passes.join_next().await {
         if let Ok((name, report)) = done {
             faults.record(&name, report);
         }
     }
+}
+
+/// One target's pass within `REAP_PASS_DEADLINE`, its reaped accounts audited.
+async fn reap_target<P: Provisioner>(
+    ctx: Arc<PgContext>,
+    name: String,
+    provisioner: Arc<P>,
+) -> (String, Result<ReapReport, String>) {
+    let pass = reap(&*provisioner, &ctx.instance_id, |account| {
+        ctx.live.contains(&account.marker().lease)
+    });
+    let report = match tokio::time::timeout(REAP_PASS_DEADLINE, pass).await {
+        Ok(report) => report.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {}s",
+            REAP_PASS_DEADLINE.as_secs()
+        )),
+    };
+    audit_reaped(&ctx.audit, &name, &report).await;
+    (name, report)
 }
 
 async fn audit_reaped<E>(audit: &Audit, target: &str, report: &Result<ReapReport, E>) {

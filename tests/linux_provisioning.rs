@@ -18,7 +18,8 @@ use jitgate::config::{Config, HostKeySource, SshTarget, Target};
 use jitgate::identity::Identity;
 use jitgate::jit::lease::{LeaseId, Marker};
 use jitgate::jit::linux::{LinuxError, LinuxLease, LinuxProvisioner};
-use jitgate::jit::reaper::reap_linux;
+use jitgate::jit::reaper::reap;
+use jitgate::jit::{ProvisionError, Provisioner};
 use jitgate::policy::{evaluate, AccessRequest, Grant, HomeMode, PolicySet};
 use jitgate::secret::Secret;
 use jitgate::ssh::client::{connect_pinned, exec, ExecOutput, SshClientError};
@@ -405,7 +406,7 @@ fn accounts_outside_the_lease_or_the_group_are_never_touched() {
         };
 
         // A reaper pass that considers nothing live, and a drop of "its" lease.
-        let report = reap_linux(&env.prov, &env.sshd.instance_id, |_| false)
+        let report = reap(&*env.prov, &env.sshd.instance_id, |_| false)
             .await
             .unwrap();
         assert!(!report.dropped.iter().any(|a| a == FAKE), "{report:?}");
@@ -498,7 +499,7 @@ fn the_reaper_removes_dead_leases_and_keeps_live_ones() {
         carl.groups.push("eph".to_string());
         let live = env.mint(&carl, "web-ops").await;
         let dead = env.mint(&carl, "web-eph").await;
-        let accounts = env.prov.managed_accounts().await.unwrap();
+        let accounts = env.prov.managed().await.unwrap();
         let ours: Vec<_> = accounts
             .iter()
             .filter(|a| a.marker.instance == env.sshd.instance_id)
@@ -506,7 +507,7 @@ fn the_reaper_removes_dead_leases_and_keeps_live_ones() {
         assert_eq!(ours.len(), 2, "{accounts:?}");
 
         let live_id = live.id.as_str().to_string();
-        let report = reap_linux(&env.prov, &env.sshd.instance_id, |a| {
+        let report = reap(&*env.prov, &env.sshd.instance_id, |a| {
             a.marker.lease == live_id
         })
         .await

@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 use super::{policy, Mode, Needs, Section};
 use crate::config::{PasswordSource, PgTarget, UpstreamTls};
 use crate::jit::postgres::{AdminConnect, JitError, PgProvisioner};
-use crate::jit::LeaseId;
+use crate::jit::{LeaseId, Provisioner};
 use crate::pg::upstream::{self, UpstreamError};
 use crate::policy::{Grant, TargetKind};
 use crate::secret::Secret;

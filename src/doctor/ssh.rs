@@ -16,7 +16,7 @@ use super::{policy, Mode, Needs, Section};
 use crate::config::SshTarget;
 use crate::jit::lease::Marker;
 use crate::jit::linux::{is_account_name, shell_quote, LinuxProvisioner};
-use crate::jit::LeaseId;
+use crate::jit::{LeaseId, Provisioner};
 use crate::policy::TargetKind;
 use crate::ssh::client::{connect_pinned, exec, PinnedHost, SshClientError};
 

@@ -25,6 +25,7 @@ mod liveness;
 mod names;
 mod script;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -40,10 +41,11 @@ pub use script::shell_quote;
 use self::names::HomeKind;
 use self::script::{output_value, output_values, Vars};
 use super::lease::{LeaseId, Marker};
-use super::liveness::Liveness;
+use super::liveness::{Liveness, Owner};
+use super::provisioner::{Managed, ProvisionError, Provisioner};
 use crate::config::SshTarget;
 use crate::identity::Identity;
-use crate::policy::{Grant, HomeMode};
+use crate::policy::{Grant, HomeMode, TargetKind};
 use crate::secret::Secret;
 use crate::ssh::client::{connect_pinned, exec, ExecOutput, PinnedHost, SshClientError};
 
@@ -96,9 +98,8 @@ pub enum LinuxError {
     KeyGeneration(String),
 }
 
-impl LinuxError {
-    /// Worth retrying later (the target may come back), as opposed to a refusal that repeats.
-    pub fn is_transient(&self) -> bool {
+impl ProvisionError for LinuxError {
+    fn is_transient(&self) -> bool {
         match self {
             LinuxError::Client(e) => e.is_transient(),
             LinuxError::Channel { .. } | LinuxError::Timeout { .. } => true,
@@ -388,52 +389,6 @@ impl LinuxProvisioner {
         })
     }
 
-    /// Kills the account's processes, removes it (and its sudoers file) and locks its
-    /// persistent home away or deletes its ephemeral one. An account that is already gone is
-    /// success; one not marked as this lease's is refused with [`LinuxError::NotOurs`].
-    pub async fn drop_lease(&self, lease: &LinuxLease) -> Result<(), LinuxError> {
-        self.remove(
-            &lease.user,
-            lease.uid,
-            &lease.home,
-            &self.instance_id,
-            lease.id.as_str(),
-        )
-        .await
-    }
-
-    /// `drop_lease`, retried with backoff for about a minute while the target is unreachable.
-    pub async fn drop_with_retry(&self, lease: &LinuxLease) -> Result<(), LinuxError> {
-        let what = format!("removing {} on {}", lease.user, self.target.name);
-        super::retry_transient(&what, LinuxError::is_transient, || self.drop_lease(lease)).await
-    }
-
-    /// Members of group `jitgate` whose comment carries a valid marker (any instance).
-    pub async fn managed_accounts(&self) -> Result<Vec<ManagedAccount>, LinuxError> {
-        const OP: &str = "listing JIT accounts";
-        let out = self
-            .run_script(OP, script::build(&Vars::default(), script::LIST))
-            .await?;
-        if !out.success() {
-            return Err(self.script_error(OP, &out));
-        }
-        Ok(parse_members(&out.stdout_text()))
-    }
-
-    /// Removes a managed account found by the reaper. The caller decided it has no live session.
-    /// The removal script checks the marker of the instance that owns it (another instance's,
-    /// when the reaper takes a dead or long-expired replica's account).
-    pub async fn reap_account(&self, account: &ManagedAccount) -> Result<(), LinuxError> {
-        self.remove(
-            &account.name,
-            account.uid,
-            &account.home,
-            &account.marker.instance,
-            &account.marker.lease,
-        )
-        .await
-    }
-
     async fn remove(
         &self,
         account: &str,
@@ -563,6 +518,78 @@ impl LinuxProvisioner {
                 message
             },
         }
+    }
+}
+
+impl Managed for ManagedAccount {
+    fn marker(&self) -> &Marker {
+        &self.marker
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Provisioner for LinuxProvisioner {
+    type Error = LinuxError;
+    type Lease = LinuxLease;
+    type Account = ManagedAccount;
+    const KIND: TargetKind = TargetKind::Ssh;
+
+    fn target_name(&self) -> &str {
+        &self.target.name
+    }
+
+    /// Kills the account's processes, removes it (and its sudoers file) and locks its
+    /// persistent home away or deletes its ephemeral one. An account that is already gone is
+    /// success; one not marked as this lease's is refused with [`LinuxError::NotOurs`].
+    async fn drop_lease(&self, lease: &LinuxLease) -> Result<(), LinuxError> {
+        self.remove(
+            &lease.user,
+            lease.uid,
+            &lease.home,
+            &self.instance_id,
+            lease.id.as_str(),
+        )
+        .await
+    }
+
+    fn describe_drop(&self, lease: &LinuxLease) -> String {
+        format!("removing {} on {}", lease.user, self.target.name)
+    }
+
+    /// Members of group `jitgate` whose comment carries a valid marker (any instance).
+    async fn managed(&self) -> Result<Vec<ManagedAccount>, LinuxError> {
+        const OP: &str = "listing JIT accounts";
+        let out = self
+            .run_script(OP, script::build(&Vars::default(), script::LIST))
+            .await?;
+        if !out.success() {
+            return Err(self.script_error(OP, &out));
+        }
+        Ok(parse_members(&out.stdout_text()))
+    }
+
+    /// Removes a managed account found by the reaper. The caller decided it has no live session.
+    /// The removal script checks the marker of the instance that owns it (another instance's,
+    /// when the reaper takes a dead or long-expired replica's account).
+    async fn reap(&self, account: &ManagedAccount) -> Result<(), LinuxError> {
+        self.remove(
+            &account.name,
+            account.uid,
+            &account.home,
+            &account.marker.instance,
+            &account.marker.lease,
+        )
+        .await
+    }
+
+    fn probe_instances(
+        &self,
+        instances: &[&str],
+    ) -> impl std::future::Future<Output = HashMap<String, Owner>> + Send {
+        self.probe_locks(instances)
     }
 }
 

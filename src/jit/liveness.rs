@@ -7,11 +7,12 @@
 //!
 //! This file holds what both kinds share: the answer of a probe ([`Owner`]), the holder's
 //! state as the rest of the gateway sees it ([`Liveness`]), the PostgreSQL lock key, and the
-//! backoff of a holder that lost its lock.
+//! holder's loop ([`hold`]: take the lock, watch it, take it again with backoff when lost).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -185,6 +186,76 @@ impl FailureLog {
             tracing::info!(target_name = %target, "liveness lock held");
         }
         self.last = None;
+    }
+}
+
+/// How one kind of target holds this instance's lock: what [`hold`] needs of it.
+pub trait LockHolder: Send + Sync {
+    /// What keeps the lock while it lives (an admin session, a long-lived exec).
+    type Held: Send;
+
+    fn target_name(&self) -> &str;
+
+    /// Takes the lock: a new hold on it, or why not.
+    fn take(&self) -> impl Future<Output = Result<Self::Held, String>> + Send;
+
+    /// Waits until the hold ends or stops answering; why.
+    fn watch(held: &mut Self::Held) -> impl Future<Output = String> + Send;
+
+    /// The gateway stops while the lock is held: lets it go (dropping `held` ends it).
+    fn let_go(&self, held: Self::Held, release: &Release) -> impl Future<Output = ()> + Send;
+
+    /// Logs that a held lock was lost, and why.
+    fn log_lost(&self, why: &str);
+}
+
+/// Holds this instance's lock through `holder` until `release` says stop, and tells `held`
+/// whenever that changes: each attempt within [`ACQUIRE_TIMEOUT`], a lost or refused lock
+/// taken again after [`Backoff`], each new reason for failing logged once ([`FailureLog`]).
+/// Runs for the gateway's life (`serve` spawns one per target).
+pub async fn hold<H: LockHolder>(holder: &H, held: LivenessSender, release: Release) {
+    let name = holder.target_name();
+    let mut backoff = Backoff::default();
+    let mut failures = FailureLog::default();
+    let mut lost_once = false;
+    loop {
+        let attempt = tokio::select! {
+            attempt = tokio::time::timeout(ACQUIRE_TIMEOUT, holder.take()) => attempt,
+            () = release.stop.cancelled() => return,
+        };
+        match attempt {
+            Ok(Ok(mut hold)) => {
+                held.set(true);
+                failures.held(name, lost_once);
+                let since = Instant::now();
+                let why = tokio::select! {
+                    why = H::watch(&mut hold) => why,
+                    () = release.stop.cancelled() => {
+                        held.set(false);
+                        holder.let_go(hold, &release).await;
+                        return;
+                    }
+                };
+                held.set(false);
+                lost_once = true;
+                holder.log_lost(&why);
+                if since.elapsed() >= Backoff::STEADY {
+                    backoff.reset();
+                }
+            }
+            Ok(Err(reason)) => failures.failed(name, &reason),
+            Err(_) => failures.failed(
+                name,
+                &format!(
+                    "taking the lock did not finish within {}s",
+                    ACQUIRE_TIMEOUT.as_secs()
+                ),
+            ),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = release.stop.cancelled() => return,
+        }
     }
 }
 

@@ -7,10 +7,12 @@ pub mod lease;
 pub mod linux;
 pub mod liveness;
 pub mod postgres;
+pub mod provisioner;
 pub mod reaper;
 
 pub use lease::{LeaseId, PgLease};
 pub use linux::LinuxLease;
+pub use provisioner::{Managed, ProvisionError, Provisioner};
 
 use std::future::Future;
 use std::time::Duration;

@@ -15,10 +15,11 @@ use tokio_postgres::Client;
 
 use super::admin_login::{AdminTls, AuthGuard, LoginRefusal};
 use super::lease::{random_password, random_suffix, LeaseId, Marker, PgLease};
-use super::liveness::Liveness;
+use super::liveness::{Liveness, Owner};
+use super::provisioner::{Managed, ProvisionError, Provisioner};
 use crate::config::{PgTarget, UpstreamTls};
 use crate::identity::Identity;
-use crate::policy::Grant;
+use crate::policy::{Grant, TargetKind};
 use crate::secret::Secret;
 
 /// PostgreSQL's NAMEDATALEN - 1.
@@ -69,9 +70,8 @@ pub enum JitError {
     Tls { target: String, reason: String },
 }
 
-impl JitError {
-    /// Worth retrying later (the target may come back), as opposed to a refusal that will repeat.
-    pub fn is_transient(&self) -> bool {
+impl ProvisionError for JitError {
+    fn is_transient(&self) -> bool {
         match self {
             JitError::Unreachable { .. } => true,
             JitError::Sql { sqlstate, .. } => sqlstate.is_none(),
@@ -210,37 +210,6 @@ impl PgProvisioner {
         })
     }
 
-    /// Terminates the role's backends and drops it (objects it owns in the lease's database
-    /// first). A role that is already gone is success; one not marked as this lease's is refused.
-    pub async fn drop_lease(&self, lease: &PgLease) -> Result<(), JitError> {
-        let admin = self.admin(&lease.database).await?;
-        let comment = admin
-            .query_opt(
-                "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
-                &[&lease.role],
-            )
-            .await
-            .map_err(|e| self.sql("SELECT pg_roles", e))?;
-        let Some(row) = comment else {
-            self.put_back(&lease.database, admin);
-            return Ok(());
-        };
-        let comment: Option<String> = row.get(0);
-        let ours = comment
-            .as_deref()
-            .and_then(Marker::parse)
-            .is_some_and(|m| m.instance == self.instance_id && m.lease == lease.id.as_str());
-        if !ours {
-            return Err(JitError::NotOurs {
-                target: self.target.name.clone(),
-                role: lease.role.clone(),
-            });
-        }
-        self.terminate_and_drop(&admin, &lease.role).await?;
-        self.put_back(&lease.database, admin);
-        Ok(())
-    }
-
     /// Ends the lease's sessions on the target (used when its time is up); the role stays
     /// until `drop_lease`.
     pub async fn terminate_backends(&self, lease: &PgLease) -> Result<(), JitError> {
@@ -254,47 +223,6 @@ impl PgProvisioner {
             .await
             .map_err(|e| self.sql("pg_terminate_backend", e))?;
         self.put_back(&lease.database, admin);
-        Ok(())
-    }
-
-    /// `drop_lease`, retried with backoff for about a minute while the target is unreachable.
-    pub async fn drop_with_retry(&self, lease: &PgLease) -> Result<(), JitError> {
-        let what = format!("dropping {} on {}", lease.role, self.target.name);
-        super::retry_transient(&what, JitError::is_transient, || self.drop_lease(lease)).await
-    }
-
-    /// Every role on the target carrying a jitgate marker (any instance).
-    pub async fn managed_roles(&self) -> Result<Vec<ManagedRole>, JitError> {
-        let db = self.target.admin.database.clone();
-        let admin = self.admin(&db).await?;
-        let rows = admin
-            .query(
-                "SELECT rolname::text, shobj_description(oid, 'pg_authid') FROM pg_roles \
-                 WHERE shobj_description(oid, 'pg_authid') LIKE 'jitgate:managed %'",
-                &[],
-            )
-            .await
-            .map_err(|e| self.sql("SELECT pg_roles", e))?;
-        self.put_back(&db, admin);
-        Ok(rows
-            .iter()
-            .filter_map(|row| {
-                let role: String = row.get(0);
-                let comment: Option<String> = row.get(1);
-                comment
-                    .as_deref()
-                    .and_then(Marker::parse)
-                    .map(|marker| ManagedRole { role, marker })
-            })
-            .collect())
-    }
-
-    /// Drops a managed role found by the reaper. The caller decided it has no live session.
-    pub async fn reap_role(&self, role: &ManagedRole) -> Result<(), JitError> {
-        let db = self.target.admin.database.clone();
-        let admin = self.admin(&db).await?;
-        self.terminate_and_drop(&admin, &role.role).await?;
-        self.put_back(&db, admin);
         Ok(())
     }
 
@@ -492,6 +420,104 @@ impl PgProvisioner {
             addr: format!("{}:{}", t.host, t.port),
             reason,
         }
+    }
+}
+
+impl Managed for ManagedRole {
+    fn marker(&self) -> &Marker {
+        &self.marker
+    }
+
+    fn name(&self) -> &str {
+        &self.role
+    }
+}
+
+impl Provisioner for PgProvisioner {
+    type Error = JitError;
+    type Lease = PgLease;
+    type Account = ManagedRole;
+    const KIND: TargetKind = TargetKind::Postgres;
+
+    fn target_name(&self) -> &str {
+        &self.target.name
+    }
+
+    /// Terminates the role's backends and drops it (objects it owns in the lease's database
+    /// first). A role that is already gone is success; one not marked as this lease's is refused.
+    async fn drop_lease(&self, lease: &PgLease) -> Result<(), JitError> {
+        let admin = self.admin(&lease.database).await?;
+        let comment = admin
+            .query_opt(
+                "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+                &[&lease.role],
+            )
+            .await
+            .map_err(|e| self.sql("SELECT pg_roles", e))?;
+        let Some(row) = comment else {
+            self.put_back(&lease.database, admin);
+            return Ok(());
+        };
+        let comment: Option<String> = row.get(0);
+        let ours = comment
+            .as_deref()
+            .and_then(Marker::parse)
+            .is_some_and(|m| m.instance == self.instance_id && m.lease == lease.id.as_str());
+        if !ours {
+            return Err(JitError::NotOurs {
+                target: self.target.name.clone(),
+                role: lease.role.clone(),
+            });
+        }
+        self.terminate_and_drop(&admin, &lease.role).await?;
+        self.put_back(&lease.database, admin);
+        Ok(())
+    }
+
+    fn describe_drop(&self, lease: &PgLease) -> String {
+        format!("dropping {} on {}", lease.role, self.target.name)
+    }
+
+    /// Every role on the target carrying a jitgate marker (any instance).
+    async fn managed(&self) -> Result<Vec<ManagedRole>, JitError> {
+        let db = self.target.admin.database.clone();
+        let admin = self.admin(&db).await?;
+        let rows = admin
+            .query(
+                "SELECT rolname::text, shobj_description(oid, 'pg_authid') FROM pg_roles \
+                 WHERE shobj_description(oid, 'pg_authid') LIKE 'jitgate:managed %'",
+                &[],
+            )
+            .await
+            .map_err(|e| self.sql("SELECT pg_roles", e))?;
+        self.put_back(&db, admin);
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let role: String = row.get(0);
+                let comment: Option<String> = row.get(1);
+                comment
+                    .as_deref()
+                    .and_then(Marker::parse)
+                    .map(|marker| ManagedRole { role, marker })
+            })
+            .collect())
+    }
+
+    /// Drops a managed role found by the reaper. The caller decided it has no live session.
+    async fn reap(&self, role: &ManagedRole) -> Result<(), JitError> {
+        let db = self.target.admin.database.clone();
+        let admin = self.admin(&db).await?;
+        self.terminate_and_drop(&admin, &role.role).await?;
+        self.put_back(&db, admin);
+        Ok(())
+    }
+
+    fn probe_instances(
+        &self,
+        instances: &[&str],
+    ) -> impl std::future::Future<Output = HashMap<String, Owner>> + Send {
+        self.probe_locks(instances)
     }
 }
 

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use super::lease::{LeaseId, Marker};
-use super::linux::{LinuxError, LinuxProvisioner, ManagedAccount};
 use super::liveness::Owner;
-use super::postgres::{ManagedRole, PgProvisioner};
+use super::provisioner::{Managed, Provisioner};
+use crate::policy::TargetKind;
 
 /// A lease registered in [`LiveLeases`] while this guard lives.
 #[derive(Debug)]
@@ -72,23 +72,6 @@ impl LiveLeases {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// An account found on a target with a jitgate marker (a Postgres role, a Linux user).
-pub trait Managed {
-    fn marker(&self) -> &Marker;
-}
-
-impl Managed for ManagedRole {
-    fn marker(&self) -> &Marker {
-        &self.marker
-    }
-}
-
-impl Managed for ManagedAccount {
-    fn marker(&self) -> &Marker {
-        &self.marker
     }
 }
 
@@ -191,7 +174,7 @@ pub struct Reaped {
 }
 
 impl Reaped {
-    fn of(account: &str, marker: &super::lease::Marker, why: Why) -> Reaped {
+    fn of(account: &str, marker: &Marker, why: Why) -> Reaped {
         Reaped {
             account: account.to_string(),
             lease: marker.lease.clone(),
@@ -201,53 +184,17 @@ impl Reaped {
     }
 }
 
-/// One pass over one Postgres target.
-pub async fn reap_postgres(
-    provisioner: &PgProvisioner,
+/// One pass over one target: removes every managed account that should go (a role and its
+/// backends; a Linux user, its processes and its home lock). Accounts without a jitgate marker
+/// (on SSH targets: outside group `jitgate`) are never listed, so never touched.
+pub async fn reap<P: Provisioner>(
+    provisioner: &P,
     instance_id: &str,
-    is_live: impl Fn(&ManagedRole) -> bool,
-) -> Result<ReapReport, super::postgres::JitError> {
+    is_live: impl Fn(&P::Account) -> bool,
+) -> Result<ReapReport, P::Error> {
     let now = SystemTime::now();
     let mut report = ReapReport::default();
-    let roles = provisioner.managed_roles().await?;
-    let probe = instances_to_probe(&roles, instance_id, now);
-    let answers = if probe.is_empty() {
-        HashMap::new()
-    } else {
-        let asked: Vec<&str> = probe.iter().map(String::as_str).collect();
-        provisioner.probe_instances(&asked).await
-    };
-    for role in roles {
-        let Some(why) = reap_reason(&role, instance_id, &is_live, owner_of(&answers), now) else {
-            continue;
-        };
-        match provisioner.reap_role(&role).await {
-            Ok(()) => {
-                tracing::info!(target_name = %provisioner.target().name, role = %role.role, lease = %role.marker.lease, owner_instance = %role.marker.instance, why = why.describe(), "reaped account without a live session");
-                report
-                    .reaped
-                    .push(Reaped::of(&role.role, &role.marker, why));
-                report.dropped.push(role.role);
-            }
-            Err(e) => {
-                tracing::error!(target_name = %provisioner.target().name, role = %role.role, error = %crate::logsafe::diagnostic(&e.to_string()), "reaping failed");
-                report.failed.push(role.role);
-            }
-        }
-    }
-    Ok(report)
-}
-
-/// One pass over one SSH target: removes (processes, account, home lock) every managed Linux
-/// account that should go. Accounts outside group `jitgate` are never listed, so never touched.
-pub async fn reap_linux(
-    provisioner: &LinuxProvisioner,
-    instance_id: &str,
-    is_live: impl Fn(&ManagedAccount) -> bool,
-) -> Result<ReapReport, LinuxError> {
-    let now = SystemTime::now();
-    let mut report = ReapReport::default();
-    let accounts = provisioner.managed_accounts().await?;
+    let accounts = provisioner.managed().await?;
     let probe = instances_to_probe(&accounts, instance_id, now);
     let answers = if probe.is_empty() {
         HashMap::new()
@@ -255,22 +202,39 @@ pub async fn reap_linux(
         let asked: Vec<&str> = probe.iter().map(String::as_str).collect();
         provisioner.probe_instances(&asked).await
     };
+    let target = provisioner.target_name();
     for account in accounts {
         let Some(why) = reap_reason(&account, instance_id, &is_live, owner_of(&answers), now)
         else {
             continue;
         };
-        match provisioner.reap_account(&account).await {
+        let (name, marker) = (account.name(), account.marker());
+        match provisioner.reap(&account).await {
             Ok(()) => {
-                tracing::info!(target_name = %provisioner.target().name, account = %account.name, lease = %account.marker.lease, owner_instance = %account.marker.instance, why = why.describe(), "reaped account without a live session");
-                report
-                    .reaped
-                    .push(Reaped::of(&account.name, &account.marker, why));
-                report.dropped.push(account.name);
+                // The name's field is `role` for a role and `account` for a Linux user, as
+                // in every other log line about them.
+                match P::KIND {
+                    TargetKind::Postgres => {
+                        tracing::info!(target_name = %target, role = %name, lease = %marker.lease, owner_instance = %marker.instance, why = why.describe(), "reaped account without a live session")
+                    }
+                    TargetKind::Ssh => {
+                        tracing::info!(target_name = %target, account = %name, lease = %marker.lease, owner_instance = %marker.instance, why = why.describe(), "reaped account without a live session")
+                    }
+                }
+                report.reaped.push(Reaped::of(name, marker, why));
+                report.dropped.push(name.to_string());
             }
             Err(e) => {
-                tracing::error!(target_name = %provisioner.target().name, account = %account.name, error = %crate::logsafe::diagnostic(&e.to_string()), "reaping failed");
-                report.failed.push(account.name);
+                let error = e.to_string();
+                match P::KIND {
+                    TargetKind::Postgres => {
+                        tracing::error!(target_name = %target, role = %name, error = %crate::logsafe::diagnostic(&error), "reaping failed")
+                    }
+                    TargetKind::Ssh => {
+                        tracing::error!(target_name = %target, account = %name, error = %crate::logsafe::diagnostic(&error), "reaping failed")
+                    }
+                }
+                report.failed.push(name.to_string());
             }
         }
     }
@@ -280,7 +244,8 @@ pub async fn reap_linux(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jit::lease::Marker;
+    use crate::jit::linux::ManagedAccount;
+    use crate::jit::postgres::ManagedRole;
 
     /// A session task that panics after registering its lease leaves no "live" lease behind
     /// (which would keep the reaper away from its account for good).

@@ -27,7 +27,7 @@ use crate::control::locks::Locks;
 use crate::identity::Identity;
 use crate::jit::postgres::PgProvisioner;
 use crate::jit::reaper::LiveLeases;
-use crate::jit::{LeaseId, PgLease};
+use crate::jit::{LeaseId, PgLease, Provisioner};
 use crate::limits::{Handshake, Limits};
 use crate::logsafe::{diagnostic, untrusted};
 use crate::policy::{self, AccessRequest, Denial, PolicySet, TargetKind};

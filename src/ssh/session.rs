@@ -18,6 +18,7 @@ use crate::control::locks::Locks;
 use crate::identity::Identity;
 use crate::jit::linux::LinuxProvisioner;
 use crate::jit::reaper::LiveLeases;
+use crate::jit::Provisioner;
 use crate::policy::{self, Denial, PolicySet, TargetKind};
 use crate::session::lifetime::{Event, Lifetime};
 use crate::session::{trust, Credential, EndReason, Registered, SessionInfo, Sessions};

@@ -7,17 +7,17 @@
 //! Other instances' reapers ask about the lock with [`script::PROBE`].
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use russh::client::{Handle, Msg};
 use russh::{Channel, ChannelMsg};
 
 use super::script::{self, Vars};
 use super::{admin_shell, LinuxProvisioner};
-use crate::jit::liveness::{
-    Backoff, FailureLog, LivenessSender, Owner, Release, ACQUIRE_TIMEOUT, PROBE_TIMEOUT,
-};
+use crate::jit::liveness::{hold, LivenessSender, LockHolder, Owner, Release, PROBE_TIMEOUT};
+use crate::jit::provisioner::Provisioner;
 use crate::ssh::client::{connect_pinned, PinnedHost};
 
 /// How long a clean stop waits for the watchdog to acknowledge `bye` (its channel closing).
@@ -38,59 +38,17 @@ impl LinuxProvisioner {
         held: LivenessSender,
         release: Release,
     ) {
-        let name = self.target.name.clone();
-        let mut backoff = Backoff::default();
-        let mut failures = FailureLog::default();
-        let mut lost_once = false;
-        loop {
-            let attempt = tokio::select! {
-                attempt = tokio::time::timeout(ACQUIRE_TIMEOUT, self.take_liveness_lock(grace)) => attempt,
-                () = release.stop.cancelled() => return,
-            };
-            match attempt {
-                Ok(Ok(mut holder)) => {
-                    held.set(true);
-                    failures.held(&name, lost_once);
-                    let since = Instant::now();
-                    let why = tokio::select! {
-                        why = watch_channel(&mut holder.channel) => why,
-                        () = release.stop.cancelled() => {
-                            held.set(false);
-                            if release.is_clean() && self.none_left().await {
-                                say_bye(&mut holder.channel).await;
-                            }
-                            // Otherwise the connection just closes: the watchdog waits its
-                            // grace and removes what this instance left on the target.
-                            return;
-                        }
-                    };
-                    held.set(false);
-                    lost_once = true;
-                    tracing::warn!(target_name = %name, reason = %crate::logsafe::diagnostic(&why), grace_s = grace.as_secs_f64(), "liveness lock lost (its admin exec ended); taking it again — meanwhile other instances may reap this instance's accounts on the target, and its watchdog removes them after the grace");
-                    if since.elapsed() >= Backoff::STEADY {
-                        backoff.reset();
-                    }
-                }
-                Ok(Err(reason)) => failures.failed(&name, &reason),
-                Err(_) => failures.failed(
-                    &name,
-                    &format!(
-                        "taking the lock did not finish within {}s",
-                        ACQUIRE_TIMEOUT.as_secs()
-                    ),
-                ),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(backoff.next_delay()) => {}
-                () = release.stop.cancelled() => return,
-            }
-        }
+        let watchdog = Watchdog {
+            provisioner: &self,
+            grace,
+        };
+        hold(&watchdog, held, release).await;
     }
 
     /// Whether the target shows no account of this instance (checked within
     /// [`PROBE_TIMEOUT`]); only then may the watchdog stand down at once.
     async fn none_left(&self) -> bool {
-        match tokio::time::timeout(PROBE_TIMEOUT, self.managed_accounts()).await {
+        match tokio::time::timeout(PROBE_TIMEOUT, self.managed()).await {
             Ok(Ok(accounts)) => !accounts
                 .iter()
                 .any(|a| a.marker.instance == self.instance_id),
@@ -172,7 +130,7 @@ impl LinuxProvisioner {
     /// Asks the target, for each of `instances` (never this instance's own), whether its
     /// liveness lock is free. One exec for all of them, within [`PROBE_TIMEOUT`]; anything
     /// that goes wrong makes the answers [`Owner::Unknown`].
-    pub async fn probe_instances(&self, instances: &[&str]) -> HashMap<String, Owner> {
+    pub(super) async fn probe_locks(&self, instances: &[&str]) -> HashMap<String, Owner> {
         let mut answers: HashMap<String, Owner> = instances
             .iter()
             .map(|i| (i.to_string(), Owner::Unknown))
@@ -215,6 +173,41 @@ impl LinuxProvisioner {
             }
         }
         answers
+    }
+}
+
+/// The lock as a `flock` held by the watchdog exec, which removes what is left after `grace`
+/// once its connection ends.
+struct Watchdog<'a> {
+    provisioner: &'a LinuxProvisioner,
+    grace: Duration,
+}
+
+impl LockHolder for Watchdog<'_> {
+    type Held = Holder;
+
+    fn target_name(&self) -> &str {
+        &self.provisioner.target.name
+    }
+
+    fn take(&self) -> impl Future<Output = Result<Holder, String>> + Send {
+        self.provisioner.take_liveness_lock(self.grace)
+    }
+
+    fn watch(holder: &mut Holder) -> impl Future<Output = String> + Send {
+        watch_channel(&mut holder.channel)
+    }
+
+    async fn let_go(&self, mut holder: Holder, release: &Release) {
+        if release.is_clean() && self.provisioner.none_left().await {
+            say_bye(&mut holder.channel).await;
+        }
+        // Otherwise the connection just closes: the watchdog waits its grace and removes
+        // what this instance left on the target.
+    }
+
+    fn log_lost(&self, why: &str) {
+        tracing::warn!(target_name = %self.provisioner.target.name, reason = %crate::logsafe::diagnostic(why), grace_s = self.grace.as_secs_f64(), "liveness lock lost (its admin exec ended); taking it again — meanwhile other instances may reap this instance's accounts on the target, and its watchdog removes them after the grace");
     }
 }
 

@@ -8,6 +8,7 @@
 //! on PostgreSQL (the README says what keeps a dead gateway's roles inert until reaped).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +16,7 @@ use tokio_postgres::Client;
 
 use super::PgProvisioner;
 use crate::jit::liveness::{
-    pg_lock_key, Backoff, FailureLog, LivenessSender, Owner, Release, ACQUIRE_TIMEOUT,
-    PROBE_TIMEOUT,
+    hold, pg_lock_key, LivenessSender, LockHolder, Owner, Release, PROBE_TIMEOUT,
 };
 
 /// How often the holder checks that its session still lives (a cheap local flag), and how
@@ -33,49 +33,7 @@ impl PgProvisioner {
     /// Holds this instance's liveness lock on the target until `release` says stop, and tells
     /// `held` whenever that changes. Runs for the gateway's life (`serve` spawns it).
     pub async fn hold_liveness(self: Arc<Self>, held: LivenessSender, release: Release) {
-        let name = self.target.name.clone();
-        let mut backoff = Backoff::default();
-        let mut failures = FailureLog::default();
-        let mut lost_once = false;
-        loop {
-            let attempt = tokio::select! {
-                attempt = tokio::time::timeout(ACQUIRE_TIMEOUT, self.take_liveness_lock()) => attempt,
-                () = release.stop.cancelled() => return,
-            };
-            match attempt {
-                Ok(Ok(client)) => {
-                    held.set(true);
-                    failures.held(&name, lost_once);
-                    let since = Instant::now();
-                    let why = tokio::select! {
-                        why = watch_session(&client) => why,
-                        () = release.stop.cancelled() => {
-                            // Dropping the client ends the session, which releases the lock.
-                            held.set(false);
-                            return;
-                        }
-                    };
-                    held.set(false);
-                    lost_once = true;
-                    tracing::warn!(target_name = %name, reason = %crate::logsafe::diagnostic(&why), "liveness lock lost (its admin session ended); taking it again — meanwhile other instances may reap this instance's accounts on the target");
-                    if since.elapsed() >= Backoff::STEADY {
-                        backoff.reset();
-                    }
-                }
-                Ok(Err(reason)) => failures.failed(&name, &reason),
-                Err(_) => failures.failed(
-                    &name,
-                    &format!(
-                        "taking the lock did not finish within {}s",
-                        ACQUIRE_TIMEOUT.as_secs()
-                    ),
-                ),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(backoff.next_delay()) => {}
-                () = release.stop.cancelled() => return,
-            }
-        }
+        hold(&AdvisoryLock(&self), held, release).await;
     }
 
     /// A new admin session holding the lock, or why not.
@@ -130,7 +88,7 @@ impl PgProvisioner {
     /// liveness lock is free. A lock that is free is taken and released in the same statement,
     /// so the prober never keeps it; a statement that fails or times out costs its session
     /// (closed, not pooled), so an interrupted probe cannot keep a lock either.
-    pub async fn probe_instances(&self, instances: &[&str]) -> HashMap<String, Owner> {
+    pub(super) async fn probe_locks(&self, instances: &[&str]) -> HashMap<String, Owner> {
         let mut answers: HashMap<String, Owner> = instances
             .iter()
             .map(|i| (i.to_string(), Owner::Unknown))
@@ -176,6 +134,34 @@ impl PgProvisioner {
         }
         self.put_back(&db, admin);
         answers
+    }
+}
+
+/// The lock as a session-level advisory lock, held by one admin session of its own.
+struct AdvisoryLock<'a>(&'a PgProvisioner);
+
+impl LockHolder for AdvisoryLock<'_> {
+    type Held = Client;
+
+    fn target_name(&self) -> &str {
+        &self.0.target.name
+    }
+
+    fn take(&self) -> impl Future<Output = Result<Client, String>> + Send {
+        self.0.take_liveness_lock()
+    }
+
+    fn watch(client: &mut Client) -> impl Future<Output = String> + Send {
+        watch_session(client)
+    }
+
+    /// Dropping the client ends the session, which releases the lock.
+    async fn let_go(&self, client: Client, _: &Release) {
+        drop(client);
+    }
+
+    fn log_lost(&self, why: &str) {
+        tracing::warn!(target_name = %self.0.target.name, reason = %crate::logsafe::diagnostic(why), "liveness lock lost (its admin session ended); taking it again — meanwhile other instances may reap this instance's accounts on the target");
     }
 }
 
