@@ -79,6 +79,8 @@ pub struct Config {
     pub limits: crate::limits::LimitsConfig,
     /// `peer_id:` and `peers:`: the replicas a CancelRequest for another's session goes to.
     pub peering: Option<peers::Peering>,
+    /// `telemetry:`: the OTLP endpoint, if any (OpenTelemetry is off without one).
+    pub telemetry: telemetry::TelemetryConfig,
     pub targets: BTreeMap<String, Target>,
 }
 
@@ -374,6 +376,7 @@ struct RawConfig {
     state_dir: Option<Spanned<String>>,
     control_socket: Option<Spanned<String>>,
     limits: Option<limits::RawLimits>,
+    telemetry: Option<telemetry::RawTelemetry>,
     peer_id: Option<Spanned<String>>,
     peers: Option<SpannedMap<Spanned<String>>>,
     targets: Option<SpannedMap<Spanned<RawTarget>>>,
@@ -598,6 +601,7 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<
     let audit = validate_audit(base, raw.audit.as_ref(), problems);
     let limits = limits::validate(raw.limits.as_ref(), problems);
     let peering = peers::validate(raw.peer_id.as_ref(), raw.peers.as_ref(), problems);
+    let telemetry = telemetry::validate(raw.telemetry.as_ref(), problems);
 
     let mut targets = BTreeMap::new();
     let raw_targets = raw.targets.as_ref().map_or(&[][..], |t| &t.0);
@@ -629,6 +633,7 @@ fn validate(path: &Path, raw: RawConfig, problems: &mut Problems<'_>) -> Option<
         control_socket: control_socket?,
         limits: limits?,
         peering: peering?,
+        telemetry: telemetry?,
         targets,
     })
 }
@@ -1095,5 +1100,6 @@ fn resolve(base: &Path, path: &str) -> PathBuf {
 
 mod limits;
 pub mod peers;
+pub mod telemetry;
 #[cfg(test)]
 mod tests;

@@ -48,5 +48,6 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod ssh;
+pub mod telemetry;
 pub mod tls;
 mod yaml;

@@ -383,15 +383,28 @@ fn main() -> ExitCode {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("JITGATE_LOG")
+    use tracing_subscriber::filter::{self, FilterExt as _};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    let env = tracing_subscriber::EnvFilter::try_from_env("JITGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only on a terminal: log files and journald get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // The log lines stay as they were: spans exist for OpenTelemetry's traces only.
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
-        .init();
+        .with_filter(filter::filter_fn(|m| !m.is_span()).and(env));
+    // jitgate's own spans, and its events at info and above (span events in the trace), go
+    // to the exporter `jitgate::telemetry::start` puts in the slot; nothing else is enabled
+    // for it, so the relay's debug and trace call sites stay off.
+    let (traces, handle) = tracing_subscriber::reload::Layer::new(None);
+    jitgate::telemetry::set_trace_layer_handle(handle);
+    let traces = traces.with_filter(filter::filter_fn(|m| {
+        m.target().starts_with("jitgate") && (m.is_span() || *m.level() <= tracing::Level::INFO)
+    }));
+    tracing_subscriber::registry().with(traces).with(fmt).init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::audit::{Audit, Event, Health, OnFailure};
 use crate::config::{Config, Target};
@@ -54,6 +55,8 @@ pub enum ServeError {
     },
     #[error("peers: {0}")]
     Peers(String),
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
     #[error("no listener configured: set listen.postgres and/or listen.ssh in the config")]
     NoListener,
     #[error("SSH target: {0}")]
@@ -268,6 +271,20 @@ pub async fn serve_until(
         }
     });
 
+    // OpenTelemetry, if an endpoint is configured: before the first session, so that every
+    // session has its trace.
+    let telemetry = {
+        let (sessions, leases) = (live_sessions.clone(), live.clone());
+        crate::telemetry::start(
+            &config.telemetry,
+            &config.instance_id,
+            crate::telemetry::Gauges {
+                sessions: Arc::new(move || sessions.len() as u64),
+                accounts: Arc::new(move || leases.len() as u64),
+            },
+        )?
+    };
+
     // Leftovers of a crashed run of this instance are reaped by the loop's first pass, which
     // starts now and runs beside the listeners.
     let reaper = tokio::spawn(reap_loop(
@@ -316,13 +333,15 @@ pub async fn serve_until(
         tokio::select! {
             accepted = accept(&pg_listener) => match accepted {
                 Ok((tcp, peer)) => if let Some(handshake) = admit_tcp(&limits, &tcp, peer) {
-                    sessions.spawn(crate::pg::session::handle(tcp, peer, handshake, ctx.clone()));
+                    let span = tracing::info_span!("pg.connection", client = %peer);
+                    sessions.spawn(crate::pg::session::handle(tcp, peer, handshake, ctx.clone()).instrument(span));
                 }
                 Err(e) => accept_failed(e).await,
             },
             accepted = accept(&ssh_listener) => match (accepted, &ssh_ctx) {
                 (Ok((tcp, peer)), Some(ssh_ctx)) => if let Some(handshake) = admit_tcp(&limits, &tcp, peer) {
-                    sessions.spawn(crate::ssh::session::handle(tcp, peer, handshake, ssh_ctx.clone()));
+                    let span = tracing::info_span!("ssh.connection", client = %peer);
+                    sessions.spawn(crate::ssh::session::handle(tcp, peer, handshake, ssh_ctx.clone()).instrument(span));
                 }
                 (Ok(_), None) => {}
                 (Err(e), _) => accept_failed(e).await,
@@ -372,6 +391,9 @@ pub async fn serve_until(
     audit.flush().await;
     drop((ctx, ssh_ctx, audit));
     let _ = tokio::time::timeout(Duration::from_secs(5), audit_task).await;
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
     tracing::info!("jitgate stopped");
     Ok(())
 }

@@ -310,6 +310,7 @@ impl Writer {
         line.push_str("\"}");
         self.tail.prev = link(line.as_bytes());
         self.tail.seq += 1;
+        crate::telemetry::audit_line(&line, body);
         line.push('\n');
         let path = self.dir.join(file_name(&self.instance, time));
         self.pending_bytes += line.len();

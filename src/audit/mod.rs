@@ -171,10 +171,16 @@ impl Audit {
 
     /// Queues an event that belongs to no session (a refusal before login, the reaper's).
     pub async fn emit(&self, body: impl Into<Body>) {
-        self.send(None, body.into()).await;
+        self.send(None, None, body.into()).await;
     }
 
-    async fn send(&self, session: Option<Arc<str>>, body: Body) {
+    async fn send(
+        &self,
+        session: Option<Arc<str>>,
+        labels: Option<&crate::telemetry::Labels>,
+        body: Body,
+    ) {
+        crate::telemetry::observe(&body, labels);
         let record = event::Record {
             time: SystemTime::now(),
             session,
@@ -205,6 +211,10 @@ impl Audit {
             audit: self.clone(),
             fragment: meta.fragment(),
             id: meta.session.clone(),
+            labels: Arc::new(crate::telemetry::Labels {
+                protocol: meta.protocol,
+                target: meta.target.clone(),
+            }),
         }
     }
 }
@@ -263,12 +273,13 @@ pub struct SessionAudit {
     audit: Audit,
     fragment: Arc<str>,
     id: String,
+    labels: Arc<crate::telemetry::Labels>,
 }
 
 impl SessionAudit {
     pub async fn emit(&self, body: impl Into<Body>) {
         self.audit
-            .send(Some(self.fragment.clone()), body.into())
+            .send(Some(self.fragment.clone()), Some(&self.labels), body.into())
             .await;
     }
 

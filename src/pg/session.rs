@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::cancel::CancelRegistry;
 use super::message::{
@@ -272,13 +273,14 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         requested: &requested.user,
         reason: requested.reason.as_deref(),
     };
-    let grant = match policy::evaluate(&policies, &request) {
-        Ok(grant) => grant,
-        Err(denial) => {
-            let refusal = denial_refusal(&denial, &policies, &identity, ctx);
-            return refuse(&mut stream, &who, refusal).await;
-        }
-    };
+    let grant =
+        match tracing::info_span!("policy").in_scope(|| policy::evaluate(&policies, &request)) {
+            Ok(grant) => grant,
+            Err(denial) => {
+                let refusal = denial_refusal(&denial, &policies, &identity, ctx);
+                return refuse(&mut stream, &who, refusal).await;
+            }
+        };
     // Only now, to a person the policy let in, may the target's databases be named.
     let database = match &requested.database {
         None => target.databases[0].clone(),
@@ -323,7 +325,9 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
     }
     let lease_id = LeaseId::random();
     let _live = ctx.live.register(&lease_id);
-    let minting = provisioner.mint(lease_id.clone(), &grant, &identity, &database);
+    let minting = provisioner
+        .mint(lease_id.clone(), &grant, &identity, &database)
+        .instrument(tracing::info_span!("jit.mint", lease = %lease_id, target_name = %target.name));
     let lease = match tokio::time::timeout(MINT_DEADLINE, minting).await {
         Ok(Ok(lease)) => lease,
         Err(_) => {
@@ -434,7 +438,9 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         .await;
     let (outcome, error) = match tokio::time::timeout(
         DROP_DEADLINE,
-        provisioner.drop_with_retry(&lease),
+        provisioner
+            .drop_with_retry(&lease)
+            .instrument(tracing::info_span!("jit.drop", lease = %lease.id)),
     )
     .await
     {
@@ -503,7 +509,10 @@ async fn serve(
     let info = registered.info();
     let user = info.identity.user.as_str();
     let peer = info.client;
-    let mut upstream = match upstream::login(target, lease, &opened.requested.forward).await {
+    let mut upstream = match upstream::login(target, lease, &opened.requested.forward)
+        .instrument(tracing::info_span!("upstream.login", lease = %lease.id))
+        .await
+    {
         Ok(u) => u,
         Err(e) => {
             tracing::error!(lease = %lease.id, target_name = %target.name, role = %lease.role, error = %diagnostic(&e.to_string()), "upstream login failed");

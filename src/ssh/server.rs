@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use russh::server::{Auth, Handler, Msg, Session};
 use russh::{client, Channel, ChannelId, ChannelOpenFailure, Disconnect, Pty, Sig};
+use tracing::Instrument as _;
 
 use super::audit::ChannelAudit;
 use super::channel::{splice_session, splice_stream, SplicedChannel};
@@ -80,6 +81,9 @@ pub struct BastionHandler {
     open: TaskTracker,
     /// The session's audit and the fields its events carry, once the account exists.
     session_audit: Option<(SessionAudit, SessionMeta)>,
+    /// The connection's span: russh runs this handler in a task of its own, so the spans of
+    /// the mint and the upstream login name their parent explicitly.
+    span: tracing::Span,
 }
 
 impl BastionHandler {
@@ -95,6 +99,7 @@ impl BastionHandler {
         account: AccountSlot,
     ) -> Self {
         BastionHandler {
+            span: tracing::Span::current(),
             peer,
             identity,
             target,
@@ -205,6 +210,9 @@ impl BastionHandler {
         let lease = match self
             .provisioner
             .mint(id.clone(), &grant, &self.identity)
+            .instrument(
+                tracing::info_span!(parent: &self.span, "jit.mint", lease = %id, target_name = %self.target.name),
+            )
             .await
         {
             Ok(lease) => Arc::new(lease),
@@ -261,6 +269,7 @@ impl BastionHandler {
         *self.account.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
 
         let upstream = super::client::connect_pinned(&self.target, &lease.user, lease.key.expose())
+            .instrument(tracing::info_span!(parent: &self.span, "upstream.login", lease = %lease.id))
             .await
             .map_err(|e| {
                 tracing::error!(lease = %lease.id, target_name = %self.target.name, account = %lease.user, error = %diagnostic(&e.to_string()), "upstream login failed");
@@ -301,7 +310,10 @@ impl BastionHandler {
             requested: user,
             reason: self.reason.as_deref(),
         };
-        self.decision = Some(policy::evaluate(&self.policies, &request));
+        self.decision = Some(
+            tracing::info_span!(parent: &self.span, "policy")
+                .in_scope(|| policy::evaluate(&self.policies, &request)),
+        );
         self.requested = Some(user.to_string());
         // The client has done its part of the handshake: from here its deadline is the
         // mint's and the login's own, not handshake_timeout.

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::preamble;
 use super::server::{AccountSlot, BastionHandler};
@@ -256,7 +257,11 @@ pub async fn handle(
                 .await;
         }
         let dropping = std::time::Instant::now();
-        let (outcome, error) = match provisioner.drop_with_retry(&lease).await {
+        let (outcome, error) = match provisioner
+            .drop_with_retry(&lease)
+            .instrument(tracing::info_span!("jit.drop", lease = %lease.id))
+            .await
+        {
             Ok(()) => {
                 tracing::info!(event = "jit.account.dropped", lease = %lease.id, account = %lease.user, target_name = %target.name, "account dropped");
                 (crate::audit::DropOutcome::Dropped, None)
