@@ -143,6 +143,19 @@ fn watchdog_log(sshd: &Sshd, instance: &str) -> String {
     fs::read_to_string(sshd.state_dir.join(format!("instances/{instance}.log"))).unwrap_or_default()
 }
 
+/// The watchdog's log once it has written its summary line, which comes after the last
+/// `userdel` (the accounts can be gone a moment before it), or after 5 s whatever it says.
+fn watchdog_summary(sshd: &Sshd, instance: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let log = watchdog_log(sshd, instance);
+        if log.contains("done: ") || start.elapsed() > Duration::from_secs(5) {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A gateway's log (and its previous run's, after a restart), read by path so that it can be
 /// shown while the test holds the gateway mutably.
 fn logs_of(gw: &Gateway) -> impl Fn() -> String {
@@ -348,7 +361,7 @@ fn a_gateway_that_never_comes_back_leaves_nothing_running_on_the_ssh_target() {
         "{gone:?}\n{}",
         context()
     );
-    let log = watchdog_log(&sshd, &sshd.instance_id);
+    let log = watchdog_summary(&sshd, &sshd.instance_id);
     assert_eq!(log.matches(" removed jit-alice-").count(), 2, "{log}");
     assert!(log.contains("done: 2 removed, 0 failed"), "{log}");
     kill_children(children);
@@ -529,7 +542,7 @@ fn the_watchdog_works_through_sudo() {
     );
     eprintln!("watchdog under sudo (grace 1s) removed the account {gone:.2?} after kill -9");
     assert!(gone >= Duration::from_secs(1), "{gone:?}\n{}", context());
-    let log = watchdog_log(&sshd, &sshd.instance_id);
+    let log = watchdog_summary(&sshd, &sshd.instance_id);
     assert!(log.contains("done: 1 removed, 0 failed"), "{log}");
     kill_children(children);
 }
