@@ -11,7 +11,7 @@
 //! jit        Provisioner: mint a least-privilege account for a Grant, drop it at close
 //!            (jit::postgres roles, jit::linux users over an admin SSH connection);
 //!            jit::liveness: each instance's lock on every target, the SSH watchdog
-//! ssh::client   russh client to SSH targets: pinned host key, key login, exec
+//! ssh_client russh client to SSH targets: pinned host key, key login, exec (below jit and ssh)
 //! ssh::hostkey  the gateway's own persistent SSH host key
 //! pg::upstream  log in to the target as the JIT role (SCRAM-SHA-256, password never shown)
 //! pg::relay     splice client and upstream bytes untouched
@@ -48,6 +48,7 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod ssh;
+pub mod ssh_client;
 pub mod telemetry;
 pub mod tls;
 mod yaml;

@@ -3,8 +3,8 @@
 //! drops every account before exiting.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -26,7 +26,7 @@ use crate::limits::{Limits, Throttled};
 use crate::pg::cancel::{CancelRegistry, PeerRouter};
 use crate::pg::session::PgContext;
 use crate::pg::startup::ALPN_POSTGRESQL;
-use crate::policy::{PolicyError, PolicySet, TargetKind};
+use crate::policy::{PolicyError, PolicySet, PolicyStore, TargetKind};
 use crate::session::{trust, EndReason, Sessions};
 use crate::ssh::hostkey::{load_or_create_host_key, HostKeyError};
 use crate::ssh::session::{russh_config, SshContext};
@@ -76,37 +76,6 @@ pub enum ServeError {
         path: PathBuf,
         source: std::io::Error,
     },
-}
-
-/// The current policy set; replaced whole on a successful reload.
-pub struct PolicyStore {
-    dir: PathBuf,
-    current: RwLock<Arc<PolicySet>>,
-}
-
-impl PolicyStore {
-    pub fn load(dir: &Path) -> Result<Arc<Self>, PolicyError> {
-        let set = PolicySet::load_dir(dir)?;
-        Ok(Arc::new(PolicyStore {
-            dir: dir.to_path_buf(),
-            current: RwLock::new(Arc::new(set)),
-        }))
-    }
-
-    pub fn current(&self) -> Arc<PolicySet> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Loads the directory again; an invalid set is refused and the old one stays.
-    pub fn reload(&self) -> Result<usize, PolicyError> {
-        let set = PolicySet::load_dir(&self.dir)?;
-        let n = set.len();
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
-        Ok(n)
-    }
 }
 
 /// The addresses the gateway listens on, handed to `serve_until`'s `on_listening`.

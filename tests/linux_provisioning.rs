@@ -22,7 +22,7 @@ use jitgate::jit::reaper::reap;
 use jitgate::jit::{ProvisionError, Provisioner};
 use jitgate::policy::{evaluate, AccessRequest, Grant, HomeMode, PolicySet};
 use jitgate::secret::Secret;
-use jitgate::ssh::client::{connect_pinned, exec, ExecOutput, SshClientError};
+use jitgate::ssh_client::{connect_pinned, exec, ExecOutput, SshClientError};
 use russh::keys::{Algorithm, HashAlg, PrivateKey};
 
 const POLICY: &str = "\

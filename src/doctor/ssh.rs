@@ -18,7 +18,7 @@ use crate::jit::lease::Marker;
 use crate::jit::linux::{is_account_name, shell_quote, LinuxProvisioner};
 use crate::jit::{LeaseId, Provisioner};
 use crate::policy::TargetKind;
-use crate::ssh::client::{connect_pinned, exec, PinnedHost, SshClientError};
+use crate::ssh_client::{connect_pinned, exec, PinnedHost, SshClientError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -47,7 +47,7 @@ use crate::config::SshTarget;
 use crate::identity::Identity;
 use crate::policy::{Grant, HomeMode, TargetKind};
 use crate::secret::Secret;
-use crate::ssh::client::{connect_pinned, exec, ExecOutput, PinnedHost, SshClientError};
+use crate::ssh_client::{connect_pinned, exec, ExecOutput, PinnedHost, SshClientError};
 
 /// Longest a provisioning script may take (it waits up to 60 s for the target's lock).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);

@@ -1,6 +1,7 @@
 //! CancelRequest routing. Each session gets a BackendKeyData of the gateway's own (pid and key,
 //! random), mapped here to its upstream backend; a CancelRequest carrying it is re-sent to that
-//! backend. Unknown keys are dropped silently, as PostgreSQL does.
+//! backend. Unknown keys are dropped silently, as PostgreSQL does. The key itself and its bytes
+//! ([`CancelKey`]) are wire messages, in `pg::message`; this file issues keys and routes them.
 //!
 //! Behind a load balancer a psql Ctrl-C opens a new connection, which may land on another
 //! replica than the session. With `peer_id` set, the key's top 14 bits name the replica that
@@ -19,16 +20,10 @@ use rand::Rng;
 use rustls_pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 
+use super::message::CancelKey;
 use super::upstream;
 use crate::config::peers::{PeerAddr, Peering};
 use crate::config::PgTarget;
-
-/// The key a client holds: the gateway's, never the upstream's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CancelKey {
-    pub pid: i32,
-    pub key: i32,
-}
 
 /// Where a cancel for one session goes.
 #[derive(Clone)]

@@ -1,9 +1,10 @@
 //! The few PostgreSQL wire messages the gateway itself reads or writes (protocol 3.0).
 //!
-//! Everything after login passes through untouched; these are only the front door's packets,
-//! the upstream login's messages, and the messages jitgate writes to the client itself.
+//! Everything after login passes through untouched; these are only the front door's packets
+//! (with the gateway's [`CancelKey`], as a CancelRequest carries it), the upstream login's
+//! messages, and the messages jitgate writes to the client itself.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Longest startup-phase packet accepted from a client (PostgreSQL's own limit is 10,000).
@@ -59,6 +60,30 @@ pub async fn read_startup_packet<R: AsyncRead + Unpin>(
         code,
         body: body.into(),
     })
+}
+
+/// The key a client holds: the gateway's, never the upstream's. Sent in BackendKeyData
+/// ([`backend_key_data`]) and read back from a CancelRequest ([`CancelKey::decode`]);
+/// `pg::cancel` issues and routes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CancelKey {
+    pub pid: i32,
+    pub key: i32,
+}
+
+impl CancelKey {
+    /// The key in a CancelRequest body (what follows its code).
+    pub fn decode(body: &[u8]) -> Result<CancelKey, WireError> {
+        let mut body = body;
+        if body.len() != 8 {
+            // Protocol 3.2 allows longer keys; ours are always 4 bytes, so anything else is unknown.
+            return Err(WireError::Malformed("cancel request"));
+        }
+        Ok(CancelKey {
+            pid: body.get_i32(),
+            key: body.get_i32(),
+        })
+    }
 }
 
 /// Name/value pairs of a StartupMessage body, in order.
@@ -234,6 +259,18 @@ mod tests {
             &backend_key_data(1, 2)[..],
             b"K\0\0\0\x0c\0\0\0\x01\0\0\0\x02"
         );
+    }
+
+    #[test]
+    fn cancel_key_decodes_from_golden_bytes() {
+        let key = CancelKey::decode(b"\0\0\0\x01\xff\xff\xff\xfe").unwrap();
+        assert_eq!(key, CancelKey { pid: 1, key: -2 });
+        // A protocol 3.2 longer key, or a short body, is not one of ours.
+        assert!(matches!(
+            CancelKey::decode(&[0; 12]),
+            Err(WireError::Malformed("cancel request"))
+        ));
+        assert!(CancelKey::decode(&[0; 4]).is_err());
     }
 
     #[test]

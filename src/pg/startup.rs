@@ -3,14 +3,12 @@
 //! inside TLS, as libpq 17 sends it), and the StartupMessage, which must come over TLS with a
 //! valid client certificate. Refusals are sent as FATAL ErrorResponses the user can act on.
 
-use bytes::Buf;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::cancel::CancelKey;
 use super::message::{
-    fatal, parse_startup_params, read_startup_packet, StartupPacket, WireError,
-    CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, SSL_REQUEST_CODE,
+    fatal, parse_startup_params, read_startup_packet, CancelKey, WireError, CANCEL_REQUEST_CODE,
+    GSSENC_REQUEST_CODE, SSL_REQUEST_CODE,
 };
 use crate::identity::Identity;
 use crate::tls::ServerTls;
@@ -100,7 +98,10 @@ pub async fn accept(
                 gssenc_answered = true;
             }
             CANCEL_REQUEST_CODE => {
-                return cancel_key(&packet).map(|key| Arrival::Cancel { key, tls: false })
+                return Ok(Arrival::Cancel {
+                    key: CancelKey::decode(&packet.body)?,
+                    tls: false,
+                })
             }
             code if code >> 16 == 3 => {
                 return refuse(
@@ -130,7 +131,10 @@ async fn after_tls(
 ) -> Result<Arrival, FrontDoorError> {
     let packet = read_startup_packet(&mut stream).await?;
     match packet.code {
-        CANCEL_REQUEST_CODE => cancel_key(&packet).map(|key| Arrival::Cancel { key, tls: true }),
+        CANCEL_REQUEST_CODE => Ok(Arrival::Cancel {
+            key: CancelKey::decode(&packet.body)?,
+            tls: true,
+        }),
         code if code >> 16 == 3 => {
             let params = match parse_startup_params(&packet.body) {
                 Ok(params) => params,
@@ -191,18 +195,6 @@ fn verified_identity(
             format!("client certificate rejected: {e}"),
             hint.to_string(),
         )
-    })
-}
-
-fn cancel_key(packet: &StartupPacket) -> Result<CancelKey, FrontDoorError> {
-    let mut body = &packet.body[..];
-    if body.len() != 8 {
-        // Protocol 3.2 allows longer keys; ours are always 4 bytes, so anything else is unknown.
-        return Err(FrontDoorError::Wire(WireError::Malformed("cancel request")));
-    }
-    Ok(CancelKey {
-        pid: body.get_i32(),
-        key: body.get_i32(),
     })
 }
 

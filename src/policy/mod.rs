@@ -1,11 +1,13 @@
 //! Policies: YAML grants (`policies/*.yaml`) and the access decision, deny by default.
 //!
 //! Comes after `identity` and before `jit`: `load` validates the files into a [`PolicySet`],
-//! [`evaluate`] alone turns an identity + target + `user=` into a [`Grant`] or a [`Denial`].
+//! [`evaluate`] alone turns an identity + target + `user=` into a [`Grant`] or a [`Denial`];
+//! [`PolicyStore`] holds the set in force and swaps it whole on a reload.
 
 mod eval;
 mod load;
 mod model;
+mod store;
 #[cfg(test)]
 mod tests;
 
@@ -15,5 +17,6 @@ pub use eval::{
 };
 pub use load::PolicyError;
 pub use model::{GrantInfo, HomeMode, PolicySet, TargetKind};
+pub use store::PolicyStore;
 
 pub use crate::yaml::LocatedMessage;

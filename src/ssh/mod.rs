@@ -1,9 +1,9 @@
 //! The SSH bastion: `jitgate tunnel` and its preamble, the russh server that splices channels,
-//! the pinned russh client used to reach targets, and the gateway's host key.
+//! and the gateway's host key. The pinned russh client that reaches targets is `ssh_client`,
+//! below both this module and `jit`.
 
 pub mod audit;
 pub mod channel;
-pub mod client;
 pub mod hostkey;
 pub mod preamble;
 pub mod server;

@@ -13,7 +13,6 @@ use tracing::Instrument as _;
 
 use super::audit::ChannelAudit;
 use super::channel::{splice_session, splice_stream, SplicedChannel};
-use super::client::PinnedHost;
 use crate::audit::{Audit, Event as AuditEvent, SessionAudit, SessionMeta};
 use crate::config::SshTarget;
 use crate::control::locks::Locks;
@@ -23,6 +22,7 @@ use crate::jit::reaper::{LiveGuard, LiveLeases};
 use crate::jit::LeaseId;
 use crate::logsafe::{diagnostic, untrusted, Untrusted};
 use crate::policy::{self, AccessRequest, Denial, Grant, PolicySet, TargetKind};
+use crate::ssh_client::PinnedHost;
 use tokio_util::task::TaskTracker;
 
 /// What a connection holds once it has authenticated (the client's part of the handshake is
@@ -268,7 +268,7 @@ impl BastionHandler {
         };
         *self.account.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
 
-        let upstream = super::client::connect_pinned(&self.target, &lease.user, lease.key.expose())
+        let upstream = crate::ssh_client::connect_pinned(&self.target, &lease.user, lease.key.expose())
             .instrument(tracing::info_span!(parent: &self.span, "upstream.login", lease = %lease.id))
             .await
             .map_err(|e| {

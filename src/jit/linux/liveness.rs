@@ -18,7 +18,7 @@ use super::script::{self, Vars};
 use super::{admin_shell, LinuxProvisioner};
 use crate::jit::liveness::{hold, LivenessSender, LockHolder, Owner, Release, PROBE_TIMEOUT};
 use crate::jit::provisioner::Provisioner;
-use crate::ssh::client::{connect_pinned, PinnedHost};
+use crate::ssh_client::{connect_pinned, PinnedHost};
 
 /// How long a clean stop waits for the watchdog to acknowledge `bye` (its channel closing).
 const BYE_WAIT: Duration = Duration::from_secs(3);

@@ -1,6 +1,7 @@
 //! The gateway as an SSH client of its targets (russh): connect with the target's pinned host
-//! key, log in with a key, run a command. Used by `jit::linux` (the admin connection that
-//! provisions accounts) and by the upstream login as the JIT account.
+//! key, log in with a key, run a command. Below `jit` and `ssh`, which both use it: `jit::linux`
+//! (the admin connection that provisions accounts, and its liveness watchdog), `ssh::server`
+//! (the upstream login as the JIT account) and `doctor::ssh`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
