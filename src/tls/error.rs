@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use rustls::server::VerifierBuilderError;
 use rustls::CertificateError;
-use rustls_pki_types::pem::{self};
+use rustls_pki_types::pem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
