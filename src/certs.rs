@@ -1,16 +1,17 @@
-//! `jitgate certs init|issue|revoke`: a small file-based CA for the gateway (rcgen).
+//! `jitgate certs init|issue|revoke`: a small file-based CA for the gateway (rcgen; x509-cert
+//! rebuilds the client subject, which rcgen cannot hold).
 //!
 //! `init` makes the user CA, the gateway's server certificate and an empty CRL; `issue` signs
 //! client certificates that `identity` reads back; `revoke` rewrites the CRL that `tls` watches.
 //! One file per command (`init`, `issue`, `revoke`); `ca` is the CA directory they share,
-//! `der` the subject with one OU per group.
+//! `subject` the subject with one OU per group.
 
 mod ca;
-mod der;
 mod error;
 mod init;
 mod issue;
 mod revoke;
+mod subject;
 #[cfg(test)]
 mod tests;
 

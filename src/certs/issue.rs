@@ -16,8 +16,8 @@ use crate::secret::Secret;
 use super::ca::{
     create_private_dir, load_issuer, random_serial, write_atomic, KEY_MODE, PUBLIC_MODE,
 };
-use super::der;
 use super::error::rcgen_err;
+use super::subject;
 use super::CertError;
 
 pub const DEFAULT_TRUST_DOMAIN: &str = "jitgate.local";
@@ -91,8 +91,8 @@ pub fn issue(opts: &IssueOptions) -> Result<Issued, CertError> {
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(rcgen_err("sign the client certificate"))?;
-    let subject = der::subject_name(&opts.user, &opts.groups);
-    let cert_der = der::with_subject(cert.der(), &subject, issuer.key())?;
+    let subject = subject::subject_name(&opts.user, &opts.groups)?;
+    let cert_der = subject::with_subject(cert.der(), subject, issuer.key())?;
     let cert_pem = pem::encode(&pem::Pem::new("CERTIFICATE", cert_der));
     let key_pem = Secret::new(key.serialize_pem());
 
