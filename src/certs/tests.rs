@@ -1,8 +1,18 @@
 //! Unit tests of `certs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+use super::issue::{file_safe, MAX_FILE_STEM};
+use super::revoke::{read_crl_number, read_revoked};
 use super::*;
-use crate::identity::Identity;
+use crate::identity::{self, Identity};
 use std::os::unix::fs::PermissionsExt;
 
 fn init_dir(dir: &Path) -> Vec<PathBuf> {

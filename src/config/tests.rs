@@ -1,5 +1,11 @@
 //! Unit tests of `config`.
 
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::targets::{state_dir, uid_range, DEFAULT_STATE_DIR, DEFAULT_UID_RANGE};
 use super::*;
 
 const EXAMPLE: &str = "\

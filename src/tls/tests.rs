@@ -1,6 +1,16 @@
 //! Unit tests of `tls`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::{ClientConfig, ServerConfig};
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio_rustls::TlsAcceptor;
+
+use super::files::{load_certs, load_key, provider, root_store, VERSIONS};
 use super::*;
 use crate::certs::{self, InitOptions, IssueOptions, Issued, DEFAULT_TRUST_DOMAIN};
 use crate::identity::Identity;
