@@ -39,8 +39,29 @@ use crate::session::EndReason;
 /// own FATAL (57P01) reaches the client before the sockets close.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// Read buffer of each pump.
-const PUMP_BUFFER: usize = 16 * 1024;
+/// A pump reads into [`SMALL_READ`] bytes while the traffic is one message at a time (an idle
+/// or interactive session, pgbench -S), and into [`BULK_READ`] once a read fills the small
+/// buffer (COPY, big result sets), until a read would have fit the small one again. An idle
+/// session then holds 2 × 2 KiB of pump buffers, not 2 × 16 KiB (idle memory, BENCHMARKS.md).
+const SMALL_READ: usize = 2 * 1024;
+const BULK_READ: usize = 16 * 1024;
+
+struct PumpBuffer(Vec<u8>);
+
+impl PumpBuffer {
+    fn new() -> PumpBuffer {
+        PumpBuffer(vec![0; SMALL_READ])
+    }
+
+    /// Called once the `n` bytes of a read have been passed on.
+    fn after_read(&mut self, n: usize) {
+        if n == self.0.len() && self.0.len() < BULK_READ {
+            self.0 = vec![0; BULK_READ];
+        } else if n <= SMALL_READ && self.0.len() > SMALL_READ {
+            self.0 = vec![0; SMALL_READ];
+        }
+    }
+}
 
 /// The session's audit on the relay: one decoder sees both directions (it pairs each
 /// result with its statement), and its events go to the session's audit.
@@ -147,10 +168,11 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; PUMP_BUFFER];
+    let mut buffer = PumpBuffer::new();
     let mut total = 0u64;
     loop {
-        let n = client.read(&mut buf).await?;
+        let buf = &mut buffer.0;
+        let n = client.read(buf).await?;
         if n == 0 {
             upstream.shutdown().await?;
             return Ok(total);
@@ -162,6 +184,7 @@ where
         upstream.flush().await?;
         total += n as u64;
         counters.from_client.fetch_add(n as u64, Ordering::Relaxed);
+        buffer.after_read(n);
     }
 }
 
@@ -178,7 +201,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; PUMP_BUFFER];
+    let mut buffer = PumpBuffer::new();
     let mut frames = Frames::default();
     let mut pending: VecDeque<Bytes> = VecDeque::new();
     let mut notices_open = true;
@@ -197,8 +220,9 @@ where
                 None => notices_open = false,
             },
             // `read` is cancel-safe: a notice arriving first loses no upstream bytes.
-            n = upstream.read(&mut buf) => {
+            n = upstream.read(&mut buffer.0) => {
                 let n = n?;
+                let buf = &buffer.0;
                 if n == 0 {
                     client.shutdown().await?;
                     return Ok(total);
@@ -223,6 +247,7 @@ where
                 client.flush().await?;
                 total += n as u64;
                 counters.to_client.fetch_add(n as u64, Ordering::Relaxed);
+                buffer.after_read(n);
             }
         }
     }
@@ -310,6 +335,20 @@ mod tests {
         m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
         m.extend_from_slice(body);
         m
+    }
+
+    #[test]
+    fn pump_buffers_grow_for_bulk_and_shrink_back() {
+        let mut b = PumpBuffer::new();
+        b.after_read(100);
+        assert_eq!(b.0.len(), SMALL_READ);
+        b.after_read(SMALL_READ);
+        assert_eq!(b.0.len(), BULK_READ);
+        b.after_read(BULK_READ);
+        b.after_read(SMALL_READ + 1);
+        assert_eq!(b.0.len(), BULK_READ);
+        b.after_read(SMALL_READ);
+        assert_eq!(b.0.len(), SMALL_READ);
     }
 
     #[test]
