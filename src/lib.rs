@@ -1,4 +1,4 @@
-//! jitgate: an access gateway for PostgreSQL (and, next, SSH) that leaves zero standing privileges.
+//! jitgate: an access gateway for PostgreSQL and SSH that leaves zero standing privileges.
 //!
 //! A connection flows through the modules in this order:
 //!
@@ -21,7 +21,8 @@
 //! session    live sessions: registry, lifetime (deadline, warnings), trust rechecks
 //! control    the operator's control socket: live sessions, `sessions end`, locks
 //! server     accept loops, reloads and shutdown
-//! certs      `jitgate certs init|issue|revoke` (rcgen)
+//! telemetry  OpenTelemetry (traces, metrics, audit lines as logs), off without an endpoint
+//! certs      `jitgate certs init|issue|revoke` (rcgen; x509-cert for the subject)
 //! doctor     `jitgate doctor`: is each target ready, and the exact fix where it is not
 //! logsafe    `Untrusted`: client-chosen text escaped and capped for logs and refusals
 //! sandbox    throwaway PostgreSQL and sshd targets (for `demo` and the tests)
