@@ -1,9 +1,10 @@
 //! Cancel across replicas (issue 10 item 8): two gateways (peer_id 1 and 2, each listing the
-//! other under `peers:`) share one PostgreSQL and one CA behind a round-robin TCP forwarder,
-//! as behind a load balancer. psql's Ctrl-C opens a new connection for its CancelRequest, which
-//! the forwarder sends to the other replica than the session's; that replica passes it on to
-//! the session's, and the running query is cancelled, every time, in both directions. A key of
-//! a peer nobody knows is dropped without a word, as PostgreSQL drops an unknown key.
+//! other under `peers:`) share one PostgreSQL and one CA behind a TCP forwarder that sends a
+//! session's login to one and its cancel to the other, as a load balancer may. psql's Ctrl-C
+//! opens a new connection for its CancelRequest, which lands on the other replica than the
+//! session's; that replica passes it on to the session's, and the running query is cancelled,
+//! every time, in both directions. A key of a peer nobody knows is dropped without a word, as
+//! PostgreSQL drops an unknown key.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -26,18 +27,21 @@ grants:
     postgres: { roles: [orders_read] }
 "#;
 
-/// Accepts on a port of its own and sends connection n to `backends[n % 2]`, piping bytes both
-/// ways; returns the port and the count of connections so far.
-fn round_robin(backends: [u16; 2]) -> (u16, Arc<AtomicUsize>) {
+/// Accepts on a port of its own and sends each connection to `backends[route % 2]`, `route`
+/// as it is when the connection arrives, piping bytes both ways; returns the port and
+/// `route`. The test points it at the session's replica for the login (however many
+/// connections the client makes for it) and at the other one before the cancel, as a load
+/// balancer may.
+fn switchboard(backends: [u16; 2]) -> (u16, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let count = Arc::new(AtomicUsize::new(0));
-    let counter = count.clone();
+    let route = Arc::new(AtomicUsize::new(0));
+    let current = route.clone();
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { continue };
-            let n = counter.fetch_add(1, Ordering::SeqCst);
-            let Ok(upstream) = TcpStream::connect(("127.0.0.1", backends[n % 2])) else {
+            let backend = backends[current.load(Ordering::SeqCst) % 2];
+            let Ok(upstream) = TcpStream::connect(("127.0.0.1", backend)) else {
                 continue;
             };
             for (mut from, mut to) in [
@@ -61,7 +65,7 @@ fn round_robin(backends: [u16; 2]) -> (u16, Arc<AtomicUsize>) {
             }
         }
     });
-    (port, count)
+    (port, route)
 }
 
 fn wait_until(what: &str, log: impl Fn() -> String, mut ready: impl FnMut() -> bool) {
@@ -126,7 +130,7 @@ fn a_cancel_on_the_other_replica_reaches_the_session() {
     one.stop();
     one.restart();
 
-    let (front, connections) = round_robin([one.port, two.port]);
+    let (front, route) = switchboard([one.port, two.port]);
     let (crt, key) = one.issue("alice", &[]);
     let conninfo = format!(
         "{} port={front}",
@@ -134,16 +138,8 @@ fn a_cancel_on_the_other_replica_reaches_the_session() {
     );
     let sql = "SELECT pg_sleep(30)";
     for round in 0..4 {
-        // Every other round a connection that says nothing shifts the forwarder by one, so
-        // sessions sit on either replica and cancels come from either side.
-        if round % 2 == 1 {
-            drop(TcpStream::connect(("127.0.0.1", front)).unwrap());
-            wait_until(
-                "the probe counted",
-                || one.log(),
-                || connections.load(Ordering::SeqCst) % 2 == 1,
-            );
-        }
+        // Sessions sit on either replica in turn, and each cancel comes in at the other.
+        route.store(round % 2, Ordering::SeqCst);
         let psql = psql_command(&conninfo, sql)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -161,6 +157,7 @@ fn a_cancel_on_the_other_replica_reaches_the_session() {
             },
         );
         // Ctrl-C: psql sends its CancelRequest on a new connection, to the other replica.
+        route.store(round % 2 + 1, Ordering::SeqCst);
         let status = Command::new("kill")
             .args(["-INT", &psql.id().to_string()])
             .status()
@@ -219,16 +216,25 @@ fn a_cancel_on_the_other_replica_reaches_the_session() {
     let Some(lib) = libpq17() else { return };
     let program = libpq_cancel_program(&lib, one.dir.path());
     for round in 0..2 {
-        if round == 1 {
-            drop(TcpStream::connect(("127.0.0.1", front)).unwrap());
-        }
-        // (The forwarder accepts in connection order: the probe is counted first.)
+        route.store(round, Ordering::SeqCst);
         let out = Command::new(&program)
             .args([conninfo.as_str(), sql])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // The program cancels 2 s after sending its query: by then the route has turned.
+        wait_until(
+            "the query running",
+            || format!("{}\n{}", one.log(), two.log()),
+            || {
+                pg.superuser_sql(
+                    "postgres",
+                    &format!("SELECT count(*) FROM pg_stat_activity WHERE query = '{sql}'"),
+                ) == "1"
+            },
+        );
+        route.store(round + 1, Ordering::SeqCst);
         let out = finish(out);
         let text = stdout(&out);
         assert!(out.status.success(), "{text}\n{}", stderr(&out));

@@ -53,7 +53,7 @@ int main(int argc, char **argv)
         return 1;
     }
     /* Let the query reach the server and start running. */
-    sleep(1);
+    sleep(2);
     PGcancelConn *cancel = PQcancelCreate(conn);
     if (!PQcancelBlocking(cancel)) {
         fprintf(stderr, "cancel: %s", PQcancelErrorMessage(cancel));
