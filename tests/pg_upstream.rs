@@ -732,6 +732,7 @@ fn admin_login_over_tls_require_works_with_real_postgres() {
 
 #[test]
 fn admin_sessions_start_with_statement_and_lock_timeouts() {
+    // (And with synchronous_commit off: a mint's commit does not wait for the WAL flush.)
     // The start-up reaper's admin login passes through the fake, which keeps its StartupMessage.
     let Some((_pg, fake, gw)) = fake_env(Mode::OkAtOnce, "tls: disable") else {
         return;
@@ -741,7 +742,9 @@ fn admin_sessions_start_with_statement_and_lock_timeouts() {
     for startup in startups {
         let text = String::from_utf8_lossy(&startup);
         assert!(
-            text.contains("options\0-c statement_timeout=10s -c lock_timeout=5s\0"),
+            text.contains(
+                "options\0-c statement_timeout=10s -c lock_timeout=5s -c synchronous_commit=off\0"
+            ),
             "{text:?}"
         );
     }
