@@ -50,7 +50,7 @@ pub const PG_LOCK_CLASS: i32 = 0x6a67_6174;
 /// bytes, as a signed `int4`). Stable across versions and hosts; documented in the README.
 /// Two instance ids with the same hash (one chance in 2^32 per pair) share one lock: the
 /// second cannot take it while the first runs (it logs that another session holds it, and
-/// `pg_stat_activity` names the holder by its `application_name`, "jitgate liveness <id>"):
+/// `pg_stat_activity` names the holder by its `application_name`, `jitgate liveness <id>`):
 /// give one of them another instance_id.
 pub fn pg_lock_key(instance: &str) -> (i32, i32) {
     let mut hash: u32 = 0x811c_9dc5;

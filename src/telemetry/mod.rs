@@ -3,7 +3,7 @@
 //! policy decision, the mint, the upstream login and the drop (the `tracing` spans of
 //! `pg::session` and `ssh::session`, exported by `tracing-opentelemetry`); metrics; and every
 //! audit event as an OTLP log record whose body is the event's JSON line, chain link
-//! included. All three go over OTLP/HTTP with protobuf ([`http::Client`]).
+//! included. All three go over OTLP/HTTP with protobuf (`http::Client`).
 //!
 //! Metrics (names as exported):
 //! - `jitgate.sessions.active`, `jitgate.jit.accounts.live`: gauges, read from the session

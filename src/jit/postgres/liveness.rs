@@ -1,6 +1,6 @@
 //! This instance's liveness lock on a PostgreSQL target: a session-level advisory lock,
 //! `pg_try_advisory_lock(PG_LOCK_CLASS, <hash of the instance id>)`, on an admin session of
-//! its own (`application_name` "jitgate liveness <instance>") in the target's admin database, kept open
+//! its own (`application_name` `jitgate liveness <instance>`) in the target's admin database, kept open
 //! while the gateway runs and taken again with backoff whenever it drops. PostgreSQL releases
 //! a session-level advisory lock when the session ends, however it ends ("Advisory Locks",
 //! PostgreSQL docs §13.3.5): the gateway killed, or its host lost once the server notices the
