@@ -401,9 +401,11 @@ fn init_logging() {
     // for it, so the relay's debug and trace call sites stay off.
     let (traces, handle) = tracing_subscriber::reload::Layer::new(None);
     jitgate::telemetry::set_trace_layer_handle(handle);
-    let traces = traces.with_filter(filter::filter_fn(|m| {
-        m.target().starts_with("jitgate") && (m.is_span() || *m.level() <= tracing::Level::INFO)
-    }));
+    // A `Targets` filter, not a closure: it decides per call site once, so the call sites of
+    // other crates (russh's per-packet debug lines) stay off for good instead of being asked
+    // at every event (a closure filter made every call site in the process "sometimes").
+    let traces =
+        traces.with_filter(filter::Targets::new().with_target("jitgate", tracing::Level::INFO));
     tracing_subscriber::registry().with(traces).with(fmt).init();
 }
 
