@@ -255,11 +255,13 @@ fn sshd_restarted_mid_session() {
             .unwrap()
     };
     let first = ssh("sleep 2; echo survived");
+    // Restarted once the session's upstream connection exists (the account alone exists a
+    // moment before the gateway's login, which a restart then would refuse).
     wait_until(
-        "the account made",
+        "the session started",
         Duration::from_secs(20),
         || gw.log(),
-        || !sshd.own_accounts().is_empty(),
+        || !sshd.own_accounts().is_empty() && gw.log().contains("session started"),
     );
     sshd.restart();
     let o = finish(first, Duration::from_secs(30));
