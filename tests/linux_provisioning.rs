@@ -317,6 +317,30 @@ fn a_second_concurrent_connection_gets_an_ephemeral_home() {
     });
 }
 
+/// A removal run again for an account already gone (a drop retried after a lost answer, the
+/// reaper) while the person's persistent home is lent to their next account: the home stays
+/// with the live account. (CI saw the second of two back-to-back ssh connections refused its
+/// home: "Could not chdir to home directory …: Permission denied".)
+#[test]
+fn a_repeated_removal_leaves_a_home_lent_to_the_next_account_alone() {
+    let Some(env) = env() else { return };
+    rt().block_on(async {
+        let bob = person("bob", "ops");
+        let first = env.mint(&bob, "web-ops").await;
+        env.prov.drop_lease(&first).await.unwrap();
+        let second = env.mint(&bob, "web-ops").await;
+        assert_eq!(second.home_mode, HomeMode::Persistent);
+        assert_eq!(second.home, first.home);
+        env.prov.drop_lease(&first).await.unwrap();
+        assert_eq!(owner_mode(&second.home).0, second.uid);
+        let out = env.run_as(&second, "cd && pwd").await;
+        assert_eq!(out.stdout_text().trim(), second.home);
+        env.prov.drop_lease(&second).await.unwrap();
+        assert_eq!(owner_mode(&second.home), (0, 0, 0o700));
+        assert!(env.sshd.own_accounts().is_empty());
+    });
+}
+
 #[test]
 fn a_wrong_pinned_host_key_is_refused_and_nothing_is_created() {
     let Some(env) = env() else { return };

@@ -387,6 +387,13 @@ release_home() {
     case $home_kind in
         persistent)
             if [ -d "$home" ] && [ ! -L "$home" ]; then
+                # Lent since to another live account of the person (this removal runs again
+                # for an account already gone: a retried drop, the reaper): it is theirs now.
+                owner=$(stat -c %u "$home")
+                if [ "$owner" != 0 ] && [ "$owner" != "$uid" ] && getent passwd "$owner" >/dev/null; then
+                    echo "note=persistent home $home is lent to another account now; left to it"
+                    return 0
+                fi
                 chown 0:0 "$home"
                 chmod 0700 "$home"
                 if busy=$(in_use "$home"); then
