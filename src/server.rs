@@ -11,7 +11,6 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument as _;
 
 use crate::audit::{Audit, Event, Health, OnFailure};
 use crate::config::{Config, Target};
@@ -302,15 +301,13 @@ pub async fn serve_until(
         tokio::select! {
             accepted = accept(&pg_listener) => match accepted {
                 Ok((tcp, peer)) => if let Some(handshake) = admit_tcp(&limits, &tcp, peer) {
-                    let span = tracing::info_span!("pg.connection", client = %peer);
-                    sessions.spawn(crate::pg::session::handle(tcp, peer, handshake, ctx.clone()).instrument(span));
+                    sessions.spawn(crate::pg::session::handle(tcp, peer, handshake, ctx.clone()));
                 }
                 Err(e) => accept_failed(e).await,
             },
             accepted = accept(&ssh_listener) => match (accepted, &ssh_ctx) {
                 (Ok((tcp, peer)), Some(ssh_ctx)) => if let Some(handshake) = admit_tcp(&limits, &tcp, peer) {
-                    let span = tracing::info_span!("ssh.connection", client = %peer);
-                    sessions.spawn(crate::ssh::session::handle(tcp, peer, handshake, ssh_ctx.clone()).instrument(span));
+                    sessions.spawn(crate::ssh::session::handle(tcp, peer, handshake, ssh_ctx.clone()));
                 }
                 (Ok(_), None) => {}
                 (Err(e), _) => accept_failed(e).await,

@@ -212,7 +212,12 @@ async fn queries_and_prepared_statements_are_audited_in_order() {
         String::from_utf8_lossy(&o.stderr).contains("no_such_table"),
         "{o:?}"
     );
-    let all = wait_event(&gw, "the psql session's end", is("session.end"));
+    // The drop follows session.end: wait for it, the last event asserted below.
+    let all = wait_event(
+        &gw,
+        "the psql session's account dropped",
+        is("jit.account.dropped"),
+    );
     let psql_session = all.iter().find(|v| v["event"] == "session.start").unwrap()["session"]
         .as_str()
         .unwrap()

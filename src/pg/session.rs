@@ -22,24 +22,19 @@ use super::relay::{splice, Counters, End, Tap};
 use super::startup::{accept, Arrival, ClientStream, FrontDoorError, Login};
 use super::upstream::{self, UpstreamError};
 use crate::audit::pg::{PgAuditOptions, PgDecoder};
-use crate::audit::{Audit, DropOutcome, Event as AuditEvent, SessionAudit, SessionMeta};
+use crate::audit::{Audit, Event as AuditEvent};
 use crate::config::PgTarget;
 use crate::control::locks::Locks;
 use crate::identity::Identity;
 use crate::jit::postgres::PgProvisioner;
 use crate::jit::reaper::LiveLeases;
-use crate::jit::{LeaseId, PgLease, Provisioner};
+use crate::jit::{LeaseId, PgLease};
 use crate::limits::{Handshake, Limits};
 use crate::logsafe::{diagnostic, untrusted};
 use crate::policy::{self, AccessRequest, Denial, PolicySet, TargetKind};
 use crate::session::lifetime::{Event, Lifetime};
-use crate::session::{trust, Credential, Registered, SessionInfo, Sessions};
+use crate::session::{trust, Credential, Ending, Registered, Session, Sessions};
 use crate::tls::ServerTls;
-
-/// Longest a session's end waits for its role's drop (retries included) before handing the
-/// role to the reaper: a lock another session holds on the role's objects must not keep the
-/// lease "live", and the reaper never takes a live lease.
-const DROP_DEADLINE: Duration = Duration::from_secs(90);
 
 /// Longest a mint may take, waiting for an admin slot included (the admin login alone has
 /// 15 s); the client is refused after it and the reaper takes what a cut-off mint left.
@@ -127,6 +122,15 @@ fn denial_refusal(
 /// `handshake` counts it against its source address until the client has shown a certificate
 /// (or sent a cancel key); any other end of the handshake counts as a failed one.
 pub async fn handle(tcp: TcpStream, peer: SocketAddr, handshake: Handshake, ctx: Arc<PgContext>) {
+    let session = Session::accept(TargetKind::Postgres, peer, ctx.audit.clone());
+    let span = session.span().clone();
+    serve_connection(tcp, session, handshake, &ctx)
+        .instrument(span)
+        .await;
+}
+
+async fn serve_connection(tcp: TcpStream, session: Session, handshake: Handshake, ctx: &PgContext) {
+    let peer = session.client();
     let _ = tcp.set_nodelay(true);
     let arrival = tokio::time::timeout(
         ctx.handshake_timeout,
@@ -140,23 +144,12 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, handshake: Handshake, ctx:
         Err(_) => tracing::info!(client = %peer, "handshake timed out"),
         Ok(Err(FrontDoorError::Refused { code, message })) => {
             tracing::info!(event = "access.denied", client = %peer, sqlstate = code, reason = %message, "connection refused");
-            ctx.audit
-                .emit(AuditEvent::AccessDenied {
-                    protocol: "postgres",
-                    client: peer.to_string(),
-                    user: None,
-                    serial: None,
-                    target: None,
-                    requested: None,
-                    sqlstate: Some(code.to_string()),
-                    why: message.to_string(),
-                })
-                .await;
+            session.deny(Some(code), &message).await;
         }
         // Port probes and health checks land here: not worth an info line each.
         Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "connection closed before login"),
         Ok(Ok(Arrival::Cancel { key, tls })) => ctx.cancels.cancel(key, peer, tls).await,
-        Ok(Ok(Arrival::Login(login))) => run_login(*login, peer, &ctx).await,
+        Ok(Ok(Arrival::Login(login))) => run_login(*login, &session, ctx).await,
     }
 }
 
@@ -226,7 +219,7 @@ fn sort_params(params: Vec<(String, String)>) -> Result<Requested, Refusal> {
     })
 }
 
-async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
+async fn run_login(login: Login, session: &Session, ctx: &PgContext) {
     let Login {
         mut stream,
         identity,
@@ -234,16 +227,13 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         params,
     } = login;
     let started = StdInstant::now();
-    let mut who = Who {
-        ctx,
-        peer,
-        identity: &identity,
-        target: None,
-        requested: None,
-    };
+    session.identified(
+        &identity,
+        Credential::from_chain(stream.get_ref().1.peer_certificates().unwrap_or(&[])),
+    );
     let requested = match sort_params(params) {
         Ok(r) => r,
-        Err(refusal) => return refuse(&mut stream, &who, refusal).await,
+        Err(refusal) => return refuse(&mut stream, session, refusal).await,
     };
     if minor_version > 0 || !requested.unsupported.is_empty() {
         // We speak 3.0; say so before authentication, as PostgreSQL does.
@@ -259,12 +249,12 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
     // as one that exists but is not granted: no stranger learns target names, nor (before
     // holding a grant) a target's database list.
     let policies = (ctx.policies)();
-    who.target = Some(requested.target.clone());
-    who.requested = Some(requested.user.clone());
+    session.target(&requested.target);
+    session.requested(&requested.user, requested.reason.as_deref());
     let Some((target, provisioner)) = ctx.targets.get(&requested.target) else {
         let denial = Denial::no_such_target(&identity, &requested.target, Some(&requested.user));
         let refusal = denial_refusal(&denial, &policies, &identity, ctx);
-        return refuse(&mut stream, &who, refusal).await;
+        return refuse(&mut stream, session, refusal).await;
     };
     let request = AccessRequest {
         identity: &identity,
@@ -278,7 +268,7 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
             Ok(grant) => grant,
             Err(denial) => {
                 let refusal = denial_refusal(&denial, &policies, &identity, ctx);
-                return refuse(&mut stream, &who, refusal).await;
+                return refuse(&mut stream, session, refusal).await;
             }
         };
     // Only now, to a person the policy let in, may the target's databases be named.
@@ -295,7 +285,7 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
                     target.databases.join(", ")
                 ),
             );
-            return refuse(&mut stream, &who, refusal).await;
+            return refuse(&mut stream, session, refusal).await;
         }
     };
 
@@ -305,14 +295,14 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         Ok(permit) => permit,
         Err(e) => {
             let refusal = Refusal::new("53300", e.to_string()).detail(e.key());
-            return refuse(&mut stream, &who, refusal).await;
+            return refuse(&mut stream, session, refusal).await;
         }
     };
     // No session starts that cannot be audited (audit.on_failure: fail_closed), and none
     // gets an account first.
     if let Err(message) = ctx.audit.accepting() {
         let refusal = Refusal::new("57P03", message).detail("audit log cannot be written");
-        return refuse(&mut stream, &who, refusal).await;
+        return refuse(&mut stream, session, refusal).await;
     }
     // An operator's lock refuses the session before it has an account, in the words of an
     // authentication failure (28000, as Teleport's locks and a NOLOGIN role are refused).
@@ -321,9 +311,9 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         .refusing(&identity.user, grant.name(), &target.name)
     {
         let refusal = Refusal::new("28000", lock.user_message()).detail(lock.describe());
-        return refuse(&mut stream, &who, refusal).await;
+        return refuse(&mut stream, session, refusal).await;
     }
-    let lease_id = LeaseId::random();
+    let lease_id = session.id().clone();
     let _live = ctx.live.register(&lease_id);
     let minting = provisioner
         .mint(lease_id.clone(), &grant, &identity, &database)
@@ -334,13 +324,13 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
             // Whatever the target did with the CREATE ROLE, the lease is this instance's and
             // not live once `_live` goes: the reaper removes a role that was made.
             tracing::error!(lease = %lease_id, target_name = %target.name, user = %identity.user, seconds = MINT_DEADLINE.as_secs(), "mint did not finish in time; the target is slow or not answering");
-            return refuse(&mut stream, &who, jit_refusal(&target.name, &lease_id)).await;
+            return refuse(&mut stream, session, jit_refusal(&target.name, &lease_id)).await;
         }
         Ok(Err(e)) => {
             // The user hears "ask the operator"; the operator's line says what fixes it.
             let fix = crate::doctor::fix_for_mint_error(&e, target, &grant);
             tracing::error!(lease = %lease_id, target_name = %target.name, user = %identity.user, error = %diagnostic(&e.to_string()), fix = fix.as_deref().map(tracing::field::display), "mint failed");
-            return refuse(&mut stream, &who, jit_refusal(&target.name, &lease_id)).await;
+            return refuse(&mut stream, session, jit_refusal(&target.name, &lease_id)).await;
         }
     };
     tracing::info!(
@@ -349,18 +339,11 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
         reason = %untrusted(grant.reason().unwrap_or("")), mint_ms = started.elapsed().as_millis() as u64,
         "account created"
     );
-    let audit = ctx.audit.session(
-        &SessionMeta::new(
-            lease.id.as_str(),
-            TargetKind::Postgres,
-            &identity,
-            peer,
-            &target.name,
-        )
-        .grant(grant.name(), grant.reason())
-        .account(&lease.role),
-    );
-    audit
+    let Some(audit) = session.open(&grant, &lease.role).cloned() else {
+        // Identified and targeted above: not reached.
+        return refuse(&mut stream, session, jit_refusal(&target.name, &lease_id)).await;
+    };
+    session
         .emit(AuditEvent::AccountCreated {
             database: Some(database.clone()),
             mint_ms: started.elapsed().as_millis() as u64,
@@ -371,45 +354,36 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
     // From here trust changes can end the session: register it, then check once more what a
     // CRL or policy reload (or a lock) during the mint may have changed.
     let counters = Arc::new(Counters::default());
-    let credential = Credential::from_chain(stream.get_ref().1.peer_certificates().unwrap_or(&[]));
-    let registered = ctx.sessions.register(SessionInfo {
-        id: lease.id.clone(),
-        protocol: TargetKind::Postgres,
-        identity: identity.clone(),
-        credential,
-        target: target.name.clone(),
-        requested: requested.user.clone(),
-        reason: requested.reason.clone(),
-        grant: grant.name().to_string(),
-        account: lease.role.clone(),
-        client: peer,
-        since: std::time::SystemTime::now(),
-        bytes: counters.clone(),
-    });
-    trust::recheck_new(&registered, &ctx.tls, &(ctx.policies)());
-    ctx.locks.recheck_new(&registered);
+    let registered = session.register(&ctx.sessions, counters.clone());
+    if let Some(registered) = &registered {
+        trust::recheck_new(registered, &ctx.tls, &(ctx.policies)());
+        ctx.locks.recheck_new(registered);
+    }
 
     let tap = Tap::new(
         PgDecoder::new(PgAuditOptions {
             redact_parameters: grant.redact_parameters(),
             ..PgAuditOptions::default()
         }),
-        audit.clone(),
+        audit,
     );
-    let opened = Opened {
-        target,
-        provisioner,
-        lease: &lease,
-        registered: &registered,
-        audit: &audit,
-        tap: &tap,
-        counters: &counters,
-        requested: &requested,
-        database: &database,
-        idle_timeout: grant.idle_timeout(),
+    let (end, upstream) = match &registered {
+        Some(registered) => {
+            let opened = Opened {
+                target,
+                provisioner,
+                lease: &lease,
+                registered,
+                tap: &tap,
+                counters: &counters,
+                requested: &requested,
+                database: &database,
+                idle_timeout: grant.idle_timeout(),
+            };
+            serve(&mut stream, session, ctx, &opened).await
+        }
+        None => (None, None),
     };
-    let (end, upstream) = serve(&mut stream, ctx, &opened).await;
-    let session_ended = StdInstant::now();
     drop(registered);
     let _ = stream.shutdown().await;
     drop(stream);
@@ -419,63 +393,22 @@ async fn run_login(login: Login, peer: SocketAddr, ctx: &PgContext) {
     // (with a password the role set itself) is refused. One that slips in once the client has
     // sent Terminate is ended by the drop, which terminates every backend of the role's oid
     // after NOLOGIN.
-    let (end_reason, detail) = match &end {
+    let (reason, detail) = match &end {
         Some(End::Ended(reason)) => (reason.as_str(), Some(reason.to_string())),
         Some(End::Closed { .. } | End::ClientHungUp) => ("closed", None),
         Some(End::Failed(e)) => ("failed", Some(e.to_string())),
         None => ("not_started", None),
     };
-    tracing::info!(event = "session.end", lease = %lease.id, user = %identity.user, target_name = %target.name, end_reason, end = ?end, seconds = started.elapsed().as_secs(), "session ended");
-    let (from_client, to_client) = counters.get();
-    audit
-        .emit(AuditEvent::SessionEnd {
-            duration_ms: started.elapsed().as_millis() as u64,
-            bytes_from_client: from_client,
-            bytes_to_client: to_client,
-            ended: end_reason.to_string(),
+    session
+        .end(Ending {
+            reason,
             detail,
+            bytes: counters.get(),
         })
         .await;
-    let (outcome, error) = match tokio::time::timeout(
-        DROP_DEADLINE,
-        provisioner
-            .drop_with_retry(&lease)
-            .instrument(tracing::info_span!("jit.drop", lease = %lease.id)),
-    )
-    .await
-    {
-        Ok(Ok(())) => {
-            tracing::info!(event = "jit.account.dropped", lease = %lease.id, role = %lease.role, target_name = %target.name, "account dropped");
-            (DropOutcome::Dropped, None)
-        }
-        Ok(Err(e)) => {
-            let error = diagnostic(&e.to_string()).to_string();
-            tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, error = %error, "account NOT dropped; handed to the reaper, which retries every reap interval");
-            (DropOutcome::Failed, Some(error))
-        }
-        Err(_) => {
-            tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, role = %lease.role, target_name = %target.name, seconds = DROP_DEADLINE.as_secs(), "account NOT dropped within the drop deadline; handed to the reaper, which retries every reap interval");
-            (DropOutcome::TimedOut, None)
-        }
-    };
+    session.drop_account(provisioner.as_ref(), &lease).await;
     drop(upstream);
-    audit
-        .emit(AuditEvent::AccountDropped {
-            outcome,
-            drop_ms: session_ended.elapsed().as_millis() as u64,
-            error,
-        })
-        .await;
     // `_live` goes here: from now on the reaper may take whatever is left of the role.
-}
-
-/// Who is being refused, for the log and the audit's `access.denied`.
-struct Who<'a> {
-    ctx: &'a PgContext,
-    peer: SocketAddr,
-    identity: &'a Identity,
-    target: Option<String>,
-    requested: Option<String>,
 }
 
 /// A session past its mint: what `serve` needs.
@@ -484,7 +417,6 @@ struct Opened<'a> {
     provisioner: &'a Arc<PgProvisioner>,
     lease: &'a PgLease,
     registered: &'a Registered,
-    audit: &'a SessionAudit,
     tap: &'a Tap,
     counters: &'a Counters,
     requested: &'a Requested,
@@ -496,6 +428,7 @@ struct Opened<'a> {
 /// Logs in upstream, completes the client's handshake, and relays. Returns how it ended.
 async fn serve(
     stream: &mut ClientStream,
+    session: &Session,
     ctx: &PgContext,
     opened: &Opened<'_>,
 ) -> (Option<End>, Option<upstream::UpstreamStream>) {
@@ -516,14 +449,12 @@ async fn serve(
         Ok(u) => u,
         Err(e) => {
             tracing::error!(lease = %lease.id, target_name = %target.name, role = %lease.role, error = %diagnostic(&e.to_string()), "upstream login failed");
-            let who = Who {
-                ctx,
-                peer,
-                identity: &info.identity,
-                target: Some(target.name.clone()),
-                requested: Some(info.requested.clone()),
-            };
-            refuse(stream, &who, upstream_refusal(&e, &target.name, &lease.id)).await;
+            refuse(
+                stream,
+                session,
+                upstream_refusal(&e, &target.name, &lease.id),
+            )
+            .await;
             return (None, None);
         }
     };
@@ -540,8 +471,7 @@ async fn serve(
     let end = if stream.write_all(&hello).await.is_ok() {
         tracing::info!(event = "session.start", client = %peer, lease = %lease.id, role = %lease.role, user = %user, target_name = %target.name, "session started");
         let deadline = lease.expires_at.min(info.credential.not_after);
-        opened
-            .audit
+        session
             .emit(AuditEvent::SessionStart {
                 requested: opened.requested.user.clone(),
                 database: Some(opened.database.to_string()),
@@ -568,8 +498,7 @@ async fn serve(
                 match lifetime.next(registered.switch(), &ctx.shutdown).await {
                     Event::Warning(text) => {
                         tracing::info!(event = "session.warning", lease = %lease.id, user = %user, message = %text, "end of session announced");
-                        opened
-                            .audit
+                        session
                             .emit(AuditEvent::SessionWarning {
                                 message: text.clone(),
                             })
@@ -637,24 +566,12 @@ fn upstream_refusal(e: &UpstreamError, target: &str, lease: &LeaseId) -> Refusal
     .hint("the gateway's log has the details under that reference")
 }
 
-async fn refuse(stream: &mut ClientStream, who: &Who<'_>, refusal: Refusal) {
+async fn refuse(stream: &mut ClientStream, session: &Session, refusal: Refusal) {
     // Client-chosen parts of the message (target, grant and database names) are escaped
     // where the message is built.
     let reason = refusal.detail.as_deref().unwrap_or(&refusal.message);
-    tracing::info!(event = "access.denied", client = %who.peer, user = %who.identity.user, sqlstate = %refusal.code, reason = %reason, "login refused");
-    who.ctx
-        .audit
-        .emit(AuditEvent::AccessDenied {
-            protocol: "postgres",
-            client: who.peer.to_string(),
-            user: Some(who.identity.user.clone()),
-            serial: Some(who.identity.serial.clone()),
-            target: who.target.as_deref().map(|t| untrusted(t).to_string()),
-            requested: who.requested.as_deref().map(|r| untrusted(r).to_string()),
-            sqlstate: Some(refusal.code.clone()),
-            why: reason.to_string(),
-        })
-        .await;
+    tracing::info!(event = "access.denied", client = %session.client(), user = %session.user().unwrap_or_default(), sqlstate = %refusal.code, reason = %reason, "login refused");
+    session.deny(Some(&refusal.code), reason).await;
     let packet = fatal(&refusal.code, &refusal.message, refusal.hint.as_deref());
     let _ = stream.write_all(&packet).await;
     let _ = stream.shutdown().await;

@@ -1,4 +1,6 @@
-//! The live sessions of this gateway process, both protocols: who (identity, certificate),
+//! A connection's session record ([`Session`], `spine`: what both protocols know of a
+//! connection and the one way its audit events go), and the live sessions of this gateway
+//! process, both protocols: who (identity, certificate),
 //! where (target, grant, account), since when, and a switch that ends the session now with a
 //! reason. A session registers once its account exists and deregisters by a guard however its
 //! task ends. Trust changes (`trust`: a CRL reload, a policy reload) walk this registry and
@@ -10,7 +12,10 @@
 //! [`Sessions::end_where`] without touching the protocols.
 
 pub mod lifetime;
+pub mod spine;
 pub mod trust;
+
+pub use spine::{Ending, Session};
 
 use std::collections::HashMap;
 use std::fmt;

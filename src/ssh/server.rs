@@ -4,8 +4,7 @@
 //! target answered (RFC 4254 §5.4; russh keeps one want-reply flag per channel).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use russh::server::{Auth, Handler, Msg, Session};
 use russh::{client, Channel, ChannelId, ChannelOpenFailure, Disconnect, Pty, Sig};
@@ -13,60 +12,62 @@ use tracing::Instrument as _;
 
 use super::audit::ChannelAudit;
 use super::channel::{splice_session, splice_stream, SplicedChannel};
-use crate::audit::{Audit, Event as AuditEvent, SessionAudit, SessionMeta};
+use crate::audit::Event as AuditEvent;
 use crate::config::SshTarget;
 use crate::control::locks::Locks;
 use crate::identity::Identity;
 use crate::jit::linux::{LinuxLease, LinuxProvisioner};
 use crate::jit::reaper::{LiveGuard, LiveLeases};
-use crate::jit::LeaseId;
 use crate::logsafe::{diagnostic, untrusted, Untrusted};
 use crate::policy::{self, AccessRequest, Denial, Grant, PolicySet, TargetKind};
+use crate::session::Session as SessionRecord;
 use crate::ssh_client::PinnedHost;
+use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-/// What a connection holds once it has authenticated (the client's part of the handshake is
-/// done) and, after the mint, its account; shared with `ssh::session`, which drops the
-/// account when the connection ends, whatever state the handler is in.
-#[derive(Default)]
-pub struct LiveAccount {
-    pub lease: Option<Arc<LinuxLease>>,
+/// What the handler tells the connection's task (`ssh::session`), in order and one way: that
+/// task owns the account from the moment it exists, and drops it however the connection ends,
+/// whatever state the handler is in then.
+pub enum Progress {
+    /// The client has done its part of the handshake (an authentication request came): from
+    /// here its deadline is the mint's and the login's own, not handshake_timeout.
+    Authenticated,
+    /// The account exists.
+    Minted(Box<Account>),
+    /// Logged in upstream as the account; disconnected before the account is dropped.
+    Upstream(Arc<client::Handle<PinnedHost>>),
+    /// A session channel opened: a warning before the session's end goes to its stderr.
+    ChannelOpened(ChannelId),
+    ChannelClosed(ChannelId),
+}
+
+/// A minted account and what goes with it until it is dropped.
+pub struct Account {
+    pub lease: Arc<LinuxLease>,
     /// Keeps the lease registered as live until the account is dropped (or the task dies).
-    pub live: Option<LiveGuard>,
-    pub upstream: Option<Arc<client::Handle<PinnedHost>>>,
-    pub grant: Option<String>,
-    /// The SSH user name the client asked with (a grant name or its own), for re-evaluating
-    /// the request when the policies change.
-    pub requested: Option<String>,
-    /// Open session channels, where a warning before the session's end is written (stderr).
-    pub channels: Vec<ChannelId>,
-    /// The session's audit, once its account exists.
-    pub audit: Option<SessionAudit>,
-    /// When the mint began, for the session's duration.
-    pub started: Option<std::time::Instant>,
+    pub live: LiveGuard,
+    /// The session's place in `limits:` (per identity, in total), given back when the
+    /// account has been dropped.
+    pub permit: Option<crate::limits::SessionPermit>,
     /// Bytes relayed each way over all channels.
     pub bytes: Arc<crate::audit::Counters>,
     /// Channels and forwards whose audit has not finished: `session.end` waits for them, so it
     /// follows their `ssh.exit` and counts their bytes.
     pub open: TaskTracker,
-    /// The session's place in `limits:` (per identity, in total), given back when the
-    /// account has been dropped.
-    pub permit: Option<crate::limits::SessionPermit>,
     /// The grant's `idle_timeout`.
     pub idle_timeout: Option<std::time::Duration>,
 }
 
-pub type AccountSlot = Arc<Mutex<Option<LiveAccount>>>;
-
 pub struct BastionHandler {
-    pub peer: SocketAddr,
+    /// The connection's session: its span, its audit, what is known of it.
+    pub session: SessionRecord,
     pub identity: Identity,
     pub target: Arc<SshTarget>,
     pub provisioner: Arc<LinuxProvisioner>,
     pub policies: Arc<PolicySet>,
     pub reason: Option<String>,
     pub live: LiveLeases,
-    pub account: AccountSlot,
+    progress: mpsc::UnboundedSender<Progress>,
     /// The bastion's SSH target names, for telling a refused person what they can use.
     offer_targets: Vec<String>,
     decision: Option<Result<Grant, Denial>>,
@@ -74,64 +75,56 @@ pub struct BastionHandler {
     grant: Option<Grant>,
     upstream: Option<Arc<client::Handle<PinnedHost>>>,
     channels: HashMap<ChannelId, (SplicedChannel, Arc<ChannelAudit>)>,
-    audit: Option<Audit>,
     locks: Locks,
     limits: Option<crate::limits::Limits>,
     bytes: Arc<crate::audit::Counters>,
     open: TaskTracker,
-    /// The session's audit and the fields its events carry, once the account exists.
-    session_audit: Option<(SessionAudit, SessionMeta)>,
-    /// The connection's span: russh runs this handler in a task of its own, so the spans of
-    /// the mint and the upstream login name their parent explicitly.
-    span: tracing::Span,
 }
 
 impl BastionHandler {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        peer: SocketAddr,
+        session: SessionRecord,
         identity: Identity,
         target: Arc<SshTarget>,
         provisioner: Arc<LinuxProvisioner>,
         policies: Arc<PolicySet>,
         reason: Option<String>,
         live: LiveLeases,
-        account: AccountSlot,
+        progress: mpsc::UnboundedSender<Progress>,
     ) -> Self {
         BastionHandler {
-            span: tracing::Span::current(),
-            peer,
+            session,
             identity,
             target,
             provisioner,
             policies,
             reason,
             live,
-            account,
+            progress,
             offer_targets: Vec::new(),
             decision: None,
             requested: None,
             grant: None,
             upstream: None,
             channels: HashMap::new(),
-            audit: None,
             locks: Locks::default(),
             limits: None,
             bytes: Arc::default(),
             open: TaskTracker::new(),
-            session_audit: None,
         }
+    }
+
+    /// Tells the connection's task; if it is gone, so is the connection, and what was sent
+    /// (an account) is dropped with the message: its lease stops being live and the reaper
+    /// removes it.
+    fn tell(&self, progress: Progress) {
+        let _ = self.progress.send(progress);
     }
 
     /// The gateway's session limits, checked before minting.
     pub fn limited_by(mut self, limits: crate::limits::Limits) -> Self {
         self.limits = Some(limits);
-        self
-    }
-
-    /// Where the session's events go.
-    pub fn audited(mut self, audit: Audit) -> Self {
-        self.audit = Some(audit);
         self
     }
 
@@ -141,27 +134,12 @@ impl BastionHandler {
         self
     }
 
-    async fn denied(&self, requested: Option<&str>, why: String) {
-        if let Some(audit) = &self.audit {
-            audit
-                .emit(AuditEvent::AccessDenied {
-                    protocol: "ssh",
-                    client: self.peer.to_string(),
-                    user: Some(self.identity.user.clone()),
-                    serial: Some(self.identity.serial.clone()),
-                    target: Some(self.target.name.clone()),
-                    requested: requested.map(str::to_string),
-                    sqlstate: None,
-                    why,
-                })
-                .await;
-        }
+    async fn denied(&self, why: &str) {
+        self.session.deny(None, why).await;
     }
 
     async fn emit(&self, event: AuditEvent) {
-        if let Some((audit, _)) = &self.session_audit {
-            audit.emit(event).await;
-        }
+        self.session.emit(event).await;
     }
 
     /// The SSH target names a refusal may list (those this person's grants apply to).
@@ -176,12 +154,8 @@ impl BastionHandler {
     async fn open(&mut self, grant: Grant) -> Result<(), String> {
         // No session starts that cannot be audited (audit.on_failure: fail_closed), and none
         // gets an account first.
-        if let Some(Err(message)) = self.audit.as_ref().map(Audit::accepting) {
-            self.denied(
-                self.requested.as_deref(),
-                "audit log cannot be written".into(),
-            )
-            .await;
+        if let Err(message) = self.session.audit().accepting() {
+            self.denied("audit log cannot be written").await;
             return Err(message);
         }
         // An operator's lock refuses the session before it has an account.
@@ -189,29 +163,27 @@ impl BastionHandler {
             self.locks
                 .refusing(&self.identity.user, grant.name(), &self.target.name)
         {
-            tracing::info!(event = "access.denied", client = %self.peer, user = %self.identity.user, target_name = %self.target.name, lock = %lock.id, reason = %lock.describe(), "login refused: locked");
-            self.denied(self.requested.as_deref(), lock.describe())
-                .await;
+            tracing::info!(event = "access.denied", client = %self.session.client(), user = %self.identity.user, target_name = %self.target.name, lock = %lock.id, reason = %lock.describe(), "login refused: locked");
+            self.denied(&lock.describe()).await;
             return Err(lock.user_message());
         }
         let permit = match self.limits.as_ref().map(|l| l.session(&self.identity.user)) {
             None => None,
             Some(Ok(permit)) => Some(permit),
             Some(Err(e)) => {
-                tracing::info!(event = "access.denied", client = %self.peer, user = %self.identity.user, target_name = %self.target.name, limit = e.key(), "login refused: limit");
-                self.denied(self.requested.as_deref(), format!("{} reached", e.key()))
-                    .await;
+                tracing::info!(event = "access.denied", client = %self.session.client(), user = %self.identity.user, target_name = %self.target.name, limit = e.key(), "login refused: limit");
+                self.denied(&format!("{} reached", e.key())).await;
                 return Err(e.to_string());
             }
         };
         let started = std::time::Instant::now();
-        let id = LeaseId::random();
+        let id = self.session.id().clone();
         let live = self.live.register(&id);
         let lease = match self
             .provisioner
             .mint(id.clone(), &grant, &self.identity)
             .instrument(
-                tracing::info_span!(parent: &self.span, "jit.mint", lease = %id, target_name = %self.target.name),
+                tracing::info_span!(parent: self.session.span(), "jit.mint", lease = %id, target_name = %self.target.name),
             )
             .await
         {
@@ -231,45 +203,25 @@ impl BastionHandler {
             target_name = %self.target.name, grant = grant.name(), user = %self.identity.user,
             serial = %self.identity.serial, reason = %untrusted(grant.reason().unwrap_or("")), "account created"
         );
-        let meta = SessionMeta::new(
-            lease.id.as_str(),
-            TargetKind::Ssh,
-            &self.identity,
-            self.peer,
-            &self.target.name,
-        )
-        .grant(grant.name(), grant.reason())
-        .account(&lease.user);
-        let session_audit = self.audit.as_ref().map(|a| a.session(&meta));
-        if let Some(audit) = &session_audit {
-            audit
-                .emit(AuditEvent::AccountCreated {
-                    database: None,
-                    mint_ms: started.elapsed().as_millis() as u64,
-                    expires_at: crate::audit::event::rfc3339(lease.expires_at),
-                })
-                .await;
-            self.session_audit = Some((audit.clone(), meta));
-        }
+        self.session.open(&grant, &lease.user);
+        self.emit(AuditEvent::AccountCreated {
+            database: None,
+            mint_ms: started.elapsed().as_millis() as u64,
+            expires_at: crate::audit::event::rfc3339(lease.expires_at),
+        })
+        .await;
         // Whatever happens next, the session's end drops this account.
-        let slot = LiveAccount {
-            lease: Some(lease.clone()),
-            live: Some(live),
-            upstream: None,
-            grant: Some(grant.name().to_string()),
-            requested: self.requested.clone(),
-            channels: Vec::new(),
-            audit: session_audit,
-            started: Some(started),
+        self.tell(Progress::Minted(Box::new(Account {
+            lease: lease.clone(),
+            live,
+            permit,
             bytes: self.bytes.clone(),
             open: self.open.clone(),
-            permit,
             idle_timeout: grant.idle_timeout(),
-        };
-        *self.account.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
+        })));
 
         let upstream = crate::ssh_client::connect_pinned(&self.target, &lease.user, lease.key.expose())
-            .instrument(tracing::info_span!(parent: &self.span, "upstream.login", lease = %lease.id))
+            .instrument(tracing::info_span!(parent: self.session.span(), "upstream.login", lease = %lease.id))
             .await
             .map_err(|e| {
                 tracing::error!(lease = %lease.id, target_name = %self.target.name, account = %lease.user, error = %diagnostic(&e.to_string()), "upstream login failed");
@@ -280,16 +232,9 @@ impl BastionHandler {
                 )
             })?;
         let upstream = Arc::new(upstream);
-        if let Some(live) = self
-            .account
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
-            live.upstream = Some(upstream.clone());
-        }
+        self.tell(Progress::Upstream(upstream.clone()));
         self.upstream = Some(upstream);
-        tracing::info!(event = "session.start", client = %self.peer, lease = %lease.id, account = %lease.user, user = %self.identity.user, target_name = %self.target.name, "session started");
+        tracing::info!(event = "session.start", client = %self.session.client(), lease = %lease.id, account = %lease.user, user = %self.identity.user, target_name = %self.target.name, "session started");
         self.emit(AuditEvent::SessionStart {
             requested: self.requested.clone().unwrap_or_default(),
             database: None,
@@ -311,16 +256,12 @@ impl BastionHandler {
             reason: self.reason.as_deref(),
         };
         self.decision = Some(
-            tracing::info_span!(parent: &self.span, "policy")
+            tracing::info_span!(parent: self.session.span(), "policy")
                 .in_scope(|| policy::evaluate(&self.policies, &request)),
         );
         self.requested = Some(user.to_string());
-        // The client has done its part of the handshake: from here its deadline is the
-        // mint's and the login's own, not handshake_timeout.
-        self.account
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(LiveAccount::default);
+        self.session.requested(user, self.reason.as_deref());
+        self.tell(Progress::Authenticated);
         Auth::Accept
     }
 
@@ -378,9 +319,8 @@ impl Handler for BastionHandler {
         let outcome = match self.decision.take() {
             Some(Ok(grant)) => self.open(grant).await,
             Some(Err(denial)) => {
-                tracing::info!(event = "access.denied", client = %self.peer, user = %self.identity.user, target_name = %self.target.name, reason = %denial.detail(), "login refused");
-                let requested = self.requested.clone();
-                self.denied(requested.as_deref(), denial.detail()).await;
+                tracing::info!(event = "access.denied", client = %self.session.client(), user = %self.identity.user, target_name = %self.target.name, reason = %denial.detail(), "login refused");
+                self.denied(&denial.detail()).await;
                 Err(super::session::refusal_text(
                     &denial,
                     &self.policies,
@@ -402,7 +342,9 @@ impl Handler for BastionHandler {
         reply: russh::server::ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let (Some(upstream), Some((audit, meta))) = (&self.upstream, &self.session_audit) else {
+        let (Some(upstream), Some(audit), Some(meta)) =
+            (&self.upstream, self.session.audited(), self.session.meta())
+        else {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -430,14 +372,7 @@ impl Handler for BastionHandler {
                     },
                 );
                 self.channels.insert(id, (spliced, tap));
-                if let Some(live) = self
-                    .account
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_mut()
-                {
-                    live.channels.push(id);
-                }
+                self.tell(Progress::ChannelOpened(id));
             }
             Err(e) => {
                 tracing::warn!(target_name = %self.target.name, error = %diagnostic(&e.to_string()), "upstream refused a session channel");
@@ -489,23 +424,21 @@ impl Handler for BastionHandler {
         {
             Ok(up) => {
                 reply.accept().await;
-                let audit = self.session_audit.as_ref().map(|(a, _)| a.clone());
+                let session = self.session.clone();
                 let bytes = self.bytes.clone();
                 let open = self.open.token();
                 splice_stream(channel, up, move |from_client, to_client| async move {
                     let _open = open;
                     bytes.add(from_client, to_client);
-                    if let Some(audit) = audit {
-                        audit
-                            .emit(AuditEvent::SshPortForward {
-                                host,
-                                port: port_to_connect,
-                                allowed: true,
-                                bytes_from_client: Some(from_client),
-                                bytes_to_client: Some(to_client),
-                            })
-                            .await;
-                    }
+                    session
+                        .emit(AuditEvent::SshPortForward {
+                            host,
+                            port: port_to_connect,
+                            allowed: true,
+                            bytes_from_client: Some(from_client),
+                            bytes_to_client: Some(to_client),
+                        })
+                        .await;
                 });
             }
             Err(e) => {
@@ -521,14 +454,8 @@ impl Handler for BastionHandler {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.channels.remove(&channel);
-        if let Some(live) = self
-            .account
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
-            live.channels.retain(|c| *c != channel);
+        if self.channels.remove(&channel).is_some() {
+            self.tell(Progress::ChannelClosed(channel));
         }
         Ok(())
     }

@@ -5,24 +5,24 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::preamble;
-use super::server::{AccountSlot, BastionHandler};
+use super::server::{Account, BastionHandler, Progress};
 use crate::config::SshTarget;
 use crate::control::locks::Locks;
 use crate::identity::Identity;
 use crate::jit::linux::LinuxProvisioner;
 use crate::jit::reaper::LiveLeases;
-use crate::jit::Provisioner;
 use crate::policy::{self, Denial, PolicySet, TargetKind};
 use crate::session::lifetime::{Event, Lifetime};
-use crate::session::{trust, Credential, EndReason, Registered, SessionInfo, Sessions};
+use crate::session::{trust, Credential, EndReason, Ending, Registered, Session, Sessions};
 use crate::tls::ServerTls;
 
 /// How long a session's end waits for its channels' audit (recordings hashed, last events).
@@ -51,11 +51,6 @@ pub struct SshContext {
     pub shutdown: CancellationToken,
 }
 
-/// How often the connection looks for its account before the session is registered. A trust
-/// change in between is not missed (registration checks once more), but the shorter this
-/// is, the sooner the session shows in the registry.
-const REGISTER_POLL: Duration = Duration::from_millis(50);
-
 /// A russh server config for the bastion: our host key, `none` (and, for clients that never
 /// try it, any public key) — the TLS client certificate is the authentication — and
 /// keepalives instead of an idle timeout.
@@ -78,7 +73,6 @@ pub fn russh_config(host_key: russh::keys::PrivateKey) -> russh::server::Config 
 struct Admitted {
     stream: ClientStream,
     identity: Identity,
-    credential: Credential,
     target: Arc<SshTarget>,
     provisioner: Arc<LinuxProvisioner>,
     reason: Option<String>,
@@ -103,29 +97,62 @@ pub async fn handle(
     handshake: crate::limits::Handshake,
     ctx: Arc<SshContext>,
 ) {
+    let session = Session::accept(TargetKind::Ssh, peer, ctx.audit.clone());
+    let span = session.span().clone();
+    serve_connection(tcp, session, handshake, &ctx)
+        .instrument(span)
+        .await;
+}
+
+/// What the connection's task has heard from the handler (`Progress`): the account it owns
+/// once minted, and what it needs to end the session.
+#[derive(Default)]
+struct Heard {
+    authenticated: bool,
+    account: Option<Box<Account>>,
+    upstream: Option<Arc<russh::client::Handle<crate::ssh_client::PinnedHost>>>,
+    channels: Vec<russh::ChannelId>,
+}
+
+impl Heard {
+    /// Takes one message in; true when it was the account.
+    fn take(&mut self, progress: Progress) -> bool {
+        match progress {
+            Progress::Authenticated => self.authenticated = true,
+            Progress::Minted(account) => {
+                self.account = Some(account);
+                return true;
+            }
+            Progress::Upstream(upstream) => self.upstream = Some(upstream),
+            Progress::ChannelOpened(id) => self.channels.push(id),
+            Progress::ChannelClosed(id) => self.channels.retain(|c| *c != id),
+        }
+        false
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    session: Session,
+    handshake: crate::limits::Handshake,
+    ctx: &SshContext,
+) {
+    let peer = session.client();
     let _ = tcp.set_nodelay(true);
     // handshake_timeout covers the client's whole part up to a started session: TLS, the
     // preamble, then SSH's version exchange, key exchange and authentication request (as
     // OpenSSH's LoginGraceTime does), so a client that goes silent half-way is not held.
     let deadline = tokio::time::Instant::now() + ctx.handshake_timeout;
-    let admitted = match tokio::time::timeout(ctx.handshake_timeout, admit(tcp, handshake, &ctx))
-        .await
+    let admitted = match tokio::time::timeout(
+        ctx.handshake_timeout,
+        admit(tcp, handshake, ctx, &session),
+    )
+    .await
     {
         Err(_) => return tracing::info!(client = %peer, "bastion handshake timed out"),
         Ok(Err(AdmitError::Refused(reason))) => {
             tracing::info!(event = "access.denied", client = %peer, reason = %reason, "bastion connection refused");
-            ctx.audit
-                .emit(crate::audit::Event::AccessDenied {
-                    protocol: "ssh",
-                    client: peer.to_string(),
-                    user: None,
-                    serial: None,
-                    target: None,
-                    requested: None,
-                    sqlstate: None,
-                    why: reason,
-                })
-                .await;
+            session.deny(None, &reason).await;
             return;
         }
         Ok(Err(e)) => {
@@ -136,33 +163,25 @@ pub async fn handle(
     let Admitted {
         stream,
         identity,
-        credential,
         target,
         provisioner,
         reason,
     } = admitted;
     let user = identity.user.clone();
-    let account = AccountSlot::default();
+    let (progress_tx, mut progress) = mpsc::unbounded_channel();
     let handler = BastionHandler::new(
-        peer,
-        identity.clone(),
+        session.clone(),
+        identity,
         target.clone(),
         provisioner.clone(),
         (ctx.policies)(),
-        reason.clone(),
+        reason,
         ctx.live.clone(),
-        account.clone(),
+        progress_tx,
     )
     .offering(ctx.targets.keys().cloned().collect())
-    .audited(ctx.audit.clone())
     .locked_by(ctx.locks.clone())
     .limited_by(ctx.limits.clone());
-    let who = Who {
-        identity,
-        credential,
-        reason,
-        peer,
-    };
     // run_stream itself waits for the client's version line.
     let Ok(started) = tokio::time::timeout_at(
         deadline,
@@ -170,46 +189,58 @@ pub async fn handle(
     )
     .await
     else {
-        return handshake_timed_out(peer, &ctx);
+        return handshake_timed_out(peer, ctx);
     };
+    let mut heard = Heard::default();
     let mut ended_by: Option<EndReason> = None;
     match started {
         Ok(running) => {
             let handle = running.handle();
             tokio::pin!(running);
-            // Until the account exists, look at the slot a few times a second; from then on
-            // the session is registered and its lifetime (deadline, warnings, the switch a
-            // trust change flips) drives this loop.
+            // Until the account exists the handler's news and the handshake deadline drive
+            // this loop; from then on the session is registered and its lifetime (deadline,
+            // warnings, the switch a trust change flips) does too.
             let mut live: Option<(Registered, Lifetime)> = None;
+            let mut listening = true;
             let why = loop {
-                if live.is_none() {
-                    live = register(&account, &ctx, &who, &target);
-                }
-                let authenticated = account.lock().unwrap_or_else(|p| p.into_inner()).is_some();
-                if !authenticated && tokio::time::Instant::now() >= deadline {
+                let event = tokio::select! {
+                    biased;
+                    news = progress.recv(), if listening => {
+                        match news {
+                            Some(news) => {
+                                if heard.take(news) && live.is_none() {
+                                    live = register(&heard, &session, ctx);
+                                }
+                            }
+                            None => listening = false,
+                        }
+                        continue;
+                    }
+                    result = &mut running => {
+                        session_error(peer, result);
+                        break None;
+                    }
                     // Before authentication there may be no SSH transport to say goodbye on.
-                    handshake_timed_out(peer, &ctx);
-                    break None;
-                }
-                let event = match &mut live {
-                    Some((registered, lifetime)) => tokio::select! {
-                        result = &mut running => {
-                            session_error(peer, result);
-                            break None;
+                    () = tokio::time::sleep_until(deadline), if !heard.authenticated => {
+                        handshake_timed_out(peer, ctx);
+                        break None;
+                    }
+                    event = async {
+                        match &mut live {
+                            Some((registered, lifetime)) => {
+                                lifetime.next(registered.switch(), &ctx.shutdown).await
+                            }
+                            None => {
+                                ctx.shutdown.cancelled().await;
+                                Event::End(EndReason::Shutdown)
+                            }
                         }
-                        event = lifetime.next(registered.switch(), &ctx.shutdown) => event,
-                    },
-                    None => tokio::select! {
-                        result = &mut running => {
-                            session_error(peer, result);
-                            break None;
-                        }
-                        () = ctx.shutdown.cancelled() => Event::End(EndReason::Shutdown),
-                        () = tokio::time::sleep(REGISTER_POLL) => continue,
-                    },
+                    } => event,
                 };
                 match event {
-                    Event::Warning(text) => warn_channels(&handle, &account, &user, &text).await,
+                    Event::Warning(text) => {
+                        warn_channels(&handle, &heard.channels, &user, &text).await
+                    }
                     Event::End(reason) => break Some(reason),
                 }
             };
@@ -228,107 +259,49 @@ pub async fn handle(
         }
         Err(e) => tracing::info!(client = %peer, error = %e, "SSH handshake failed"),
     }
+    // What the handler said last (an account minted as the connection died) is ours too.
+    while let Ok(news) = progress.try_recv() {
+        heard.take(news);
+    }
 
-    let live = account.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let Some(live) = live else {
+    let Some(account) = heard.account else {
         return;
     };
-    let _releasing = live.lease.as_ref().map(|l| provisioner.releasing(l));
-    if let Some(upstream) = live.upstream {
+    let _releasing = provisioner.releasing(&account.lease);
+    if let Some(upstream) = heard.upstream {
         let _ = upstream
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
     }
-    if let Some(lease) = live.lease {
-        let end_reason = ended_by.as_ref().map_or("closed", EndReason::as_str);
-        // The channels' last events (ssh.exit, forwards' byte counts) come before session.end.
-        live.open.close();
-        let _ = tokio::time::timeout(CHANNELS_FINISH, live.open.wait()).await;
-        tracing::info!(event = "session.end", lease = %lease.id, user = %user, target_name = %target.name, end_reason, "session ended");
-        if let Some(audit) = &live.audit {
-            audit
-                .emit(crate::audit::Event::SessionEnd {
-                    duration_ms: live.started.map_or(0, |s| s.elapsed().as_millis() as u64),
-                    bytes_from_client: live.bytes.get().0,
-                    bytes_to_client: live.bytes.get().1,
-                    ended: end_reason.to_string(),
-                    detail: ended_by.as_ref().map(EndReason::to_string),
-                })
-                .await;
-        }
-        let dropping = std::time::Instant::now();
-        let (outcome, error) = match provisioner
-            .drop_with_retry(&lease)
-            .instrument(tracing::info_span!("jit.drop", lease = %lease.id))
-            .await
-        {
-            Ok(()) => {
-                tracing::info!(event = "jit.account.dropped", lease = %lease.id, account = %lease.user, target_name = %target.name, "account dropped");
-                (crate::audit::DropOutcome::Dropped, None)
-            }
-            Err(e) => {
-                let error = crate::logsafe::diagnostic(&e.to_string()).to_string();
-                tracing::error!(event = "jit.account.drop_failed", lease = %lease.id, account = %lease.user, target_name = %target.name, error = %error, "account NOT dropped; the reaper will retry");
-                (crate::audit::DropOutcome::Failed, Some(error))
-            }
-        };
-        if let Some(audit) = &live.audit {
-            audit
-                .emit(crate::audit::Event::AccountDropped {
-                    outcome,
-                    drop_ms: dropping.elapsed().as_millis() as u64,
-                    error,
-                })
-                .await;
-        }
-        // `live.live` (the lease's registration) goes here, after the drop was tried.
-        drop(live.live);
-    }
-}
-
-/// Who a connection is for, as the session registry records it.
-struct Who {
-    identity: Identity,
-    credential: Credential,
-    reason: Option<String>,
-    peer: SocketAddr,
+    // The channels' last events (ssh.exit, forwards' byte counts) come before session.end.
+    account.open.close();
+    let _ = tokio::time::timeout(CHANNELS_FINISH, account.open.wait()).await;
+    session
+        .end(Ending {
+            reason: ended_by.as_ref().map_or("closed", EndReason::as_str),
+            detail: ended_by.as_ref().map(EndReason::to_string),
+            bytes: account.bytes.get(),
+        })
+        .await;
+    session
+        .drop_account(provisioner.as_ref(), &*account.lease)
+        .await;
+    // The lease's registration as live (and the session's place in `limits:`) goes here,
+    // after the drop was tried.
+    drop(account);
 }
 
 /// Registers the session once its account exists (the mint is done), then checks it once
 /// against the CRL and policies as they are now (`session::trust::recheck_new`).
-fn register(
-    account: &AccountSlot,
-    ctx: &SshContext,
-    who: &Who,
-    target: &SshTarget,
-) -> Option<(Registered, Lifetime)> {
-    let info = {
-        let slot = account.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = slot.as_ref()?;
-        let lease = slot.lease.as_ref()?;
-        SessionInfo {
-            id: lease.id.clone(),
-            protocol: TargetKind::Ssh,
-            identity: who.identity.clone(),
-            credential: who.credential.clone(),
-            target: target.name.clone(),
-            requested: slot.requested.clone().unwrap_or_default(),
-            reason: who.reason.clone(),
-            grant: slot.grant.clone().unwrap_or_default(),
-            account: lease.user.clone(),
-            client: who.peer,
-            since: SystemTime::now(),
-            bytes: slot.bytes.clone(),
-        }
-    };
-    let lifetime = {
-        let slot = account.lock().unwrap_or_else(|p| p.into_inner());
-        let live = slot.as_ref()?;
-        let expires_at = live.lease.as_ref()?.expires_at;
-        Lifetime::new(expires_at, who.credential.not_after, &ctx.warnings)
-            .idle_after(live.idle_timeout, live.bytes.clone())
-    };
-    let registered = ctx.sessions.register(info);
+fn register(heard: &Heard, session: &Session, ctx: &SshContext) -> Option<(Registered, Lifetime)> {
+    let account = heard.account.as_ref()?;
+    let registered = session.register(&ctx.sessions, account.bytes.clone())?;
+    let lifetime = Lifetime::new(
+        account.lease.expires_at,
+        registered.info().credential.not_after,
+        &ctx.warnings,
+    )
+    .idle_after(account.idle_timeout, account.bytes.clone());
     trust::recheck_new(&registered, &ctx.tls, &(ctx.policies)());
     ctx.locks.recheck_new(&registered);
     Some((registered, lifetime))
@@ -339,22 +312,16 @@ fn register(
 /// between the target's output. One short message, so russh's unbounded handle queue is fine.
 async fn warn_channels(
     handle: &russh::server::Handle,
-    account: &AccountSlot,
+    channels: &[russh::ChannelId],
     user: &str,
     text: &str,
 ) {
-    let channels = account
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .map(|a| a.channels.clone())
-        .unwrap_or_default();
     tracing::info!(event = "session.warning", user = %user, channels = channels.len(), message = %text, "end of session announced");
     // \r\n: a pty's terminal is in raw mode and does not add the carriage return itself.
     let line = format!("\r\n{text}\r\n");
     for channel in channels {
         let _ = handle
-            .extended_data(channel, 1, bytes::Bytes::from(line.clone()))
+            .extended_data(*channel, 1, bytes::Bytes::from(line.clone()))
             .await;
     }
 }
@@ -373,6 +340,7 @@ async fn admit(
     tcp: TcpStream,
     handshake: crate::limits::Handshake,
     ctx: &SshContext,
+    session: &Session,
 ) -> Result<Admitted, AdmitError> {
     let mut stream = ctx
         .tls
@@ -383,6 +351,7 @@ async fn admit(
     let sni = stream.get_ref().1.server_name().map(str::to_string);
     let hello = preamble::read_line(&mut stream).await?;
     let reason = preamble::parse_hello(&hello)?;
+    session.reason(reason.as_deref());
 
     let chain = stream
         .get_ref()
@@ -409,10 +378,12 @@ async fn admit(
         Err(message) => return refuse(stream, message.clone(), message).await,
     };
     handshake.done();
+    session.identified(&identity, Credential::from_chain(&chain));
     let Some(name) = sni else {
         let message = "no target name was sent (jitgate tunnel sends it as TLS SNI)".to_string();
         return refuse(stream, message.clone(), message).await;
     };
+    session.target(&name);
     let policies = (ctx.policies)();
     // A target that does not exist and one that exists but grants this person nothing are
     // refused in the same words: certificate holders learn no target names.
@@ -439,7 +410,6 @@ async fn admit(
     Ok(Admitted {
         stream,
         identity,
-        credential: Credential::from_chain(&chain),
         target: target.clone(),
         provisioner: provisioner.clone(),
         reason,
