@@ -18,7 +18,8 @@
 //! pg::cancel    route CancelRequests by the gateway's own keys
 //! audit::sftp       file operations decoded from a copy of an sftp channel
 //! audit::recording  terminal recordings (asciicast v2), written off the relay's path
-//! session    live sessions: registry, lifetime (deadline, warnings), trust rechecks
+//! session    one connection's Session (spine: id, identity, target, grant, account, span; every
+//!            audit event goes through it); live sessions: registry, lifetime, trust rechecks
 //! control    the operator's control socket: live sessions, `sessions end`, locks
 //! server     accept loops, reloads and shutdown
 //! telemetry  OpenTelemetry (traces, metrics, audit lines as logs), off without an endpoint
