@@ -341,6 +341,34 @@ fn a_repeated_removal_leaves_a_home_lent_to_the_next_account_alone() {
     });
 }
 
+/// Removals of one account that overlap (a retried drop, the reaper, the watchdog) both end
+/// well: the one that takes the state lock second finds the account gone and says so.
+#[test]
+fn overlapping_removals_of_one_account_both_succeed() {
+    let Some(env) = env() else { return };
+    rt().block_on(async {
+        let carol = person("carol", "ops");
+        for _ in 0..3 {
+            let lease = env.mint(&carol, "web-ops").await;
+            let busy = env
+                .run_as(&lease, "sleep 60 >/dev/null 2>&1 & echo started")
+                .await;
+            assert_eq!(busy.stdout_text().trim(), "started");
+            let (a, b) = tokio::join!(env.prov.drop_lease(&lease), env.prov.drop_lease(&lease));
+            a.unwrap();
+            b.unwrap();
+            assert!(
+                passwd(&lease.user).is_none(),
+                "{} is still there",
+                lease.user
+            );
+            assert!(!has_processes(&lease.uid.to_string()));
+            assert_eq!(owner_mode(&lease.home), (0, 0, 0o700));
+        }
+        assert!(env.sshd.own_accounts().is_empty());
+    });
+}
+
 #[test]
 fn a_wrong_pinned_host_key_is_refused_and_nothing_is_created() {
     let Some(env) = env() else { return };

@@ -287,10 +287,16 @@ echo "home_mode=$home_mode"
 /// is already gone is success (its sudoers file and home are still cleaned up). Prints
 /// `removed=` or `gone=`, and `note=` lines for what the operator should know.
 pub(crate) const REMOVE: &str = r#"
-if [ -d "$state" ] && [ ! -L "$state" ]; then
-    exec 9>>"$state/lock"
-    flock -w 60 9 || fail "timed out after 60s waiting for $state/lock"
-fi
+# The state lock serialises what another account's creation touches too: a persistent home's
+# hand-back and the account's UID and name going free. What is the account's alone (its
+# processes, jobs, IPC objects, set-id files) is done before taking it: its UID stays its own
+# until userdel, which runs under the lock, and UIDs are not reused before the counter wraps.
+lock_state() {
+    if [ -d "$state" ] && [ ! -L "$state" ]; then
+        exec 9>>"$state/lock"
+        flock -w 60 9 || fail "timed out after 60s waiting for $state/lock"
+    fi
+}
 not_ours() { echo "jitgate: $account $*; left untouched" >&2; exit 3; }
 # The account's GIDs (its own, jitgate, the granted ones), read while it still exists.
 gids=$uid
@@ -436,6 +442,13 @@ if entry=$(getent passwd "$account"); then
     kill_all
     remove_leftovers
     strip_setid
+    lock_state
+    if ! getent passwd "$account" >/dev/null; then
+        # Another removal of it (a retried drop, a reaper, the watchdog) finished meanwhile.
+        release_home
+        echo "gone=$account"
+        exit 0
+    fi
     release_home
     # --force only skips userdel's "user is logged in" check (zombies count there); without
     # --remove it deletes no files.
@@ -444,6 +457,7 @@ if entry=$(getent passwd "$account"); then
     if getent group "$account" >/dev/null; then groupdel "$account" || true; fi
     echo "removed=$account"
 else
+    lock_state
     # Gone already (an earlier removal stopped half-way): finish the rest all the same.
     rm -f "/etc/sudoers.d/jitgate-$account"
     # The UID is free again only if no account took it since.
