@@ -422,7 +422,11 @@ release_home() {
     esac
 }
 
-if entry=$(getent passwd "$account"); then
+# Whether the account exists now as this lease's: 0 yes, 1 gone; one by that name that is not
+# ours exits (NOT_OURS) untouched. Asked again once the lock is held: another removal of it (a
+# retried drop, a reaper, the watchdog) may have finished meanwhile.
+ours() {
+    entry=$(getent passwd "$account") || return 1
     found_uid=$(printf '%s\n' "$entry" | cut -d: -f3)
     gecos=$(printf '%s\n' "$entry" | cut -d: -f5)
     members=$(getent group jitgate | cut -d: -f4 || true)
@@ -432,8 +436,10 @@ if entry=$(getent passwd "$account"); then
         *) not_ours "does not carry the marker of lease $lease" ;;
     esac
     [ "$found_uid" = "$uid" ] || not_ours "has UID $found_uid, not $uid"
-    gids=$(id -G "$account" 2>/dev/null || echo "$uid")
+}
 
+if ours; then
+    gids=$(id -G "$account" 2>/dev/null || echo "$uid")
     # No new sudo, no new login (`!` in the password field and an expiry date in the past),
     # then kill until nothing of the account runs. Nothing inside the home is touched while
     # its processes live: they could swap a path for a symlink.
@@ -442,13 +448,9 @@ if entry=$(getent passwd "$account"); then
     kill_all
     remove_leftovers
     strip_setid
-    lock_state
-    if ! getent passwd "$account" >/dev/null; then
-        # Another removal of it (a retried drop, a reaper, the watchdog) finished meanwhile.
-        release_home
-        echo "gone=$account"
-        exit 0
-    fi
+fi
+lock_state
+if ours; then
     release_home
     # --force only skips userdel's "user is logged in" check (zombies count there); without
     # --remove it deletes no files.
@@ -457,8 +459,8 @@ if entry=$(getent passwd "$account"); then
     if getent group "$account" >/dev/null; then groupdel "$account" || true; fi
     echo "removed=$account"
 else
-    lock_state
-    # Gone already (an earlier removal stopped half-way): finish the rest all the same.
+    # Gone already (an earlier removal stopped half-way, or one ran meanwhile): finish the
+    # rest all the same.
     rm -f "/etc/sudoers.d/jitgate-$account"
     # The UID is free again only if no account took it since.
     if ! getent passwd "$uid" >/dev/null; then
