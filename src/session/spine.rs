@@ -269,8 +269,11 @@ impl Session {
 
     /// Logs and records (`session.end`) how the opened session ended.
     pub async fn end(&self, ending: Ending) {
-        let user = self.user();
-        let target = self.known().target.clone();
+        let (user, target) = {
+            let known = self.known();
+            let user = known.identity.as_ref().map(|i| i.user.clone());
+            (user, known.target.clone())
+        };
         tracing::info!(
             event = "session.end", lease = %self.0.id, user = user.as_deref().unwrap_or(""),
             target_name = target.as_deref().unwrap_or(""), end_reason = ending.reason,
