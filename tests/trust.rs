@@ -317,6 +317,47 @@ fn certificate_expiry_ends_sessions_and_is_announced() {
     assert!(!stdout(&ended[1].0).contains("outlived"));
     assert_eq!(env.pg.wait_no_jit_roles(), Vec::<String>::new());
     assert_eq!(env.wait_no_ssh_accounts(), Vec::<String>::new());
+    // Both sessions' `session.start` name the certificate's notAfter as their deadline, not
+    // max_session's hour (docs/audit-events.md: the earliest of the two).
+    let starts = audit_events(&env.gw, "session.start");
+    let protocols: Vec<&str> = starts
+        .iter()
+        .map(|v| v["protocol"].as_str().unwrap())
+        .collect();
+    assert_eq!(protocols.len(), 2, "{starts:?}");
+    assert!(
+        protocols.contains(&"postgres") && protocols.contains(&"ssh"),
+        "{starts:?}"
+    );
+    for start in &starts {
+        let deadline = humantime::parse_rfc3339(start["deadline"].as_str().unwrap()).unwrap();
+        let left = deadline
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        assert!(left < Duration::from_secs(60), "{start}");
+    }
+}
+
+/// The gateway's audit events named `event`, in the order written.
+fn audit_events(gw: &Gateway, event: &str) -> Vec<serde_json::Value> {
+    let mut files: Vec<PathBuf> = fs::read_dir(gw.path("audit"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .filter(|v| v["event"] == event)
+        .collect()
 }
 
 /// A SIGHUP reload that removes a grant, or stops it applying to a user, ends the live

@@ -470,7 +470,7 @@ async fn serve(
     hello.extend_from_slice(&upstream.ready.raw);
     let end = if stream.write_all(&hello).await.is_ok() {
         tracing::info!(event = "session.start", client = %peer, lease = %lease.id, role = %lease.role, user = %user, target_name = %target.name, "session started");
-        let deadline = lease.expires_at.min(info.credential.not_after);
+        let deadline = session.deadline(lease.expires_at);
         session
             .emit(AuditEvent::SessionStart {
                 requested: opened.requested.user.clone(),

@@ -158,6 +158,16 @@ impl Session {
         self.known().reason = reason.map(str::to_string);
     }
 
+    /// When the session must end at the latest: the lease's expiry, or the client
+    /// certificate's notAfter if that comes first (no session outlives its credential).
+    pub fn deadline(&self, lease_expires: SystemTime) -> SystemTime {
+        let known = self.known();
+        known
+            .credential
+            .as_ref()
+            .map_or(lease_expires, |c| lease_expires.min(c.not_after))
+    }
+
     /// The verified identity's user name, once known (for log lines).
     pub fn user(&self) -> Option<String> {
         self.known().identity.as_ref().map(|i| i.user.clone())

@@ -238,7 +238,7 @@ impl BastionHandler {
         self.emit(AuditEvent::SessionStart {
             requested: self.requested.clone().unwrap_or_default(),
             database: None,
-            deadline: crate::audit::event::rfc3339(lease.expires_at),
+            deadline: crate::audit::event::rfc3339(self.session.deadline(lease.expires_at)),
         })
         .await;
         self.grant = Some(grant);
